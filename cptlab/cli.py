@@ -1,0 +1,121 @@
+"""``cptlab run | perplexity | base``: the lab from a terminal."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, DataSource, get_config
+
+
+def _config_from_args(args) -> "LabConfig":  # noqa: F821
+    overrides = {}
+    for name in ("seed", "max_steps", "block_size", "cpt_lr", "batch_size", "device", "eval_max_tokens"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if args.base_model:
+        overrides["base_model"] = args.base_model
+    if args.code_dir:
+        overrides["code_source"] = DataSource(kind="py_dir", path=args.code_dir, exclude_tests=False)
+    if args.general_file:
+        overrides["general_source"] = DataSource(kind="text_file", path=args.general_file)
+    return get_config(args.preset, **overrides)
+
+
+def cmd_run(args) -> int:
+    from .lab import format_table, run_all, summary_rows
+
+    cfg = _config_from_args(args)
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}")
+    t0 = time.perf_counter()
+    run_all(cfg, out, progress=not args.quiet)
+    if args.plots:
+        from .plots import save_all
+
+        save_all(out)
+    print(format_table(summary_rows(out) + [("run folder", str(out)), ("wall seconds", f"{time.perf_counter() - t0:.1f}")]))
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    from .corpus import encode_documents
+    from .device import pick_device, setup_threads
+    from .perplexity import perplexity
+    from .sources import load_model, load_tokenizer
+
+    setup_threads()
+    text_path = Path(args.text)
+    if not text_path.is_file():
+        raise FileNotFoundError(f"--text {text_path} does not exist: pass a UTF-8 text file")
+    text = text_path.read_text(encoding="utf-8")
+    tok = load_tokenizer(args.model)
+    device = pick_device(args.device)
+    model = load_model(args.model).to(device)
+    ids = encode_documents(tok, [text])[0]
+    block = args.block_size or getattr(model.config, "n_positions", 1024)
+    res = perplexity(model, ids, block, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, device=device)
+    print(json.dumps({"ppl": res.ppl, "nll_sum": res.nll_sum, "tokens": res.tokens, "block_size": block,
+                      "stride": res.protocol["stride"], "model": args.model, "text": str(text_path), "protocol": res.protocol}))
+    return 0
+
+
+def cmd_base(args) -> int:
+    from .lab import resolve_base_model
+
+    cfg = get_config(args.preset, **({"seed": args.seed} if args.seed is not None else {}))
+    print(resolve_base_model(cfg, progress=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cptlab", description="Continued pre-training lab: gain on code vs forgetting of English.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="baseline, corpus, CPT and evaluation; prints a summary table")
+    r.add_argument("--preset", default="tiny", help="tiny (CPU, offline; default), gpt2 (GPU, HF cache) or smoke (seconds)")
+    r.add_argument("--out", help="run folder (default runs/<time>-<preset>)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--max-steps", type=int)
+    r.add_argument("--block-size", type=int)
+    r.add_argument("--cpt-lr", type=float)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--eval-max-tokens", type=int)
+    r.add_argument("--device", help="auto, cpu or cuda")
+    r.add_argument("--base-model", help="hub id or local model folder (overrides the preset's)")
+    r.add_argument("--code-dir", help="a folder of .py files to use as the code corpus")
+    r.add_argument("--general-file", help="an English text file to use for the forgetting measurement")
+    r.add_argument("--plots", action="store_true", help="also save the PNG plots in the run folder")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("perplexity", help="perplexity of one text file under the lab's protocol; prints JSON")
+    q.add_argument("--model", required=True, help="hub id or local model folder")
+    q.add_argument("--text", required=True, help="a UTF-8 text file (one document, no EOS added)")
+    q.add_argument("--block-size", type=int)
+    q.add_argument("--stride", type=int)
+    q.add_argument("--max-tokens", type=int)
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=cmd_perplexity)
+
+    b = sub.add_parser("base", help="build (once) and print the tiny preset's cached base model folder")
+    b.add_argument("--preset", default="tiny")
+    b.add_argument("--seed", type=int)
+    b.set_defaults(func=cmd_base)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"cptlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Every hyper-parameter of the lab in one place (nanoGPT style), plus the presets.
+
+A preset overrides only what it must; everything else is the lab's recipe:
+AdamW at 5e-5 (about 8% of GPT-2's 6e-4 pre-training peak), 10 linear warm-up steps,
+cosine decay to zero over 150 steps, gradient clipping at 1.0, 256-token blocks, a 98/2 split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad setting, with a message that says what to do."""
+
+
+@dataclass
+class DataSource:
+    """Where one corpus comes from.
+
+    kind:
+      ``hf``           ``load_dataset(path, name, split=..., data_files=..., streaming=...)``, column ``field``
+                       (a hub id, a local dataset folder, or a builder such as ``json`` with ``data_files``);
+      ``py_dir``       every ``.py`` file under ``path`` (``None``: this interpreter's standard library);
+      ``text_file``    one English text file, one document;
+      ``tiny_english`` the held-out articles of the gensim Wikipedia sample (built by ``cptlab.tiny``).
+    ``join``: when set, all rows are joined with it into a single document (wikitext's lines).
+    """
+
+    kind: str = "hf"
+    path: str | None = None
+    name: str | None = None
+    split: str = "train"
+    field: str = "text"
+    streaming: bool = False
+    data_files: str | list[str] | None = None
+    join: str | None = None
+    exclude_tests: bool = True
+
+
+@dataclass
+class TinyBaseConfig:
+    """The embedded default's own base model: a small GPT-2 pre-trained on English once, then cached."""
+
+    vocab_size: int = 8192
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    n_positions: int = 256
+    pretrain_steps: int = 400
+    pretrain_batch_size: int = 8
+    pretrain_lr: float = 1e-3
+    pretrain_warmup_steps: int = 20
+    # WebText held some code; a small share of Python (from the stdlib's own test package,
+    # disjoint from the CPT corpus) makes the tiny base tell GPT-2's story in step 1.
+    code_fraction: float = 0.1
+    max_code_test_files: int = 200
+
+
+@dataclass
+class LabConfig:
+    preset: str = "tiny"
+    seed: int = 1234
+    # --- model: a hub id or a local folder; None means the tiny preset builds its own
+    base_model: str | None = None
+    # --- data
+    code_source: DataSource = field(default_factory=lambda: DataSource(kind="py_dir", path=None))
+    general_source: DataSource = field(default_factory=lambda: DataSource(kind="tiny_english"))
+    code_token_budget: int | None = None  # stop taking code documents once this many tokens are in
+    val_fraction: float = 0.02
+    block_size: int = 256
+    # --- the CPT run
+    cpt_lr: float = 5e-5
+    warmup_steps: int = 10
+    max_steps: int = 150
+    min_lr_ratio: float = 0.0  # cosine decays to cpt_lr * min_lr_ratio (0: transformers' schedule)
+    grad_clip: float = 1.0
+    batch_size: int = 4  # windows per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    # AdamW: GPT-2/nanoGPT betas (0.9, 0.95); decoupled weight decay 0.1 on matrices only,
+    # none on biases, LayerNorms or embeddings' positional table.
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    # --- evaluation (one protocol for every perplexity)
+    eval_stride: int | None = None  # None: non-overlapping windows of block_size
+    eval_batch_size: int = 8
+    eval_max_tokens: int | None = 40_000  # deterministic prefix cap per evaluation set
+    # --- hardware
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # --- the tiny base model
+    tiny: TinyBaseConfig = field(default_factory=TinyBaseConfig)
+
+    # ------------------------------------------------------------------ helpers
+    def validate(self) -> "LabConfig":
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}: choose one of {sorted(PRESETS)}")
+        if self.cpt_lr <= 0:
+            raise ConfigError(f"cpt_lr must be > 0, got {self.cpt_lr}")
+        if self.max_steps <= 0:
+            raise ConfigError(f"max_steps must be > 0, got {self.max_steps}")
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise ConfigError(f"warmup_steps must be in [0, max_steps), got {self.warmup_steps} with max_steps={self.max_steps}")
+        if self.block_size < 2:
+            raise ConfigError(f"block_size must be at least 2, got {self.block_size}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.eval_batch_size < 1:
+            raise ConfigError("batch_size, grad_accum and eval_batch_size must be >= 1")
+        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.block_size:
+            raise ConfigError(f"eval_stride must be in [1, block_size={self.block_size}], got {self.eval_stride}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        for key, sub in (("code_source", DataSource), ("general_source", DataSource), ("tiny", TinyBaseConfig)):
+            if isinstance(d.get(key), dict):
+                d[key] = sub(**d[key])
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "LabConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _tiny() -> LabConfig:
+    return LabConfig(preset="tiny")
+
+
+def _gpt2() -> LabConfig:
+    return LabConfig(
+        preset="gpt2",
+        base_model="gpt2",
+        code_source=DataSource(kind="hf", path="codeparrot/codeparrot-clean", split="train", field="content", streaming=True),
+        general_source=DataSource(kind="hf", path="wikitext", name="wikitext-2-raw-v1", split="test", field="text", join="\n\n"),
+        # 2% of 3M tokens = 60k validation tokens, above the 50k the lab asks for.
+        code_token_budget=3_000_000,
+        batch_size=16,
+        eval_batch_size=16,
+        eval_max_tokens=None,
+    )
+
+
+def _smoke() -> LabConfig:
+    """Seconds, not minutes: CI runs the four notebooks on it. Same code path, smaller everything."""
+    return LabConfig(
+        preset="smoke",
+        block_size=64,
+        max_steps=30,
+        warmup_steps=3,
+        batch_size=4,
+        cpt_lr=2e-3,
+        code_token_budget=400_000,
+        eval_max_tokens=6_000,
+        tiny=TinyBaseConfig(
+            vocab_size=2048, n_layer=2, n_head=2, n_embd=64, n_positions=64,
+            pretrain_steps=120, pretrain_batch_size=8, pretrain_lr=3e-3, pretrain_warmup_steps=10,
+            code_fraction=0.1, max_code_test_files=120,
+        ),
+    )
+
+
+PRESETS = {"tiny": _tiny, "gpt2": _gpt2, "smoke": _smoke}
+
+
+def get_config(preset: str = "tiny", **overrides: Any) -> LabConfig:
+    """The preset's config with ``overrides`` applied (unknown names are an error, not ignored)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)} (tiny runs anywhere, gpt2 wants a GPU)")
+    cfg = PRESETS[preset]()
+    known = {f.name for f in dataclasses.fields(LabConfig)}
+    bad = set(overrides) - known
+    if bad:
+        raise ConfigError(f"unknown config keys {sorted(bad)}; known: {sorted(known)}")
+    cfg = dataclasses.replace(cfg, **overrides)
+    return cfg.validate()

@@ -1,0 +1,176 @@
+"""The CPT corpus: documents -> ids -> EOS after each -> one 1-D stream, split on a document
+boundary, cut into ``block_size`` windows (run_clm's ``group_texts`` idea, nanoGPT's uint16 stream)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import atomic_dir, cache_root, fingerprint, is_complete
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be built as asked; the message says what to change."""
+
+
+@dataclass
+class Corpus:
+    train: np.ndarray  # 1-D token stream of the training documents, EOS after each
+    val: np.ndarray  # same for the validation documents
+    eos_id: int
+    stats: dict = field(default_factory=dict)
+
+    def train_blocks(self, block_size: int) -> np.ndarray:
+        return to_blocks(self.train, block_size)
+
+
+def stream_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def encode_documents(tokenizer, docs: list[str], batch: int = 512) -> list[np.ndarray]:
+    """Token ids of each document, no special tokens added (EOS comes from ``pack``)."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(docs), batch):
+        enc = tokenizer(docs[i : i + batch], add_special_tokens=False, verbose=False)["input_ids"]
+        out.extend(np.asarray(ids, dtype=np.int64) for ids in enc)
+    return out
+
+
+def pack(doc_ids: list[np.ndarray], eos_id: int, dtype=np.uint32) -> np.ndarray:
+    """One 1-D stream: doc_0, EOS, doc_1, EOS, ...; EOS marks where a document ends."""
+    if not doc_ids:
+        return np.zeros(0, dtype=dtype)
+    eos = np.array([eos_id], dtype=np.int64)
+    return np.concatenate([part for ids in doc_ids for part in (ids, eos)]).astype(dtype)
+
+
+def split_documents(lengths: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Shuffle document order with the seed, then take whole documents for validation until they
+    hold at least ``val_fraction`` of the tokens (lengths include each document's EOS)."""
+    n = len(lengths)
+    if n < 2:
+        raise CorpusError(f"corpus too small for the split: {n} document(s); the train/val split needs at least 2 whole documents")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    total = sum(lengths)
+    target = val_fraction * total
+    val, got = [], 0
+    for idx in reversed(order):
+        if got >= target:
+            break
+        val.append(idx)
+        got += lengths[idx]
+    val_set = set(val)
+    train = [i for i in order if i not in val_set]
+    if not train:
+        raise CorpusError("corpus too small for the split: every document went to validation; add documents")
+    return train, sorted(val, key=order.index)
+
+
+def to_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
+    """``[n_blocks, block_size]``; the tail shorter than a block is dropped (as run_clm does)."""
+    n = (len(stream) // block_size) * block_size
+    return stream[:n].reshape(-1, block_size)
+
+
+def sample_windows(stream: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random ``block_size`` windows from the stream (nanoGPT's get_batch), seeded by ``generator``."""
+    hi = len(stream) - block_size
+    if hi < 0:
+        raise CorpusError(f"training stream of {len(stream)} tokens is shorter than block_size={block_size}")
+    offsets = torch.randint(0, hi + 1, (batch_size,), generator=generator).tolist()
+    return torch.stack([torch.from_numpy(stream[o : o + block_size].astype(np.int64)) for o in offsets])
+
+
+def window_crossing_eos(stream: np.ndarray, block_size: int, eos_id: int) -> np.ndarray | None:
+    """The first block that holds an EOS away from its ends: what the model sees at a document seam."""
+    for block in to_blocks(stream, block_size):
+        pos = np.flatnonzero(block == eos_id)
+        if len(pos) and 0 < pos[0] < block_size - 1:
+            return block
+    return None
+
+
+def build_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, block_size: int) -> Corpus:
+    eos = tokenizer.eos_token_id
+    if not docs:
+        raise CorpusError("the code corpus is empty: point --code-dir at a folder with .py files")
+    ids = encode_documents(tokenizer, docs)
+    keep = [i for i, a in enumerate(ids) if len(a) > 0]
+    ids = [ids[i] for i in keep]
+    lengths = [len(a) + 1 for a in ids]
+    train_idx, val_idx = split_documents(lengths, val_fraction, seed)
+    dtype = stream_dtype(len(tokenizer))
+    train = pack([ids[i] for i in train_idx], eos, dtype)
+    val = pack([ids[i] for i in val_idx], eos, dtype)
+    if len(train) < block_size + 1:
+        raise CorpusError(
+            f"corpus too small for the split: {len(train)} training tokens, fewer than one block of {block_size}+1; "
+            f"add code or lower block_size"
+        )
+    if len(val) < block_size:
+        raise CorpusError(
+            f"corpus too small for the split: the validation split holds {len(val)} tokens, under one block of "
+            f"{block_size}; add code documents"
+        )
+    n_tokens = len(train) + len(val)
+    stats = {
+        "n_docs": len(ids),
+        "n_tokens": int(n_tokens),
+        "eos_count": int((train == eos).sum() + (val == eos).sum()),
+        "train_docs": len(train_idx),
+        "val_docs": len(val_idx),
+        "train_tokens": int(len(train)),
+        "val_tokens": int(len(val)),
+        "val_fraction": len(val) / n_tokens,
+        "val_fraction_target": val_fraction,
+        "block_size": block_size,
+        "n_blocks": int(len(train) // block_size),
+        "n_val_blocks": int(len(val) // block_size),
+        "doc_token_lengths": [int(x) - 1 for x in lengths],
+        "dtype": np.dtype(dtype).name,
+        "joiner": "eos_after_each_document",
+        "eos_token_id": int(eos),
+        "split_seed": seed,
+        "empty_docs_dropped": len(docs) - len(keep),
+    }
+    return Corpus(train=train, val=val, eos_id=int(eos), stats=stats)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return fingerprint(backend.to_str() if backend is not None else repr(tokenizer.get_vocab()))
+
+
+def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, block_size: int) -> Corpus:
+    """``build_corpus`` with the token arrays cached on disk, keyed by tokenizer and data."""
+    key = fingerprint(tokenizer_fingerprint(tokenizer), fingerprint(*docs), val_fraction, seed, block_size, "v1")
+    folder = cache_root() / "tokens" / key
+    if is_complete(folder):
+        try:
+            import json
+
+            stats = json.loads((folder / "stats.json").read_text())
+            train = np.load(folder / "train.npy", allow_pickle=False)
+            val = np.load(folder / "val.npy", allow_pickle=False)
+            if len(train) == stats["train_tokens"] and len(val) == stats["val_tokens"]:
+                stats["cache"] = str(folder)
+                return Corpus(train=train, val=val, eos_id=stats["eos_token_id"], stats=stats)
+        except (OSError, ValueError, KeyError):
+            pass  # corrupt cache entry: rebuild it
+    corpus = build_corpus(docs, tokenizer, val_fraction, seed, block_size)
+    import json
+
+    with atomic_dir(folder) as tmp:
+        np.save(tmp / "train.npy", corpus.train, allow_pickle=False)
+        np.save(tmp / "val.npy", corpus.val, allow_pickle=False)
+        (tmp / "stats.json").write_text(json.dumps(corpus.stats))
+    corpus.stats["cache"] = str(folder)
+    return corpus
+
+
+def eos_join_stream(docs: list[str], tokenizer) -> np.ndarray:
+    """Documents as one EOS-joined stream, no split (evaluation sets, the tiny base's pre-training data)."""
+    return pack(encode_documents(tokenizer, docs), tokenizer.eos_token_id, stream_dtype(len(tokenizer)))

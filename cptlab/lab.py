@@ -1,0 +1,223 @@
+"""The four steps of the lab as functions of a run folder: what the notebooks and ``cptlab run``
+call. Each step reads the earlier steps' results files, never hidden state."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import atomic_dir, fingerprint
+from .config import LabConfig
+from .corpus import Corpus, cached_corpus, eos_join_stream
+from .device import autocast_dtype, describe, pick_device, seed_everything, setup_threads
+from .perplexity import PerplexityResult, perplexity
+from .results import read_step, versions, write_step
+from .sources import load_documents, load_model, load_tokenizer
+from .train import train
+
+
+def resolve_base_model(cfg: LabConfig, progress: bool = True) -> str:
+    """A hub id or folder for ``from_pretrained``; the tiny presets build (once) their own."""
+    if cfg.base_model is not None:
+        return cfg.base_model
+    from .tiny import ensure_base_model
+
+    return str(ensure_base_model(cfg, progress=progress))
+
+
+def config_of(run_dir: str | Path) -> LabConfig:
+    return LabConfig.from_dict(read_step(run_dir, 1)["config"])
+
+
+def code_corpus(cfg: LabConfig, tokenizer) -> tuple[Corpus, dict]:
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    docs, info = load_documents(cfg.code_source, cfg.code_token_budget, count)
+    return cached_corpus(docs, tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size), info
+
+
+def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
+    docs, info = load_documents(cfg.general_source)
+    return eos_join_stream(docs, tokenizer), info
+
+
+def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str) -> PerplexityResult:
+    return perplexity(
+        model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,
+        max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=autocast_dtype(device, cfg.precision),
+        progress=True, desc=desc,
+    )
+
+
+def _eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, source: dict) -> dict:
+    used = np.asarray(stream[: cfg.eval_max_tokens] if cfg.eval_max_tokens else stream)
+    return {**res.to_dict(), "tokens_sha": fingerprint(used.astype(np.int64).tobytes()), "source": source}
+
+
+class Session:
+    """Shared set-up of a step: threads, seed, device, the base model and its tokenizer."""
+
+    def __init__(self, cfg: LabConfig, base_model: str):
+        setup_threads()
+        seed_everything(cfg.seed)
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.amp = autocast_dtype(self.device, cfg.precision)
+        self.base_model = base_model
+        self.tokenizer = load_tokenizer(base_model)
+
+    def model(self, path: str | None = None):
+        m = load_model(path or self.base_model)
+        ctx = getattr(m.config, "n_positions", None)
+        if ctx is not None and self.cfg.block_size > ctx:
+            raise ValueError(f"block_size={self.cfg.block_size} is above the model's context of {ctx} tokens: set block_size <= {ctx}")
+        return m.to(self.device).eval()
+
+
+def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    """Baseline perplexity of the base model on code (the CPT corpus's validation split) and English."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    s = Session(cfg, resolve_base_model(cfg, progress))
+    model = s.model()
+    corpus, code_info = code_corpus(cfg, s.tokenizer)
+    gen, gen_info = general_stream(cfg, s.tokenizer)
+    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl")
+    general = evaluate(model, gen, cfg, s.device, "baseline English ppl")
+    out = {
+        "step": 1,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "device": describe(s.device),
+        "base_model": s.base_model,
+        "model_params": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(s.tokenizer),
+        "baseline_code_ppl": code.ppl,
+        "baseline_general_ppl": general.ppl,
+        "code": _eval_record(code, corpus.val, cfg, {**code_info, "split": "val"}),
+        "general": _eval_record(general, gen, cfg, gen_info),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_step(run_dir, 1, out)
+    return out
+
+
+def run_step2(run_dir: str | Path) -> dict:
+    """The CPT corpus: EOS-joined stream, document-boundary split, blocks."""
+    cfg = config_of(run_dir)
+    s1 = read_step(run_dir, 1)
+    s = Session(cfg, s1["base_model"])
+    corpus, info = code_corpus(cfg, s.tokenizer)
+    out = {"step": 2, "preset": cfg.preset, "seed": cfg.seed, "source": info, **corpus.stats}
+    write_step(run_dir, 2, out)
+    return out
+
+
+def run_step3(run_dir: str | Path, progress: bool = True) -> dict:
+    """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer)."""
+    cfg = config_of(run_dir)
+    s1 = read_step(run_dir, 1)
+    read_step(run_dir, 2)
+    s = Session(cfg, s1["base_model"])
+    corpus, _ = code_corpus(cfg, s.tokenizer)
+    model = s.model()
+    seed_everything(cfg.seed)
+    result = train(model, corpus.train, cfg, s.device, s.amp, progress=progress)
+    folder = Path(run_dir) / "models" / "adapted"
+    with atomic_dir(folder) as tmp:
+        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        s.tokenizer.save_pretrained(tmp)
+    out = {
+        "step": 3,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "hparams": {
+            "cpt_lr": cfg.cpt_lr, "warmup_steps": cfg.warmup_steps, "max_steps": cfg.max_steps,
+            "schedule": "linear warm-up then cosine (transformers get_cosine_schedule_with_warmup)",
+            "min_lr_ratio": cfg.min_lr_ratio, "grad_clip": cfg.grad_clip, "block_size": cfg.block_size,
+            "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "tokens_per_step": cfg.tokens_per_step,
+            "optimizer": "AdamW", "betas": list(cfg.betas), "weight_decay": cfg.weight_decay,
+            "precision": str(s.amp).replace("torch.", "") if s.amp else "fp32",
+        },
+        "log": result.log,
+        "seconds": result.seconds,
+        "tokens_seen": result.tokens,
+        "tokens_per_second": result.tokens / result.seconds if result.seconds else None,
+        "base_model": s1["base_model"],
+        "adapted_model": str(folder),
+        "device": describe(s.device),
+    }
+    write_step(run_dir, 3, out)
+    return out
+
+
+def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
+    """The adapted model on the same evaluation tokens as the baseline: gain on code, forgetting of English."""
+    cfg = config_of(run_dir)
+    s1 = read_step(run_dir, 1)
+    s3 = read_step(run_dir, 3)
+    s = Session(cfg, s1["base_model"])
+    corpus, _ = code_corpus(cfg, s.tokenizer)
+    gen, _ = general_stream(cfg, s.tokenizer)
+    model = s.model(s3["adapted_model"])
+    code = evaluate(model, corpus.val, cfg, s.device, "adapted code ppl")
+    general = evaluate(model, gen, cfg, s.device, "adapted English ppl")
+    code_rec = _eval_record(code, corpus.val, cfg, {"split": "val"})
+    gen_rec = _eval_record(general, gen, cfg, {})
+    for name, rec in (("code", code_rec), ("general", gen_rec)):
+        if rec["tokens_sha"] != s1[name]["tokens_sha"]:
+            raise RuntimeError(f"the {name} evaluation tokens differ from step 1's: re-run the lab from step 1 in a new run folder")
+    out = {
+        "step": 4,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "base_model": s1["base_model"],
+        "adapted_model": s3["adapted_model"],
+        "baseline_code_ppl": s1["baseline_code_ppl"],
+        "baseline_general_ppl": s1["baseline_general_ppl"],
+        "adapted_code_ppl": code.ppl,
+        "adapted_general_ppl": general.ppl,
+        "code_ppl_drop": 1.0 - code.ppl / s1["baseline_code_ppl"],
+        "forgetting_ratio": general.ppl / s1["baseline_general_ppl"],
+        "code": code_rec,
+        "general": gen_rec,
+        "baseline": {"code": s1["code"], "general": s1["general"]},
+    }
+    write_step(run_dir, 4, out)
+    return out
+
+
+def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    run_step1(cfg, run_dir, progress)
+    run_step2(run_dir)
+    run_step3(run_dir, progress)
+    return run_step4(run_dir, progress)
+
+
+def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
+    s4 = read_step(run_dir, 4)
+    s3 = read_step(run_dir, 3)
+    return [
+        ("preset", s4["preset"]),
+        ("baseline code ppl", f"{s4['baseline_code_ppl']:.3f}"),
+        ("adapted code ppl", f"{s4['adapted_code_ppl']:.3f}"),
+        ("code ppl drop", f"{100 * s4['code_ppl_drop']:.1f}%"),
+        ("baseline English ppl", f"{s4['baseline_general_ppl']:.3f}"),
+        ("adapted English ppl", f"{s4['adapted_general_ppl']:.3f}"),
+        ("forgetting ratio", f"{s4['forgetting_ratio']:.3f}"),
+        ("CPT steps / tokens", f"{len(s3['log'])} / {s3['tokens_seen']}"),
+        ("CPT seconds", f"{s3['seconds']:.1f}"),
+        ("adapted model", s4["adapted_model"]),
+    ]
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

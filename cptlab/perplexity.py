@@ -1,0 +1,148 @@
+"""Token-weighted perplexity with a protocol card.
+
+ppl = exp(sum of NLL over scored tokens / number of scored tokens). Windows are cut from one
+token stream; with no stride they are non-overlapping ``block_size`` windows, each scoring its
+tokens 2..n given the earlier tokens of the same window; with a stride they follow Hugging Face's
+"Perplexity of fixed-length models" sliding procedure. Nothing is padded, so nothing padded is
+scored, and the result does not depend on the batch size.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast
+
+# Rows of hidden states turned into logits at once: bounds memory at rows * vocab * 4 bytes
+# instead of batch * block * vocab * 4 (never materialise float32 logits for a whole batch).
+CE_CHUNK_ROWS = 2048
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll_sum: float
+    tokens: int
+    protocol: dict = field(default_factory=dict)
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_windows(n: int, block_size: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """(begin, end, scored): window ``ids[begin:end]`` scores its last ``scored`` tokens."""
+    stride = block_size if stride is None else stride
+    if block_size < 2:
+        raise ValueError("block_size must be at least 2")
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+    out, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + block_size, n)
+        scored = min(end - prev_end, end - begin - 1)
+        if scored > 0:
+            out.append((begin, end, scored))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+def _check_context(model, block_size: int) -> None:
+    ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if ctx is not None and block_size > ctx:
+        raise ValueError(f"block_size={block_size} is above the model's context of {ctx} tokens: use --block-size {ctx} or less")
+
+
+def _sum_nll(model, input_ids: torch.Tensor, scored: int) -> torch.Tensor:
+    """Sum of NLL of the last ``scored`` tokens of each row, chunked over rows of hidden states."""
+    L = input_ids.shape[1]
+    targets = input_ids[:, L - scored :]
+    if getattr(model.config, "model_type", None) == "gpt2":
+        hidden = model.base_model(input_ids=input_ids).last_hidden_state[:, L - 1 - scored : L - 1]
+        head = model.get_output_embeddings()
+        h = hidden.reshape(-1, hidden.shape[-1])
+        t = targets.reshape(-1)
+        total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
+        for i in range(0, h.shape[0], CE_CHUNK_ROWS):
+            logits = head(h[i : i + CE_CHUNK_ROWS]).float()
+            total += F.cross_entropy(logits, t[i : i + CE_CHUNK_ROWS], reduction="sum").double()
+        return total
+    logits = model(input_ids=input_ids).logits[:, L - 1 - scored : L - 1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").double()
+
+
+@torch.inference_mode()
+def perplexity(
+    model,
+    ids,
+    block_size: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str = "perplexity",
+) -> PerplexityResult:
+    """Corpus perplexity of ``ids`` (a 1-D token stream). ``max_tokens`` keeps the stream's first
+    tokens: a deterministic selection, the same for every model scored with it."""
+    _check_context(model, block_size)
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    if ids.ndim != 1:
+        raise ValueError("ids must be a 1-D token stream")
+    n_input = len(ids)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    windows = plan_windows(len(ids), block_size, stride)
+    if not windows:
+        raise ValueError(f"nothing to score: {len(ids)} tokens give no window with at least 2 tokens")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for begin, end, scored in windows:
+        groups[(end - begin, scored)].append(begin)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_scored = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(windows), desc=desc, leave=False)
+    for (length, scored), begins in groups.items():
+        for i in range(0, len(begins), batch_size):
+            chunk = begins[i : i + batch_size]
+            x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
+            with autocast(device, amp_dtype):
+                total += _sum_nll(model, x, scored)
+            n_scored += scored * len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    nll_sum = float(total.item())
+    protocol = {
+        "block_size": block_size,
+        "stride": stride if stride is not None else block_size,
+        "windows": "non-overlapping" if stride in (None, block_size) else "sliding",
+        "max_tokens": max_tokens,
+        "input_tokens": n_input,
+        "used_tokens": int(len(ids)),
+        "n_windows": len(windows),
+        "weighting": "token-weighted: exp(sum nll / scored tokens)",
+        "first_token_of_stream_scored": False,
+        "padding": "none",
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+    }
+    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=n_scored, protocol=protocol)
