@@ -119,7 +119,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def base_model_dir(cfg: LabConfig) -> Path:
-    key = fingerprint(asdict(cfg.tiny), cfg.seed, data_dir().name, "v1")
+    key = fingerprint(asdict(cfg.tiny), cfg.seed, data_dir().name, "v2")
     return cache_root() / f"tiny-base-{key}"
 
 
@@ -146,7 +146,7 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     model = GPT2LMHeadModel(
         GPT2Config(
             vocab_size=len(tokenizer), n_positions=tcfg.n_positions, n_embd=tcfg.n_embd, n_layer=tcfg.n_layer,
-            n_head=tcfg.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            n_head=tcfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         )
     )
     block = tcfg.n_positions

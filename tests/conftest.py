@@ -1,0 +1,47 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the user's caches or a hub.
+os.environ.setdefault("CPTLAB_CACHE", tempfile.mkdtemp(prefix="cptlab-test-cache-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENGLISH = (
+    "The quick brown fox jumps over the lazy dog. Continued pre-training keeps training a language model "
+    "on new text from one domain. It gains on that domain and may forget some of what it knew before. "
+    "Perplexity is the exponential of the mean negative log-likelihood per token. "
+) * 4
+CODE = (
+    "def add(a, b):\n    return a + b\n\n\nclass Box:\n    def __init__(self, x):\n        self.x = x\n\n"
+    "    def get(self):\n        return self.x\n\nfor i in range(10):\n    print(add(i, i * 2))\n"
+) * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small random GPT-2 with its own byte-level BPE, saved as a self-contained folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cptlab.tiny import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("model")
+    tok = train_tokenizer([ENGLISH, CODE] * 3, vocab_size=400, max_length=64)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_and_tok(tiny_model_dir):
+    from cptlab.sources import load_model, load_tokenizer
+
+    return load_model(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
