@@ -70,6 +70,28 @@ def cmd_base(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    from checkers.grade import grade
+
+    from .lab import format_table, summary_rows
+    from .notebooks import run_lab
+    from .plots import save_all
+
+    t0 = time.perf_counter()
+    run = run_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
+    save_all(run)
+    rows, text = grade([str(run)])
+    print("\n" + format_table(summary_rows(run)))
+    print(text.rstrip())
+    print(f"\nrun folder:  {run}")
+    print(f"notebooks:   {', '.join(sorted(p.name for p in run.glob('*.ipynb')))}")
+    print(f"plots:       {', '.join(sorted(p.name for p in (run / 'plots').glob('*.png')))}")
+    print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}")
+    print(f"grade again: python -m checkers grade {run}")
+    print(f"lab wall time: {time.perf_counter() - t0:.0f} s")
+    return 0 if rows[0]["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cptlab", description="Continued pre-training lab: gain on code vs forgetting of English.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--device", default="auto")
     q.set_defaults(func=cmd_perplexity)
+
+    lab = sub.add_parser("lab", help="execute the four notebooks headless into a new run folder, then grade it")
+    lab.add_argument("--preset", default="tiny")
+    lab.add_argument("--runs", default="runs", help="parent folder of run folders (runs/latest points to the newest)")
+    lab.add_argument("--out", help="use this run folder instead of a new one under --runs")
+    lab.add_argument("--seed", type=int)
+    lab.set_defaults(func=cmd_lab)
 
     b = sub.add_parser("base", help="build (once) and print the tiny preset's cached base model folder")
     b.add_argument("--preset", default="tiny")

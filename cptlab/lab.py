@@ -221,3 +221,27 @@ def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
 def format_table(rows: list[tuple[str, str]]) -> str:
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def eos_window(run_dir: str | Path) -> dict:
+    """A training window that crosses a document seam, decoded, with the EOS shown: what the model
+    sees when one file ends and the next begins."""
+    from .corpus import window_crossing_eos
+
+    cfg = config_of(run_dir)
+    s = Session(cfg, read_step(run_dir, 1)["base_model"])
+    corpus, _ = code_corpus(cfg, s.tokenizer)
+    block = window_crossing_eos(corpus.train, cfg.block_size, corpus.eos_id)
+    if block is None:
+        return {"text": "(no window crosses a document boundary: every document is longer than a block)", "eos_positions": []}
+    pos = [int(i) for i in np.flatnonzero(block == corpus.eos_id)]
+    return {"text": s.tokenizer.decode(block.tolist()), "eos_positions": pos, "eos_token": s.tokenizer.eos_token,
+            "block_size": cfg.block_size}
+
+
+def step_table(result: dict, keys: list[str]) -> str:
+    rows = []
+    for k in keys:
+        v = result.get(k)
+        rows.append((k, f"{v:,.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)))
+    return format_table(rows)

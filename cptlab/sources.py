@@ -172,6 +172,14 @@ def load_documents(src: DataSource, token_budget: int | None = None, count_token
     else:
         raise ValueError(f"unknown data source kind {src.kind!r}: use hf, py_dir, text_file or tiny_english")
     docs = [d for d in docs if d.strip()]
+    if token_budget is not None and src.kind != "hf" and count_tokens is not None:
+        kept, total = [], 0
+        for d in docs:
+            if total >= token_budget:
+                break
+            kept.append(d)
+            total += count_tokens(d) + 1
+        docs = kept
     if not docs:
         raise ValueError(f"the corpus from {src.kind} {src.path!r} is empty: point it at data that holds text")
     info["n_docs"] = len(docs)

@@ -1,0 +1,26 @@
+# Two commands for a newcomer: `make lab` (the four notebooks, headless) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PRESET ?= tiny
+BIN    := $(VENV)/bin
+
+.PHONY: setup lab test bench clean-runs
+
+# --system-site-packages lets a GPU sandbox's own torch (a CUDA build) be seen and kept;
+# torch==2.13.0 (CPU wheel) is installed only where no torch is importable at all.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+lab: setup
+	$(BIN)/cptlab lab --preset $(PRESET)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean-runs:
+	rm -rf runs

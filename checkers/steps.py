@@ -1,0 +1,313 @@
+"""check_step1 .. check_step4: every check of a step, recomputing derived values from raw ones.
+
+Never raises on missing or malformed results: a check fails and says what is missing. Imports
+no torch and executes nothing from the run folder; results are read as plain JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from .report import Check, Report
+from .thresholds import thresholds_for
+
+STEP_FILES = {1: "step1_baseline.json", 2: "step2_corpus.json", 3: "step3_cpt.json", 4: "step4_tradeoff.json"}
+NOTEBOOKS = {1: "notebooks/01_baseline.ipynb", 2: "notebooks/02_corpus.ipynb", 3: "notebooks/03_cpt.ipynb", 4: "notebooks/04_tradeoff.ipynb"}
+TITLES = {1: "baseline perplexity", 2: "the CPT corpus", 3: "the CPT run", 4: "the trade-off"}
+
+
+class Missing(Exception):
+    """A value a check needs is absent or of the wrong kind."""
+
+
+def load(run_dir: str | Path, step: int) -> tuple[dict | None, str]:
+    path = Path(run_dir) / STEP_FILES[step]
+    if not path.exists():
+        return None, f"{path.name} not found in {run_dir}"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path.name} is not valid JSON ({type(exc).__name__}: {exc})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} holds a {type(data).__name__}, not a JSON object"
+    return data, "valid JSON object"
+
+
+def get(d: Any, dotted: str) -> Any:
+    cur = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise Missing(f"'{dotted}' is missing")
+        cur = cur[part]
+    return cur
+
+
+def num(d: Any, dotted: str) -> float:
+    v = get(d, dotted)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Missing(f"'{dotted}' should be a number, found {v!r}")
+    return float(v)
+
+
+def close(a: float, b: float, rel: float) -> bool:
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+
+
+def fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+class Checker:
+    """Collects checks; a check body that finds a value missing fails with that message."""
+
+    def __init__(self, report: Report, step: int):
+        self.report = report
+        self.step = step
+        self.rerun = f"re-run {NOTEBOOKS[step]} (or `cptlab run`) to rewrite {STEP_FILES[step]}"
+
+    def add(self, cid: str, expected: str, body: Callable[[], tuple[bool, Any]], hint: str = "") -> bool:
+        try:
+            ok, got = body()
+            got = fmt(got)
+        except Missing as exc:
+            ok, got, hint = False, str(exc), f"{STEP_FILES[self.step]} is incomplete: {self.rerun}"
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, KeyError, IndexError) as exc:
+            ok, got, hint = False, f"unreadable value ({type(exc).__name__}: {exc})", self.rerun
+        self.report.checks.append(Check(cid, bool(ok), expected, got, hint))
+        return bool(ok)
+
+
+def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
+    s1, _ = load(run_dir, 1) if step != 1 else (None, "")
+    data, why = load(run_dir, step)
+    preset = None
+    for src in (s1, data):
+        if isinstance(src, dict) and isinstance(src.get("preset"), str):
+            preset = src["preset"]
+            break
+    report = Report(step, TITLES[step], str(run_dir), preset)
+    ck = Checker(report, step)
+    ck.add(f"s{step}.results", f"{STEP_FILES[step]} in the run folder", lambda: (data is not None, why),
+           f"run {NOTEBOOKS[step]} first; it writes {STEP_FILES[step]}")
+    return report, ck, data, thresholds_for(preset)
+
+
+def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: dict) -> None:
+    def body():
+        p, nll, n = num(d, reported), num(d, f"{raw}.nll_sum"), num(d, f"{raw}.tokens")
+        recomputed = math.exp(nll / n)
+        return close(p, recomputed, T["rel_tol"]), f"{reported}={p:.6g}, exp(nll_sum/tokens)={recomputed:.6g}"
+
+    ck.add(cid, f"{reported} = exp({raw}.nll_sum / {raw}.tokens)", body,
+           "perplexity is exp(total NLL / scored tokens); the reported number must come from its own raw sums")
+
+
+def check_step1(run_dir: str | Path) -> Report:
+    report, ck, d, T = _start(run_dir, 1)
+    if d is None:
+        return report
+    for name in ("code", "general"):
+        key = f"baseline_{name}_ppl"
+        ck.add(f"s1.{name}_ppl_finite", "a finite perplexity above 1",
+               lambda key=key: ((lambda v: math.isfinite(v) and v > 1)(num(d, key)), num(d, key)),
+               "perplexity is at least 1 by definition; a NaN or inf means the evaluation broke: check the model and the text")
+        _ppl_from_raw(ck, f"s1.{name}_ppl_from_raw", d, key, name, T)
+        ck.add(f"s1.{name}_tokens", f">= {T['min_eval_tokens']:,} scored tokens",
+               lambda name=name: (num(d, f"{name}.tokens") >= T["min_eval_tokens"], int(num(d, f"{name}.tokens"))),
+               "too few tokens make a noisy perplexity: raise eval_max_tokens or use a bigger evaluation set")
+
+    def same_protocol():
+        pc, pg = get(d, "code.protocol"), get(d, "general.protocol")
+        keys = ("block_size", "stride", "max_tokens")
+        a = {k: get(pc, k) for k in keys}
+        b = {k: get(pg, k) for k in keys}
+        block = get(d, "config.block_size")
+        return a == b and a["block_size"] == block == T["block_size"], f"code {a}, English {b}"
+
+    ck.add("s1.same_protocol", f"code and English scored with one protocol, block_size {T['block_size']}", same_protocol,
+           "compare like with like: evaluate both sets with the same block size, stride and token cap")
+    return report
+
+
+def check_step2(run_dir: str | Path) -> Report:
+    report, ck, d, T = _start(run_dir, 2)
+    if d is None:
+        return report
+    ck.add("s2.eos_count", "one EOS per document (eos_count == n_docs)",
+           lambda: (num(d, "eos_count") == num(d, "n_docs"), f"eos_count={int(num(d, 'eos_count'))}, n_docs={int(num(d, 'n_docs'))}"),
+           "append tokenizer.eos_token_id after every document before joining them into one stream")
+    ck.add("s2.sizes_add_up", "train + val = all tokens and all documents",
+           lambda: (num(d, "train_tokens") + num(d, "val_tokens") == num(d, "n_tokens")
+                    and num(d, "train_docs") + num(d, "val_docs") == num(d, "n_docs"),
+                    f"tokens {int(num(d, 'train_tokens'))}+{int(num(d, 'val_tokens'))} of {int(num(d, 'n_tokens'))}, "
+                    f"docs {int(num(d, 'train_docs'))}+{int(num(d, 'val_docs'))} of {int(num(d, 'n_docs'))}"),
+           "every document goes to exactly one side of the split")
+
+    def split():
+        frac = num(d, "val_tokens") / num(d, "n_tokens")
+        lo, hi = T["val_fraction"], T["val_fraction"] + T["split_tolerance"]
+        return lo <= frac <= hi, f"val fraction {frac:.4f}"
+
+    ck.add("s2.split_98_2", f"validation share in [{T['val_fraction']}, {T['val_fraction'] + T['split_tolerance']:.3f}] "
+           "(whole documents, so at or a little above 2%)", split,
+           "take whole documents for validation until they hold 2% of the tokens")
+    ck.add("s2.split_tokens", f"both splits >= {T['min_split_tokens']:,} tokens",
+           lambda: (min(num(d, "train_tokens"), num(d, "val_tokens")) >= T["min_split_tokens"],
+                    f"train {int(num(d, 'train_tokens')):,}, val {int(num(d, 'val_tokens')):,}"),
+           "a 2% validation split is only trustworthy when it holds tens of thousands of tokens: add documents")
+
+    def blocks():
+        s1, _ = load(run_dir, 1)
+        block = num(d, "block_size")
+        expect_block = num(s1, "config.block_size") if s1 else T["block_size"]
+        n_blocks = num(d, "n_blocks")
+        return block == expect_block and n_blocks == num(d, "train_tokens") // block, f"block_size={int(block)}, n_blocks={int(n_blocks)}"
+
+    ck.add("s2.blocks", f"windows of block_size {T['block_size']}; n_blocks = train_tokens // block_size", blocks,
+           "reshape the training stream to (-1, block_size) after dropping the tail")
+    return report
+
+
+def schedule(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the peak at ``warmup``, then cosine to zero at ``total`` (recomputed here)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def check_step3(run_dir: str | Path) -> Report:
+    report, ck, d, T = _start(run_dir, 3)
+    if d is None:
+        return report
+
+    def rows() -> list[dict]:
+        log = get(d, "log")
+        if not isinstance(log, list) or not log or not all(isinstance(r, dict) for r in log):
+            raise Missing("'log' should be a non-empty list of step rows")
+        return log
+
+    ck.add("s3.steps", f"{T['max_steps']} optimizer steps, numbered 1..{T['max_steps']}",
+           lambda: ([num(r, "step") for r in rows()] == list(range(1, T["max_steps"] + 1)), f"{len(rows())} logged steps"),
+           f"train for exactly max_steps={T['max_steps']} and log every step")
+    ck.add("s3.hparams", f"cpt_lr {T['cpt_lr']}, grad_clip {T['grad_clip']}, block_size {T['block_size']}",
+           lambda: ((num(d, "hparams.cpt_lr"), num(d, "hparams.grad_clip"), num(d, "hparams.block_size"))
+                    == (T["cpt_lr"], T["grad_clip"], T["block_size"]),
+                    f"cpt_lr {num(d, 'hparams.cpt_lr')}, grad_clip {num(d, 'hparams.grad_clip')}, block_size {int(num(d, 'hparams.block_size'))}"),
+           "use the lab's recipe: AdamW lr 5e-5, clip 1.0, 256-token blocks")
+
+    def lr_schedule():
+        lr0, warm, total = num(d, "hparams.cpt_lr"), int(num(d, "hparams.warmup_steps")), int(num(d, "hparams.max_steps"))
+        for r in rows():
+            step = int(num(r, "step"))
+            want = lr0 * schedule(step, warm, total)
+            got = num(r, "lr")
+            if abs(got - want) > 1e-6 * lr0:
+                return False, f"step {step}: lr {got:.6g}, schedule says {want:.6g}"
+        return True, f"all {len(rows())} steps match"
+
+    ck.add("s3.lr_schedule", "every logged lr = cpt_lr x (linear warm-up, then cosine to 0)", lr_schedule,
+           "set the learning rate from the warm-up + cosine formula before every optimizer step")
+
+    def warmup_peak():
+        lrs = [num(r, "lr") for r in rows()]
+        peak_step = int(num(rows()[lrs.index(max(lrs))], "step"))
+        return peak_step == T["warmup_steps"], f"peak at step {peak_step}"
+
+    ck.add("s3.warmup_peak", f"the learning rate peaks at step {T['warmup_steps']}", warmup_peak,
+           "warm up linearly for warmup_steps=10 so Adam's moment estimates settle before the full rate")
+
+    def cosine():
+        lrs = [num(r, "lr") for r in rows()][T["warmup_steps"]:]
+        mono = all(b <= a + 1e-15 for a, b in zip(lrs, lrs[1:]))
+        return mono and lrs[-1] <= 0.01 * max(lrs), f"non-increasing={mono}, last/peak={lrs[-1] / max(lrs):.3g}"
+
+    ck.add("s3.cosine_decay", "after the peak the rate only falls, to about 0 at the last step", cosine,
+           "decay with a half cosine from the peak to 0 over the remaining steps")
+
+    def clipped():
+        norms = [num(r, "grad_norm") for r in rows()]
+        return all(math.isfinite(x) and x >= 0 for x in norms), f"{len(norms)} finite norms (pre-clip max {max(norms):.3g})"
+
+    ck.add("s3.grad_norms", "a finite pre-clipping gradient norm at every step", clipped,
+           "log clip_grad_norm_'s return value (the norm before clipping) each step")
+
+    def decreased():
+        losses = [num(r, "loss") for r in rows()]
+        k = max(1, len(losses) // 10)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        return all(math.isfinite(x) for x in losses) and last < first, f"first {k} steps {first:.4g}, last {k} steps {last:.4g}"
+
+    ck.add("s3.loss_decreased", "mean loss of the last 10% of steps below that of the first 10%", decreased,
+           "if the loss does not fall, check the learning rate and that the model trains on the code corpus")
+
+    def spikes():
+        losses = [num(r, "loss") for r in rows()]
+        limit = T["spike_factor"] * losses[0]
+        worst = max(losses[T["warmup_steps"]:] or losses)
+        return worst <= limit, f"max loss after warm-up {worst:.4g} (limit {limit:.4g})"
+
+    ck.add("s3.no_loss_spike", f"no loss above {T['spike_factor']}x the first step's after warm-up", spikes,
+           "a spike means the update was too large: lower the learning rate or keep clipping at 1.0")
+
+    def model_folder():
+        p = Path(str(get(d, "adapted_model")))
+        if not p.is_absolute() and not p.exists():
+            p = Path(run_dir) / p
+        ok = p.is_dir() and (p / "config.json").exists() and any(p.glob("*.safetensors"))
+        return ok, f"{p} ({'config + safetensors' if ok else 'missing or incomplete'})"
+
+    ck.add("s3.adapted_model", "a model folder with config.json and safetensors weights", model_folder,
+           "save the adapted model with save_pretrained(folder, safe_serialization=True) and the tokenizer beside it")
+    return report
+
+
+def check_step4(run_dir: str | Path) -> Report:
+    report, ck, d, T = _start(run_dir, 4)
+    if d is None:
+        return report
+    s1, why1 = load(run_dir, 1)
+    ck.add("s4.step1_present", "step1_baseline.json to compare against", lambda: (s1 is not None, why1),
+           f"run {NOTEBOOKS[1]} first")
+    for name in ("code", "general"):
+        _ppl_from_raw(ck, f"s4.adapted_{name}_ppl_from_raw", d, f"adapted_{name}_ppl", name, T)
+        ck.add(f"s4.baseline_{name}_matches_step1", f"baseline_{name}_ppl equal to step 1's",
+               lambda name=name: (s1 is not None and close(num(d, f"baseline_{name}_ppl"), num(s1, f"baseline_{name}_ppl"), T["rel_tol"]),
+                                  f"step 4 {num(d, f'baseline_{name}_ppl'):.6g}, step 1 {num(s1, f'baseline_{name}_ppl') if s1 else 'missing'}"),
+               "step 4 must compare against the baseline measured in step 1: re-run step 4")
+        ck.add(f"s4.same_{name}_tokens", f"the {name} set scored on the same tokens as the baseline",
+               lambda name=name: (s1 is not None and num(d, f"{name}.tokens") == num(s1, f"{name}.tokens")
+                                  and get(d, f"{name}.tokens_sha") == get(s1, f"{name}.tokens_sha"),
+                                  f"{int(num(d, f'{name}.tokens'))} tokens vs {int(num(s1, f'{name}.tokens')) if s1 else 'missing'}"),
+               "before/after numbers are only comparable on identical tokens and protocol")
+
+    def drop_formula():
+        want = 1 - num(d, "adapted_code_ppl") / num(d, "baseline_code_ppl")
+        return close(num(d, "code_ppl_drop"), want, T["rel_tol"]), f"code_ppl_drop={num(d, 'code_ppl_drop'):.6g}, recomputed {want:.6g}"
+
+    ck.add("s4.code_ppl_drop_consistent", "code_ppl_drop = 1 - adapted_code_ppl / baseline_code_ppl", drop_formula,
+           "recompute code_ppl_drop from the two perplexities; do not edit it by hand")
+
+    def ratio_formula():
+        want = num(d, "adapted_general_ppl") / num(d, "baseline_general_ppl")
+        return close(num(d, "forgetting_ratio"), want, T["rel_tol"]), f"forgetting_ratio={num(d, 'forgetting_ratio'):.6g}, recomputed {want:.6g}"
+
+    ck.add("s4.forgetting_ratio_consistent", "forgetting_ratio = adapted_general_ppl / baseline_general_ppl", ratio_formula,
+           "recompute forgetting_ratio from the two English perplexities; do not edit it by hand")
+    ck.add("s4.code_ppl_drop", f"code_ppl_drop >= {T['min_code_ppl_drop']:.2f}",
+           lambda: (num(d, "code_ppl_drop") >= T["min_code_ppl_drop"], f"{num(d, 'code_ppl_drop'):.4f}"),
+           "CPT should cut code perplexity by at least this much: check the learning rate, the steps and that training used the code corpus")
+    ck.add("s4.forgetting_ratio", f"forgetting_ratio > {T['min_forgetting_ratio']}",
+           lambda: (num(d, "forgetting_ratio") > T["min_forgetting_ratio"], f"{num(d, 'forgetting_ratio'):.4f}"),
+           "pure CPT on code should cost some English; a ratio <= 1 suggests the English evaluation is not the baseline's")
+    return report
+
+
+CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}
+
+
+def check_all(run_dir: str | Path) -> list[Report]:
+    return [CHECKS[s](run_dir) for s in (1, 2, 3, 4)]

@@ -1,0 +1,111 @@
+"""CI runs the four notebooks headless on the smoke preset, then the checkers on what they wrote;
+tampered results must fail the matching check, and `grade` must exit non-zero."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from checkers import check_step1, check_step2, check_step3, check_step4
+from checkers.grade import main as grade_main
+from cptlab.lab import run_step2
+from cptlab.results import MissingStepError
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory) -> Path:
+    from cptlab.notebooks import run_lab
+
+    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
+
+
+def test_notebooks_ran_and_every_check_passes(lab_run, capsys):
+    for name in ("01_baseline", "02_corpus", "03_cpt", "04_tradeoff"):
+        nb = json.loads((lab_run / f"{name}.ipynb").read_text())
+        outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
+    assert len(list((lab_run / "plots").glob("*.png"))) >= 4
+    for check in (check_step1, check_step2, check_step3, check_step4):
+        report = check(lab_run)
+        assert report.passed, str(report)
+        assert "all checks passed" in report._repr_html_()
+    assert grade_main(["grade", str(lab_run)]) == 0
+    out = capsys.readouterr().out
+    assert "1/1 run(s) passed every check" in out
+
+
+def test_results_follow_the_contract(lab_run):
+    s1 = json.loads((lab_run / "step1_baseline.json").read_text())
+    s4 = json.loads((lab_run / "step4_tradeoff.json").read_text())
+    assert s4["code_ppl_drop"] == pytest.approx(1 - s4["adapted_code_ppl"] / s1["baseline_code_ppl"])
+    assert s4["forgetting_ratio"] == pytest.approx(s4["adapted_general_ppl"] / s1["baseline_general_ppl"])
+    assert s4["code"]["tokens"] == s1["code"]["tokens"]
+    for key in ("preset", "seed", "versions", "device", "base_model"):
+        assert key in s1
+    adapted = Path(s4["adapted_model"])
+    assert list(adapted.glob("*.safetensors")) and (adapted / "tokenizer.json").exists()
+
+
+def _tampered(lab_run, tmp_path, step_file, edit):
+    run = tmp_path / "tampered"
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("models", "*.ipynb"))
+    path = run / step_file
+    edit(path)
+    return run
+
+
+def _edit_json(fn):
+    def edit(path):
+        d = json.loads(path.read_text())
+        fn(d)
+        path.write_text(json.dumps(d))
+    return edit
+
+
+def test_edited_forgetting_ratio_fails_and_is_named(lab_run, tmp_path, capsys):
+    run = _tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(lambda d: d.update(forgetting_ratio=d["forgetting_ratio"] * 0.9)))
+    report = check_step4(run)
+    assert [c.id for c in report.failures] == ["s4.forgetting_ratio_consistent"]
+    assert grade_main(["grade", str(run), "--csv", str(tmp_path / "g.csv")]) == 1
+    assert "s4.forgetting_ratio_consistent" in capsys.readouterr().out
+    assert "s4.forgetting_ratio_consistent" in (tmp_path / "g.csv").read_text()
+
+
+def test_removed_step_log_fails(lab_run, tmp_path):
+    run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(lambda d: d.pop("log")))
+    report = check_step3(run)
+    failed = {c.id: c for c in report.failures}
+    assert "s3.steps" in failed and "'log' is missing" in failed["s3.steps"].got
+    assert "s3.hparams" not in failed  # only what depends on the log fails
+
+
+def test_non_finite_perplexity_fails(lab_run, tmp_path):
+    def edit(path):
+        path.write_text(path.read_text().replace('"baseline_code_ppl": ', '"baseline_code_ppl": NaN, "x": ', 1))
+
+    run = _tampered(lab_run, tmp_path, "step1_baseline.json", edit)
+    failed = {c.id for c in check_step1(run).failures}
+    assert {"s1.code_ppl_finite", "s1.code_ppl_from_raw"} <= failed and "s1.general_ppl_finite" not in failed
+
+
+def test_truncated_json_fails_without_traceback(lab_run, tmp_path):
+    run = _tampered(lab_run, tmp_path, "step2_corpus.json", lambda p: p.write_text(p.read_text()[:200]))
+    report = check_step2(run)
+    assert not report.passed and report.failures[0].id == "s2.results" and "not valid JSON" in report.failures[0].got
+
+
+def test_wrong_schedule_is_caught(lab_run, tmp_path):
+    def bump(d):
+        d["log"][5]["lr"] *= 1.5
+    run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(bump))
+    failed = {c.id: c for c in check_step3(run).failures}
+    assert "s3.lr_schedule" in failed and "step 6" in failed["s3.lr_schedule"].got
+
+
+def test_missing_previous_step_says_which_notebook(tmp_path):
+    with pytest.raises(MissingStepError, match="01_baseline.ipynb"):
+        run_step2(tmp_path)
+    report = check_step3(tmp_path)
+    assert not report.passed and "03_cpt.ipynb" in report.failures[0].hint
