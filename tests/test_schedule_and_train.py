@@ -76,7 +76,7 @@ def test_loss_is_token_mean_of_cross_entropy(model_and_tok):
     loss_sum, n = token_loss_sum(model, x)
     with torch.no_grad():
         hf = model(x, labels=x).loss  # transformers' own mean over the shifted tokens
-    assert n == 4 * 15 and float(loss_sum) / n == pytest.approx(float(hf), rel=1e-5)
+    assert n == 4 * 15 and float(loss_sum.detach()) / n == pytest.approx(float(hf), rel=1e-5)
 
 
 def test_same_seed_same_run(model_and_tok):
