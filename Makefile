@@ -22,5 +22,8 @@ lab: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+bench: setup
+	$(BIN)/python benchmarks/bench.py
+
 clean-runs:
 	rm -rf runs

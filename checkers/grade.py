@@ -25,11 +25,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def grade(run_dirs: list[str]) -> tuple[list[dict], str]:
+def grade(run_dirs: list[str], verify: bool = False) -> tuple[list[dict], str]:
     rows, out = [], io.StringIO()
     for run in run_dirs:
         reports = check_all(run)
-        out.write(f"\n== {run} (preset {reports[0].preset or reports[3].preset or 'unknown'})\n")
+        if verify:
+            from .verify import verify as verify_run
+
+            reports.append(verify_run(run))
+        out.write(f"\n== {run} (preset {next((r.preset for r in reports if r.preset), 'unknown')})\n")
         out.write(f"{'step':<28}{'points':>10}  status\n")
         for r in reports:
             status = "pass" if r.passed else "FAIL: " + ", ".join(c.id for c in r.failures)
@@ -61,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("run_dirs", nargs="+")
     g.add_argument("--csv", help="write the gradebook (one row per run folder) as CSV")
     g.add_argument("--json", help="write the gradebook with every check as JSON")
+    g.add_argument("--verify", action="store_true",
+                   help="also re-hash the run's files and re-evaluate its saved models under the recorded protocol")
     args = p.parse_args(argv)
 
-    rows, text = grade(args.run_dirs)
+    rows, text = grade(args.run_dirs, verify=args.verify)
     print(text.strip("\n"))
     print(f"\n{sum(r['passed'] for r in rows)}/{len(rows)} run(s) passed every check")
     if args.csv:

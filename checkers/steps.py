@@ -93,6 +93,12 @@ def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
     ck = Checker(report, step)
     ck.add(f"s{step}.results", f"{STEP_FILES[step]} in the run folder", lambda: (data is not None, why),
            f"run {NOTEBOOKS[step]} first; it writes {STEP_FILES[step]}")
+    if data is not None and step != 1:
+        ck.add(f"s{step}.same_run", "the same run (run_id and preset) as step1_baseline.json",
+               lambda: (s1 is not None and get(data, "run_id") == get(s1, "run_id") and get(data, "preset") == get(s1, "preset"),
+                        f"run_id {str(get(data, 'run_id'))[:8]}.. preset {get(data, 'preset')} vs step 1 "
+                        + (f"{str(get(s1, 'run_id'))[:8]}.. preset {get(s1, 'preset')}" if s1 else "missing")),
+               "results from another run or preset are mixed into this folder: re-run the steps in order in one run folder")
     return report, ck, data, thresholds_for(preset)
 
 
@@ -253,9 +259,26 @@ def check_step3(run_dir: str | Path) -> Report:
     ck.add("s3.no_loss_spike", f"no loss above {T['spike_factor']}x the first step's after warm-up", spikes,
            "a spike means the update was too large: lower the learning rate or keep clipping at 1.0")
 
+    def curve():
+        pts = get(d, "curve")
+        if not isinstance(pts, list) or len(pts) < 2:
+            raise Missing("'curve' should list the evaluation points of the run")
+        every = int(num(d, "curve_protocol.every"))
+        steps = [int(num(p, "step")) for p in pts]
+        last = int(num(rows()[-1], "step"))
+        want = sorted({0, *range(every, last + 1, every), last})
+        g0 = num(pts[0], "general_ppl")
+        for p in pts:
+            if not close(num(p, "forgetting_ratio"), num(p, "general_ppl") / g0, T["rel_tol"]):
+                return False, f"step {int(num(p, 'step'))}: forgetting_ratio does not equal general_ppl / step-0 general_ppl"
+        return steps == want, f"points at steps {steps[:4]}...{steps[-2:]}"
+
+    ck.add("s3.forgetting_curve", "code and English evaluated at step 0, every k steps and at the last step", curve,
+           "evaluate both sets every curve_every steps during the run (the forgetting curve)")
+
     def model_folder():
         p = Path(str(get(d, "adapted_model")))
-        if not p.is_absolute() and not p.exists():
+        if not p.is_absolute():
             p = Path(run_dir) / p
         ok = p.is_dir() and (p / "config.json").exists() and any(p.glob("*.safetensors"))
         return ok, f"{p} ({'config + safetensors' if ok else 'missing or incomplete'})"
@@ -303,7 +326,93 @@ def check_step4(run_dir: str | Path) -> Report:
     ck.add("s4.forgetting_ratio", f"forgetting_ratio > {T['min_forgetting_ratio']}",
            lambda: (num(d, "forgetting_ratio") > T["min_forgetting_ratio"], f"{num(d, 'forgetting_ratio'):.4f}"),
            "pure CPT on code should cost some English; a ratio <= 1 suggests the English evaluation is not the baseline's")
+    _check_study(ck, d, T)
     return report
+
+
+def _check_study(ck: Checker, d: dict, T: dict) -> None:
+    """The trade-off study: every variant, honest endpoints, frozen LoRA base, real replay shares,
+    and a recommendation that follows from the numbers."""
+
+    def variants() -> list[dict]:
+        vs = get(d, "study.variants")
+        if not isinstance(vs, list) or not all(isinstance(v, dict) for v in vs):
+            raise Missing("'study.variants' should be a list of variants")
+        return vs
+
+    def of(choice: str) -> list[dict]:
+        return [v for v in variants() if v.get("choice") == choice]
+
+    def complete():
+        alphas = sorted(num(v, "alpha") for v in of("interpolation"))
+        have = {c: len(of(c)) for c in ("pure_cpt", "replay", "lora", "interpolation")}
+        ok = have["pure_cpt"] == 1 and have["replay"] >= 3 and have["lora"] >= 1 and len(alphas) >= 3 and alphas[0] == 0 and alphas[-1] == 1
+        return ok, f"{have}, alphas {alphas}"
+
+    ck.add("s4.study_variants", "pure CPT, >= 3 replay fractions, LoRA, and an interpolation grid from alpha 0 to 1", complete,
+           "run the trade-off study cell (cptlab.tradeoff.run_study) after the headline numbers")
+
+    def raw_consistent():
+        b_code, b_gen = num(d, "baseline_code_ppl"), num(d, "baseline_general_ppl")
+        for v in variants():
+            name = v.get("name")
+            cp = math.exp(num(v, "code_nll_sum") / num(v, "code_tokens"))
+            gp = math.exp(num(v, "general_nll_sum") / num(v, "general_tokens"))
+            if not (close(cp, num(v, "code_ppl"), T["rel_tol"]) and close(gp, num(v, "general_ppl"), T["rel_tol"])
+                    and close(num(v, "code_ppl_drop"), 1 - cp / b_code, T["rel_tol"])
+                    and close(num(v, "forgetting_ratio"), gp / b_gen, T["rel_tol"])):
+                return False, f"{name}: its perplexities, drop or ratio do not follow from its raw sums"
+            if num(v, "code_tokens") != num(d, "code.tokens") or num(v, "general_tokens") != num(d, "general.tokens"):
+                return False, f"{name}: scored a different number of tokens than the headline numbers"
+        return True, f"{len(variants())} variants consistent"
+
+    ck.add("s4.study_from_raw", "every variant's numbers recomputed from its nll sums, on the headline tokens", raw_consistent,
+           "every variant must be scored with the same protocol and tokens; do not edit the study by hand")
+
+    def endpoints():
+        grid = {num(v, "alpha"): v for v in of("interpolation")}
+        a0, a1 = grid[0.0], grid[1.0]
+        ok = (close(num(a0, "code_ppl"), num(d, "baseline_code_ppl"), 1e-3) and close(num(a0, "general_ppl"), num(d, "baseline_general_ppl"), 1e-3)
+              and close(num(a1, "code_ppl"), num(d, "adapted_code_ppl"), 1e-3) and close(num(a1, "general_ppl"), num(d, "adapted_general_ppl"), 1e-3))
+        return ok, (f"alpha 0: {num(a0, 'code_ppl'):.5g}/{num(a0, 'general_ppl'):.5g} vs base {num(d, 'baseline_code_ppl'):.5g}/"
+                    f"{num(d, 'baseline_general_ppl'):.5g}; alpha 1: {num(a1, 'code_ppl'):.5g}/{num(a1, 'general_ppl'):.5g} vs adapted "
+                    f"{num(d, 'adapted_code_ppl'):.5g}/{num(d, 'adapted_general_ppl'):.5g}")
+
+    ck.add("s4.interp_endpoints", "alpha 0 reproduces the base model and alpha 1 the CPT model (1e-3 relative)", endpoints,
+           "interpolate (1 - alpha) * base + alpha * cpt parameter by parameter, from the saved base and adapted folders")
+
+    def lora_frozen():
+        for v in of("lora"):
+            if get(v, "base_sha256_before") != get(v, "base_sha256_after"):
+                return False, f"{v.get('name')}: base weights changed during LoRA training"
+            if not 0 < num(v, "trainable_params") < num(v, "total_params"):
+                return False, f"{v.get('name')}: trainable {num(v, 'trainable_params')} of {num(v, 'total_params')}"
+        return bool(of("lora")), f"base hashes equal; trainable {int(num(of('lora')[0], 'trainable_params')):,} of {int(num(of('lora')[0], 'total_params')):,}"
+
+    ck.add("s4.lora_base_frozen", "LoRA left every base tensor bit-identical (sha256 before = after)", lora_frozen,
+           "train only the adapters: get_peft_model freezes the base; do not merge before hashing")
+
+    def replay_share():
+        for v in of("replay"):
+            per_step = get(v, "replay_windows_per_step")
+            windows = num(v, "windows")
+            realised = sum(per_step) / windows
+            if abs(realised - num(v, "replay_fraction")) > 1.0 / windows + 1e-9 or not close(realised, num(v, "replay_fraction_realised"), 1e-9):
+                return False, f"{v.get('name')}: held {realised:.4f} replay, asked {num(v, 'replay_fraction')}"
+        return bool(of("replay")), ", ".join(f"{v.get('name')}: {num(v, 'replay_fraction_realised'):.4f}" for v in of("replay"))
+
+    ck.add("s4.replay_share", "each replay run's batches really held the stated share of English windows", replay_share,
+           "draw round(share x windows) replay windows over the run, spread across steps")
+
+    def recommendation():
+        floor = num(d, "study.retention_floor")
+        under = [v for v in variants() if num(v, "forgetting_ratio") <= floor]
+        want = max(under, key=lambda v: num(v, "code_ppl_drop")) if under else min(variants(), key=lambda v: num(v, "forgetting_ratio"))
+        got = get(d, "study.recommendation.name")
+        return got == want.get("name"), f"recommended {got}; the numbers give {want.get('name')} (floor {floor})"
+
+    ck.add("s4.recommendation", "the recommendation is the largest code gain under the retention floor", recommendation,
+           "recompute the recommendation from the variants; do not pick it by hand")
 
 
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}

@@ -22,6 +22,14 @@ def _config_from_args(args) -> "LabConfig":  # noqa: F821
         overrides["code_source"] = DataSource(kind="py_dir", path=args.code_dir, exclude_tests=False)
     if args.general_file:
         overrides["general_source"] = DataSource(kind="text_file", path=args.general_file)
+    for item in getattr(args, "set", None) or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
     return get_config(args.preset, **overrides)
 
 
@@ -29,9 +37,11 @@ def cmd_run(args) -> int:
     from .lab import format_table, run_all, summary_rows
 
     cfg = _config_from_args(args)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out RUN_DIR: the run folder to continue")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}")
     t0 = time.perf_counter()
-    run_all(cfg, out, progress=not args.quiet)
+    run_all(cfg, out, progress=not args.quiet, study=not args.no_study, resume=args.resume)
     if args.plots:
         from .plots import save_all
 
@@ -59,6 +69,18 @@ def cmd_perplexity(args) -> int:
     res = perplexity(model, ids, block, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, device=device)
     print(json.dumps({"ppl": res.ppl, "nll_sum": res.nll_sum, "tokens": res.tokens, "block_size": block,
                       "stride": res.protocol["stride"], "model": args.model, "text": str(text_path), "protocol": res.protocol}))
+    return 0
+
+
+def cmd_tradeoff(args) -> int:
+    from .tradeoff import run_study, study_table
+
+    study = run_study(args.run, progress=not args.quiet)
+    if args.plots:
+        from .plots import save_all
+
+        save_all(args.run)
+    print(study_table(study))
     return 0
 
 
@@ -111,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--general-file", help="an English text file to use for the forgetting measurement")
     r.add_argument("--plots", action="store_true", help="also save the PNG plots in the run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any LabConfig field, e.g. --set curve_every=5 (repeatable)")
+    r.add_argument("--no-study", action="store_true", help="skip the trade-off study (replay, LoRA, interpolation)")
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("perplexity", help="perplexity of one text file under the lab's protocol; prints JSON")
@@ -129,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", help="use this run folder instead of a new one under --runs")
     lab.add_argument("--seed", type=int)
     lab.set_defaults(func=cmd_lab)
+
+    t = sub.add_parser("tradeoff", help="the step-4 study on a finished run: replay, LoRA, interpolation, Pareto")
+    t.add_argument("--run", required=True, help="a run folder with steps 1-4 done")
+    t.add_argument("--plots", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_tradeoff)
 
     b = sub.add_parser("base", help="build (once) and print the tiny preset's cached base model folder")
     b.add_argument("--preset", default="tiny")

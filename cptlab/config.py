@@ -55,7 +55,7 @@ class TinyBaseConfig:
     pretrain_warmup_steps: int = 20
     # WebText held some code; a small share of Python (from the stdlib's own test package,
     # disjoint from the CPT corpus) makes the tiny base tell GPT-2's story in step 1.
-    code_fraction: float = 0.1
+    code_fraction: float = 0.03
     max_code_test_files: int = 200
 
 
@@ -83,10 +83,22 @@ class LabConfig:
     # none on biases, LayerNorms or embeddings' positional table.
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
+    checkpoint_every: int = 25  # steps between resumable checkpoints of the CPT run
     # --- evaluation (one protocol for every perplexity)
     eval_stride: int | None = None  # None: non-overlapping windows of block_size
     eval_batch_size: int = 8
     eval_max_tokens: int | None = 40_000  # deterministic prefix cap per evaluation set
+    # --- the trade-off study (step 4)
+    curve_every: int = 10  # evaluate code and English every k CPT steps (the forgetting curve)
+    curve_max_tokens: int = 8_192  # per set, for the curve only; headline numbers use eval_max_tokens
+    retention_floor: float = 1.10  # the highest forgetting_ratio a production team would accept
+    stop_at_floor: bool = False  # stop the CPT run at the first curve point above the floor
+    replay_fractions: tuple[float, ...] = (0.05, 0.10, 0.25)  # 0% is the pure CPT run itself
+    replay_source: DataSource | None = field(default_factory=lambda: DataSource(kind="tiny_english_train"))
+    lora_r: int = 8
+    lora_alpha: int = 16  # alpha = 2r ("LoRA Learns Less and Forgets Less")
+    lora_lr: float = 5e-4  # LoRA's usual rate is ~10x full fine-tuning's; same steps and tokens
+    interp_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -111,6 +123,10 @@ class LabConfig:
             raise ConfigError("batch_size, grad_accum and eval_batch_size must be >= 1")
         if self.eval_stride is not None and not 1 <= self.eval_stride <= self.block_size:
             raise ConfigError(f"eval_stride must be in [1, block_size={self.block_size}], got {self.eval_stride}")
+        if not all(0 < f < 1 for f in self.replay_fractions):
+            raise ConfigError(f"replay_fractions must lie in (0, 1), got {self.replay_fractions}")
+        if self.curve_every < 1:
+            raise ConfigError(f"curve_every must be >= 1, got {self.curve_every}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
         return self
@@ -129,11 +145,13 @@ class LabConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}")
-        for key, sub in (("code_source", DataSource), ("general_source", DataSource), ("tiny", TinyBaseConfig)):
+        for key, sub in (("code_source", DataSource), ("general_source", DataSource), ("replay_source", DataSource),
+                         ("tiny", TinyBaseConfig)):
             if isinstance(d.get(key), dict):
                 d[key] = sub(**d[key])
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        for key in ("betas", "replay_fractions", "interp_alphas"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def replace(self, **changes: Any) -> "LabConfig":
@@ -153,6 +171,7 @@ def _gpt2() -> LabConfig:
         base_model="gpt2",
         code_source=DataSource(kind="hf", path="codeparrot/codeparrot-clean", split="train", field="content", streaming=True),
         general_source=DataSource(kind="hf", path="wikitext", name="wikitext-2-raw-v1", split="test", field="text", join="\n\n"),
+        replay_source=DataSource(kind="hf", path="wikitext", name="wikitext-2-raw-v1", split="train", field="text", join="\n\n"),
         # 2% of 3M tokens = 60k validation tokens, above the 50k the lab asks for.
         code_token_budget=3_000_000,
         batch_size=16,
@@ -172,6 +191,9 @@ def _smoke() -> LabConfig:
         cpt_lr=2e-3,
         code_token_budget=400_000,
         eval_max_tokens=6_000,
+        curve_every=5,
+        curve_max_tokens=2_048,
+        lora_lr=2e-2,
         tiny=TinyBaseConfig(
             vocab_size=2048, n_layer=2, n_head=2, n_embd=64, n_positions=64,
             pretrain_steps=120, pretrain_batch_size=8, pretrain_lr=3e-3, pretrain_warmup_steps=10,

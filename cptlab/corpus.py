@@ -58,7 +58,7 @@ def split_documents(lengths: list[int], val_fraction: float, seed: int) -> tuple
     target = val_fraction * total
     val, got = [], 0
     for idx in reversed(order):
-        if got >= target:
+        if got >= target or len(val) == n - 1:  # training keeps at least one document
             break
         val.append(idx)
         got += lengths[idx]

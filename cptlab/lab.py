@@ -27,6 +27,12 @@ def resolve_base_model(cfg: LabConfig, progress: bool = True) -> str:
     return str(ensure_base_model(cfg, progress=progress))
 
 
+def model_path(run_dir: str | Path, p: str) -> Path:
+    """A model path from a results file: relative ones are inside the run folder."""
+    q = Path(p)
+    return q if q.is_absolute() else Path(run_dir) / q
+
+
 def config_of(run_dir: str | Path) -> LabConfig:
     return LabConfig.from_dict(read_step(run_dir, 1)["config"])
 
@@ -52,9 +58,14 @@ def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str) -> Pe
     )
 
 
-def _eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, source: dict) -> dict:
+def eval_tokens_sha(stream: np.ndarray, cfg: LabConfig) -> str:
+    """Fingerprint of the tokens an evaluation really scored (after the max-tokens cap)."""
     used = np.asarray(stream[: cfg.eval_max_tokens] if cfg.eval_max_tokens else stream)
-    return {**res.to_dict(), "tokens_sha": fingerprint(used.astype(np.int64).tobytes()), "source": source}
+    return fingerprint(used.astype(np.int64).tobytes())
+
+
+def _eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, source: dict) -> dict:
+    return {**res.to_dict(), "tokens_sha": eval_tokens_sha(stream, cfg), "source": source}
 
 
 class Session:
@@ -89,8 +100,11 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dic
     gen, gen_info = general_stream(cfg, s.tokenizer)
     code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl")
     general = evaluate(model, gen, cfg, s.device, "baseline English ppl")
+    import uuid
+
     out = {
         "step": 1,
+        "run_id": uuid.uuid4().hex,
         "preset": cfg.preset,
         "seed": cfg.seed,
         "config": cfg.to_dict(),
@@ -115,27 +129,66 @@ def run_step2(run_dir: str | Path) -> dict:
     s1 = read_step(run_dir, 1)
     s = Session(cfg, s1["base_model"])
     corpus, info = code_corpus(cfg, s.tokenizer)
-    out = {"step": 2, "preset": cfg.preset, "seed": cfg.seed, "source": info, **corpus.stats}
+    out = {"step": 2, "run_id": s1["run_id"], "preset": cfg.preset, "seed": cfg.seed, "source": info, **corpus.stats}
     write_step(run_dir, 2, out)
     return out
 
 
-def run_step3(run_dir: str | Path, progress: bool = True) -> dict:
-    """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer)."""
+def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -> dict:
+    """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer).
+
+    It checkpoints every ``checkpoint_every`` steps; with ``resume`` (the default) a run that was
+    interrupted continues from its last checkpoint and ends exactly where an uninterrupted run would."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     read_step(run_dir, 2)
     s = Session(cfg, s1["base_model"])
     corpus, _ = code_corpus(cfg, s.tokenizer)
+    gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
+    from .tradeoff import curve_point, floor_crossing
+
+    import shutil
+
+    from .train import Checkpointing
+
+    ckpt = Checkpointing(Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"]))
+    if not resume and ckpt.folder.exists():
+        shutil.rmtree(ckpt.folder)
+    # The forgetting curve: both sets every curve_every steps, on capped sets, same protocol.
+    if ckpt.exists():
+        curve: list[dict] = []
+        stopped = {"at": None, "eval_seconds": 0.0}
+    else:
+        curve = [curve_point(model, 0, corpus.val, gen, cfg, s.device, s.amp, None)]
+        stopped = {"at": None, "eval_seconds": 0.0}
+    ckpt.extra.update(curve=curve, stopped=stopped)
+
+    def on_step(step: int, m, row: dict) -> bool:
+        if step % cfg.curve_every and step != cfg.max_steps:
+            return False
+        curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
+        t = time.perf_counter()
+        point = curve_point(m, step, corpus.val, gen, cfg, s.device, s.amp, curve[0])
+        m.train()
+        stopped["eval_seconds"] += time.perf_counter() - t
+        curve.append(point)
+        if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+            stopped["at"] = step
+            return True
+        return False
+
     seed_everything(cfg.seed)
-    result = train(model, corpus.train, cfg, s.device, s.amp, progress=progress)
+    result = train(model, corpus.train, cfg, s.device, s.amp, progress=progress, on_step=on_step, checkpointing=ckpt)
+    curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
     folder = Path(run_dir) / "models" / "adapted"
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         s.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(ckpt.folder, ignore_errors=True)
     out = {
         "step": 3,
+        "run_id": s1["run_id"],
         "preset": cfg.preset,
         "seed": cfg.seed,
         "hparams": {
@@ -147,11 +200,15 @@ def run_step3(run_dir: str | Path, progress: bool = True) -> dict:
             "precision": str(s.amp).replace("torch.", "") if s.amp else "fp32",
         },
         "log": result.log,
+        "curve": curve,
+        "curve_protocol": {"every": cfg.curve_every, "max_tokens": cfg.curve_max_tokens, "block_size": cfg.block_size},
+        "floor": {**floor_crossing(curve, cfg.retention_floor), "stopped_at_step": stopped["at"]},
         "seconds": result.seconds,
+        "curve_eval_seconds": stopped["eval_seconds"],
         "tokens_seen": result.tokens,
-        "tokens_per_second": result.tokens / result.seconds if result.seconds else None,
+        "tokens_per_second": result.tokens / max(1e-9, result.seconds - stopped["eval_seconds"]),
         "base_model": s1["base_model"],
-        "adapted_model": str(folder),
+        "adapted_model": "models/adapted",  # relative to the run folder: a run folder can be moved or handed in
         "device": describe(s.device),
     }
     write_step(run_dir, 3, out)
@@ -166,7 +223,7 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
     s = Session(cfg, s1["base_model"])
     corpus, _ = code_corpus(cfg, s.tokenizer)
     gen, _ = general_stream(cfg, s.tokenizer)
-    model = s.model(s3["adapted_model"])
+    model = s.model(str(model_path(run_dir, s3["adapted_model"])))
     code = evaluate(model, corpus.val, cfg, s.device, "adapted code ppl")
     general = evaluate(model, gen, cfg, s.device, "adapted English ppl")
     code_rec = _eval_record(code, corpus.val, cfg, {"split": "val"})
@@ -176,6 +233,7 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
             raise RuntimeError(f"the {name} evaluation tokens differ from step 1's: re-run the lab from step 1 in a new run folder")
     out = {
         "step": 4,
+        "run_id": s1["run_id"],
         "preset": cfg.preset,
         "seed": cfg.seed,
         "base_model": s1["base_model"],
@@ -194,11 +252,23 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
     return out
 
 
-def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dict:
-    run_step1(cfg, run_dir, progress)
-    run_step2(run_dir)
-    run_step3(run_dir, progress)
-    return run_step4(run_dir, progress)
+def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True, study: bool = True, resume: bool = False) -> dict:
+    """All four steps. With ``resume``, steps already done in ``run_dir`` (with this same
+    configuration) are kept and an interrupted CPT run continues from its last checkpoint."""
+    done = resume and (Path(run_dir) / "step1_baseline.json").exists()
+    if done and config_of(run_dir) != cfg:
+        raise ValueError(f"{run_dir} holds a run with another configuration: resume it with the same options, or use a new --out")
+    if not done:
+        run_step1(cfg, run_dir, progress)
+    if not (resume and (Path(run_dir) / "step2_corpus.json").exists()):
+        run_step2(run_dir)
+    run_step3(run_dir, progress, resume=resume)
+    out = run_step4(run_dir, progress)
+    if study:
+        from .tradeoff import run_study
+
+        out["study"] = run_study(run_dir, progress)
+    return out
 
 
 def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
@@ -214,7 +284,7 @@ def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
         ("forgetting ratio", f"{s4['forgetting_ratio']:.3f}"),
         ("CPT steps / tokens", f"{len(s3['log'])} / {s3['tokens_seen']}"),
         ("CPT seconds", f"{s3['seconds']:.1f}"),
-        ("adapted model", s4["adapted_model"]),
+        ("adapted model", str(model_path(run_dir, s4["adapted_model"]))),
     ]
 
 

@@ -78,28 +78,60 @@ def before_after(run_dir):
     return fig
 
 
+def forgetting_curve(run_dir):
+    """Code gain and forgetting ratio against the CPT step, with the retention floor."""
+    s3 = read_step(run_dir, 3)
+    curve = s3.get("curve") or []
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    if curve:
+        steps = [p["step"] for p in curve]
+        ax.plot(steps, [100 * p["code_ppl_drop"] for p in curve], "o-", color="#4c72b0", label="code ppl drop (%)")
+        ax.set_ylabel("code perplexity drop, %", color="#4c72b0")
+        ax2 = ax.twinx()
+        ax2.plot(steps, [p["forgetting_ratio"] for p in curve], "s-", color="#dd8452", label="forgetting ratio")
+        floor = (s3.get("floor") or {}).get("retention_floor")
+        if floor:
+            ax2.axhline(floor, color="#c44e52", ls="--", lw=1)
+            ax2.annotate(f"retention floor {floor}", (steps[0], floor), textcoords="offset points", xytext=(2, 3), fontsize=8, color="#c44e52")
+        ax2.set_ylabel("forgetting ratio", color="#dd8452")
+    ax.set_xlabel("CPT step")
+    ax.set_title("The forgetting curve: what each step gains on code and costs in English")
+    _save(fig, run_dir, "step4_forgetting_curve.png")
+    return fig
+
+
 def tradeoff_plot(run_dir):
     """Code gain against forgetting for every variant the run measured (Pareto view)."""
     s4 = read_step(run_dir, 4)
-    points = [("pure CPT", s4["code_ppl_drop"], s4["forgetting_ratio"])]
-    for v in s4.get("study", {}).get("variants", []):
-        points.append((v["name"], v["code_ppl_drop"], v["forgetting_ratio"]))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.scatter([p[2] for p in points], [100 * p[1] for p in points], color="#4c72b0")
-    for name, drop, ratio in points:
-        ax.annotate(name, (ratio, 100 * drop), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.scatter([1.0], [0.0], marker="x", color="k")
-    ax.annotate("base", (1.0, 0.0), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.axvline(1.0, color="#8c8c8c", lw=0.8)
+    study = s4.get("study") or {}
+    variants = study.get("variants") or [{"name": "pure CPT", "choice": "pure_cpt", "code_ppl_drop": s4["code_ppl_drop"],
+                                          "forgetting_ratio": s4["forgetting_ratio"]}]
+    colours = {"pure_cpt": "#4c72b0", "replay": "#55a868", "lora": "#8172b2", "interpolation": "#dd8452"}
+    front = set(study.get("pareto_front", []))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for choice, colour in colours.items():
+        pts = [v for v in variants if v["choice"] == choice]
+        if pts:
+            ax.scatter([v["forgetting_ratio"] for v in pts], [100 * v["code_ppl_drop"] for v in pts], color=colour,
+                       label=choice.replace("_", " "), s=[80 if v["name"] in front else 30 for v in pts], zorder=3)
+    interp = sorted((v for v in variants if v["choice"] == "interpolation"), key=lambda v: v["alpha"])
+    if interp:
+        ax.plot([v["forgetting_ratio"] for v in interp], [100 * v["code_ppl_drop"] for v in interp], color="#dd8452", lw=0.8)
+    for v in variants:
+        ax.annotate(v["name"], (v["forgetting_ratio"], 100 * v["code_ppl_drop"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if study.get("retention_floor"):
+        ax.axvline(study["retention_floor"], color="#c44e52", ls="--", lw=1, label=f"retention floor {study['retention_floor']}")
+    rec = study.get("recommendation")
     ax.set_xlabel("forgetting ratio (English ppl after / before; lower is better)")
     ax.set_ylabel("code perplexity drop, % (higher is better)")
-    ax.set_title("Step 4: gain on code against English forgotten")
+    ax.set_title("Gain on code against English forgotten" + (f": choose {rec['name']}" if rec else ""))
+    ax.legend(fontsize=8)
     _save(fig, run_dir, "step4_tradeoff.png")
     return fig
 
 
 def save_all(run_dir) -> list[Path]:
-    figs = [baseline_bars, corpus_figures, loss_curve, before_after, tradeoff_plot]
+    figs = [baseline_bars, corpus_figures, loss_curve, before_after, forgetting_curve, tradeoff_plot]
     for f in figs:
         plt.close(f(run_dir))
     return sorted((Path(run_dir) / "plots").glob("*.png"))

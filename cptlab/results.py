@@ -1,6 +1,7 @@
 """The run folder and its JSON results files: the contract between notebooks, checkers and CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -54,7 +55,30 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_step(run_dir: str | os.PathLike, step: int, obj: dict) -> Path:
-    return write_json_atomic(Path(run_dir) / STEP_FILES[step], obj)
+    path = write_json_atomic(Path(run_dir) / STEP_FILES[step], obj)
+    update_manifest(run_dir)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def update_manifest(run_dir: str | os.PathLike) -> Path:
+    """``manifest.json``: sha256 of every results file and model file of the run, and the run id.
+    A grader re-hashes them: an edited number or a swapped model folder no longer matches."""
+    run = Path(run_dir)
+    files = sorted(run.glob("step*_*.json")) + sorted((run / "models").glob("*/*.safetensors")) + sorted((run / "models").glob("*/config.json"))
+    run_id = None
+    s1 = run / STEP_FILES[1]
+    if s1.exists():
+        run_id = json.loads(s1.read_text()).get("run_id")
+    manifest = {"run_id": run_id, "files": {str(f.relative_to(run)): sha256_file(f) for f in files}}
+    return write_json_atomic(run / "manifest.json", manifest)
 
 
 def read_step(run_dir: str | os.PathLike, step: int) -> dict:

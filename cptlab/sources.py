@@ -48,7 +48,7 @@ def load_model(name_or_path: str):
     if p.exists() and p.is_dir() and not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise AssetNotFoundError(f"model folder {p} holds no weights (*.safetensors): re-create it or point at another folder")
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path)
+        return AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True)  # never a pickle
     except (OSError, ValueError) as exc:
         raise _missing(f"model {name_or_path!r}", exc) from None
 
@@ -155,6 +155,10 @@ def load_documents(src: DataSource, token_budget: int | None = None, count_token
         from .tiny import english_eval_source
 
         return load_documents(english_eval_source(), token_budget, count_tokens)
+    elif src.kind == "tiny_english_train":
+        from .tiny import english_train_source
+
+        return load_documents(english_train_source(), token_budget, count_tokens)
     elif src.kind == "hf":
         docs = []
         if src.join is not None:

@@ -119,7 +119,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def base_model_dir(cfg: LabConfig) -> Path:
-    key = fingerprint(asdict(cfg.tiny), cfg.seed, data_dir().name, "v2")
+    key = fingerprint(asdict(cfg.tiny), cfg.seed, data_dir().name, "v3")
     return cache_root() / f"tiny-base-{key}"
 
 
@@ -130,8 +130,9 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
         return folder
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from .corpus import eos_join_stream
+    from .corpus import eos_join_stream, sample_windows
     from .device import pick_device, seed_everything, setup_threads
+    from .tradeoff import replay_counts
     from .sources import load_documents
     from .train import train
 
@@ -150,13 +151,12 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
         )
     )
     block = tcfg.n_positions
-    n_code = int(round(tcfg.code_fraction * tcfg.pretrain_batch_size))
-    n_eng = tcfg.pretrain_batch_size - n_code
+    # code windows per step, spread so the share is exact over the run (5% of 8 is not 0)
+    code_counts = replay_counts(tcfg.code_fraction, tcfg.pretrain_batch_size, tcfg.pretrain_steps)
 
     def mixed_batch(step: int, gen: torch.Generator) -> list[torch.Tensor]:
-        from .corpus import sample_windows
-
-        parts = [sample_windows(eng_stream, block, n_eng, gen)]
+        n_code = code_counts[step - 1]
+        parts = [sample_windows(eng_stream, block, tcfg.pretrain_batch_size - n_code, gen)]
         if n_code:
             parts.append(sample_windows(code_stream, block, n_code, gen))
         return [torch.cat(parts)]

@@ -2,9 +2,11 @@
 gradient accumulation normalised by tokens, one log row per optimizer step."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -49,6 +51,59 @@ def token_loss_sum(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 @dataclass
+class Checkpointing:
+    """Save model, optimizer, RNG states, data position and log every ``every`` steps (atomically);
+    resume from the last one. ``extra`` is the caller's JSON state (the forgetting curve), saved and
+    restored with it. ``key`` guards against resuming a run with another configuration."""
+
+    folder: Path
+    every: int = 25
+    key: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def exists(self) -> bool:
+        from .cache import is_complete
+
+        return is_complete(self.folder)
+
+    def save(self, step: int, model, opt, gen: torch.Generator, result: "TrainResult") -> None:
+        from safetensors.torch import save_model
+
+        from .cache import atomic_dir
+
+        with atomic_dir(Path(self.folder)) as tmp:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, tmp / "rng.pt")
+            meta = {"step": step, "key": self.key, "log": result.log, "tokens": result.tokens, "seconds": result.seconds, "extra": self.extra}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+
+    def load(self, model, opt, gen: torch.Generator, result: "TrainResult") -> int:
+        """Restore everything; return the last completed step. Only tensors are unpickled
+        (``weights_only=True``), and the weights come from safetensors."""
+        from safetensors.torch import load_model
+
+        folder = Path(self.folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("key") != self.key:
+            raise RuntimeError(f"the checkpoint in {folder} belongs to another configuration: delete it or start a new run folder")
+        load_model(model, str(folder / "model.safetensors"))
+        opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["generator"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        result.log, result.tokens, result.seconds = meta["log"], meta["tokens"], meta["seconds"]
+        self.extra.clear()
+        self.extra.update(meta["extra"])
+        return int(meta["step"])
+
+
+@dataclass
 class TrainResult:
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -64,12 +119,14 @@ def train(
     progress: bool = True,
     desc: str = "CPT",
     batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, torch.nn.Module, dict], None] | None = None,
+    on_step: Callable[[int, torch.nn.Module, dict], bool | None] | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Continue pre-training ``model`` on random windows of ``train_stream``.
 
     ``batch_fn(step, generator)`` may supply each step's micro-batches (replay mixing does);
-    ``on_step(step, model, row)`` runs after each optimizer step (the forgetting curve does).
+    ``on_step(step, model, row)`` runs after each optimizer step (the forgetting curve does);
+    returning True stops the run there (a retention floor can).
     """
     model.to(device)
     model.train()
@@ -77,13 +134,16 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult()
-    t0 = time.perf_counter()
+    start = 1
+    if checkpointing is not None and checkpointing.exists():
+        start = checkpointing.load(model, opt, gen, result) + 1
+    t0 = time.perf_counter() - result.seconds
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_steps, desc=desc)
-    for step in range(1, cfg.max_steps + 1):
+        bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc)
+    for step in range(start, cfg.max_steps + 1):
         lr = cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -114,11 +174,15 @@ def train(
         result.tokens += step_tokens
         row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": result.tokens, "step_tokens": step_tokens}
         result.log.append(row)
-        if on_step is not None:
-            on_step(step, model, row)
+        stop = bool(on_step(step, model, row)) if on_step is not None else False
+        if checkpointing is not None and step % checkpointing.every == 0 and step < cfg.max_steps and not stop:
+            result.seconds = time.perf_counter() - t0
+            checkpointing.save(step, model, opt, gen, result)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
             bar.update(1)
+        if stop:
+            break
     if bar is not None:
         bar.close()
     result.seconds = time.perf_counter() - t0

@@ -15,8 +15,9 @@ SEED = 1234
 OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}'''
 
 SETUP = '''from pathlib import Path
-from IPython.display import Markdown, display
 from cptlab import lab, plots
+from cptlab.friendly import friendly_errors
+friendly_errors()  # the lab's own errors show as one message that says what to do
 from cptlab.results import read_step
 from checkers import check_step{n}
 RUN_DIR = str(Path(RUN_DIR).resolve())'''
@@ -175,7 +176,14 @@ benchmark) and take the largest domain gain that stays under it."""),
 print(lab.step_table(step4, ["baseline_code_ppl", "adapted_code_ppl", "code_ppl_drop",
                              "baseline_general_ppl", "adapted_general_ppl", "forgetting_ratio"]))'''),
         new_code_cell("plots.before_after(RUN_DIR);"),
-        new_code_cell("plots.tradeoff_plot(RUN_DIR);"),
+        new_markdown_cell("""## The forgetting curve
+
+An endpoint hides the path. During the CPT run (step 3) both sets were evaluated every few steps,
+on capped sets under the same protocol. The curve shows *when* English starts to slip, and the
+retention floor marks where a production team would have stopped."""),
+        new_code_cell('''floor = read_step(RUN_DIR, 3)["floor"]
+print(floor)
+plots.forgetting_curve(RUN_DIR);'''),
         new_markdown_cell("""## The production choices
 
 - **Pure CPT** (this run): the largest gain per step, and the most forgetting. Right when the
@@ -191,8 +199,17 @@ print(lab.step_table(step4, ["baseline_code_ppl", "adapted_code_ppl", "code_ppl_
   alpha traces a curve from the base model to the CPT model, often above the straight line between
   them.
 
-Which one wins is an empirical question on your data, model and floor: measure all of them with the
-same budget and protocol, and pick the largest gain under your retention floor."""),
+Which one wins is an empirical question on your data, model and floor, so we measure all of them
+here with the same steps, tokens per step and evaluation protocol as the pure CPT run: replay at
+several shares, LoRA (GPT-2's `Conv1D` layers need `fan_in_fan_out=True`), and an interpolation
+grid. This cell trains several short runs: it is the longest of the lab."""),
+        new_code_cell('''from cptlab import tradeoff
+study = tradeoff.run_study(RUN_DIR)
+print(tradeoff.study_table(study))'''),
+        new_code_cell("plots.tradeoff_plot(RUN_DIR);"),
+        new_markdown_cell("""The points on the upper-left edge (the Pareto front, marked large) are the defensible
+choices: none of the others gains more on code while forgetting less. The recommendation above is
+computed from the numbers: the largest code gain whose forgetting ratio stays under the floor."""),
         new_markdown_cell("### Check step 4"),
         new_code_cell("check_step4(RUN_DIR)"),
     ])

@@ -45,3 +45,11 @@ def model_and_tok(tiny_model_dir):
     from cptlab.sources import load_model, load_tokenizer
 
     return load_model(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory) -> Path:
+    """The four notebooks executed headless on the smoke preset (what CI checks)."""
+    from cptlab.notebooks import run_lab
+
+    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")

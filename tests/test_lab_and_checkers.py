@@ -13,13 +13,6 @@ from cptlab.lab import run_step2
 from cptlab.results import MissingStepError
 
 
-@pytest.fixture(scope="session")
-def lab_run(tmp_path_factory) -> Path:
-    from cptlab.notebooks import run_lab
-
-    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
-
-
 def test_notebooks_ran_and_every_check_passes(lab_run, capsys):
     for name in ("01_baseline", "02_corpus", "03_cpt", "04_tradeoff"):
         nb = json.loads((lab_run / f"{name}.ipynb").read_text())
@@ -44,13 +37,13 @@ def test_results_follow_the_contract(lab_run):
     assert s4["code"]["tokens"] == s1["code"]["tokens"]
     for key in ("preset", "seed", "versions", "device", "base_model"):
         assert key in s1
-    adapted = Path(s4["adapted_model"])
+    adapted = lab_run / s4["adapted_model"]
     assert list(adapted.glob("*.safetensors")) and (adapted / "tokenizer.json").exists()
 
 
 def _tampered(lab_run, tmp_path, step_file, edit):
     run = tmp_path / "tampered"
-    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("models", "*.ipynb"))
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb"))
     path = run / step_file
     edit(path)
     return run
@@ -109,3 +102,62 @@ def test_missing_previous_step_says_which_notebook(tmp_path):
         run_step2(tmp_path)
     report = check_step3(tmp_path)
     assert not report.passed and "03_cpt.ipynb" in report.failures[0].hint
+
+
+def test_study_is_complete_and_honest(lab_run):
+    s4 = json.loads((lab_run / "step4_tradeoff.json").read_text())
+    study = s4["study"]
+    choices = [v["choice"] for v in study["variants"]]
+    assert choices.count("replay") == 3 and "lora" in choices and "pure_cpt" in choices
+    grid = {v["alpha"]: v for v in study["variants"] if v["choice"] == "interpolation"}
+    assert grid[0.0]["code_ppl"] == pytest.approx(s4["baseline_code_ppl"], rel=1e-3)
+    assert grid[1.0]["general_ppl"] == pytest.approx(s4["adapted_general_ppl"], rel=1e-3)
+    lora = next(v for v in study["variants"] if v["choice"] == "lora")
+    assert lora["base_sha256_before"] == lora["base_sha256_after"] and lora["trainable_params"] < lora["total_params"]
+    assert (lab_run / "plots" / "step4_tradeoff.png").exists() and (lab_run / "plots" / "step4_forgetting_curve.png").exists()
+
+
+def test_tampered_study_fails_the_matching_check(lab_run, tmp_path):
+    def edit(d):
+        lora = next(v for v in d["study"]["variants"] if v["choice"] == "lora")
+        lora["base_sha256_after"] = "0" * 64
+        others = [v["name"] for v in d["study"]["variants"] if v["name"] != d["study"]["recommendation"]["name"]]
+        d["study"]["recommendation"]["name"] = others[0]
+    run = _tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(edit))
+    failed = {c.id for c in check_step4(run).failures}
+    assert failed == {"s4.lora_base_frozen", "s4.recommendation"}
+
+
+def test_verify_passes_on_an_honest_run(lab_run, capsys):
+    assert grade_main(["grade", "--verify", str(lab_run)]) == 0
+    out = capsys.readouterr().out
+    assert "5. verify" in out and "1/1 run(s) passed every check" in out
+
+
+def test_verify_catches_a_consistent_edit_of_a_perplexity(lab_run, tmp_path, capsys):
+    def lower(d):
+        d["baseline_general_ppl"] *= 0.8
+        d["general"]["nll_sum"] = math.log(d["baseline_general_ppl"]) * d["general"]["tokens"]
+    run = _tampered(lab_run, tmp_path, "step1_baseline.json", _edit_json(lower))
+    from checkers.verify import verify
+
+    failed = {c.id: c for c in verify(run).failures}
+    assert set(failed) == {"v.manifest", "v.base_model"}
+    assert "step1_baseline.json" in failed["v.manifest"].got
+    assert grade_main(["grade", "--verify", str(run)]) == 1
+    assert "v.base_model" in capsys.readouterr().out
+
+
+def test_verify_catches_a_swapped_adapted_model(lab_run, tmp_path):
+    from checkers.verify import verify
+
+    s1 = json.loads((lab_run / "step1_baseline.json").read_text())
+    run = _tampered(lab_run, tmp_path, "models/adapted/model.safetensors",
+                    lambda p: shutil.copyfile(Path(s1["base_model"]) / "model.safetensors", p))
+    failed = {c.id for c in verify(run).failures}
+    assert failed == {"v.manifest", "v.adapted_model"}
+
+
+def test_results_from_another_run_are_caught(lab_run, tmp_path):
+    run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(lambda d: d.update(run_id="0" * 32)))
+    assert "s3.same_run" in {c.id for c in check_step3(run).failures}

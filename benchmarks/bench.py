@@ -1,0 +1,217 @@
+"""`make bench`: cptlab against the usual tools, side by side in one run, on this machine.
+
+Every figure is a ratio of two measurements taken in the same process on the same model, data,
+batch, steps and precision (the tiny preset's model, fp32 on the CPU), so machine noise cancels.
+Median of several repeats; min and max are printed too. Writes bench.json in the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cptlab.config import get_config
+from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
+from cptlab.device import setup_threads
+from cptlab.lab import code_corpus, resolve_base_model
+from cptlab.perplexity import perplexity
+from cptlab.sources import load_documents, load_model, load_tokenizer
+from cptlab.train import train
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def stats(tokens: int, secs: list[float]) -> dict:
+    rates = [tokens / s for s in secs]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+# ----------------------------------------------------------------------------- training
+def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
+    cfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
+    tokens = steps * cfg.batch_size * (cfg.block_size - 1)
+    ours = timed(lambda: train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), None, progress=False), repeats)
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    blocks = to_blocks(stream, cfg.block_size)[: steps * cfg.batch_size].astype(np.int64)
+    ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    tmp = tempfile.mkdtemp()
+
+    def hf():
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.cpt_lr,
+            warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.grad_clip,
+            adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], weight_decay=cfg.weight_decay, logging_strategy="no",
+            save_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=cfg.seed,
+        )
+        Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
+
+    theirs = timed(hf, repeats)
+    a, b = stats(tokens, ours), stats(tokens, theirs)
+    return {"cptlab_tokens_per_s": a, "hf_trainer_tokens_per_s": b, "train_speedup_vs_hf_trainer": a["median"] / b["median"],
+            "steps": steps, "batch": cfg.batch_size, "block": cfg.block_size}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def reference_ppl(model, ids: np.ndarray, block: int) -> tuple[float, int]:
+    """The loop of Hugging Face's "Perplexity of fixed-length models" guide, stride = block."""
+    x_all = torch.as_tensor(ids, dtype=torch.long)[None]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, x_all.shape[1], block):
+            x = x_all[:, begin : begin + block]
+            if x.shape[1] < 2:
+                break
+            loss = model(x, labels=x).loss
+            n = x.shape[1] - 1
+            nll += float(loss) * n
+            count += n
+    return nll, count
+
+
+def bench_eval(model, ids: np.ndarray, cfg, repeats: int) -> dict:
+    ours_res = perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size)
+    ref_nll, ref_count = reference_ppl(model, ids, cfg.block_size)
+    ours = timed(lambda: perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size), repeats)
+    theirs = timed(lambda: reference_ppl(model, ids, cfg.block_size), repeats)
+    a, b = stats(ours_res.tokens, ours), stats(ref_count, theirs)
+    return {"cptlab_tokens_per_s": a, "reference_tokens_per_s": b, "eval_speedup_vs_reference": a["median"] / b["median"],
+            "cptlab_ppl": ours_res.ppl, "reference_ppl": math.exp(ref_nll / ref_count), "tokens": ours_res.tokens,
+            "same_ppl": abs(ours_res.ppl / math.exp(ref_nll / ref_count) - 1) < 1e-5}
+
+
+# ----------------------------------------------------------------------------- data preparation
+def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
+    def ours():
+        to_blocks(pack(encode_documents(tok, docs), tok.eos_token_id, stream_dtype(len(tok))), block)
+
+    def run_clm():
+        from datasets import Dataset
+
+        ds = Dataset.from_dict({"text": docs})
+        tokenized = ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"], load_from_cache_file=False)
+
+        def group_texts(examples):
+            concat = {k: sum(examples[k], []) for k in examples}
+            total = (len(concat["input_ids"]) // block) * block
+            return {k: [t[i : i + block] for i in range(0, total, block)] for k, t in concat.items()}
+
+        tokenized.map(group_texts, batched=True, load_from_cache_file=False)
+
+    n_bytes = sum(len(d.encode()) for d in docs)
+    ours_t, theirs_t = timed(ours, repeats), timed(run_clm, repeats)
+    a, b = stats(n_bytes, ours_t), stats(n_bytes, theirs_t)
+    return {"cptlab_bytes_per_s": a, "datasets_map_bytes_per_s": b, "prep_speedup_vs_datasets_map": a["median"] / b["median"],
+            "docs": len(docs), "bytes": n_bytes}
+
+
+# ----------------------------------------------------------------------------- memory (one process each)
+def peak_mem(which: str, model_dir: str, ids_file: str, block: int, batch: int) -> None:
+    setup_threads()
+    model = load_model(model_dir).eval()
+    ids = np.load(ids_file)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if which == "cptlab":
+        perplexity(model, ids, block, batch_size=batch)
+    else:
+        x = torch.as_tensor(ids[: (len(ids) // block) * block], dtype=torch.long).view(-1, block)
+        with torch.no_grad():  # a batched reference: full float32 logits for the whole batch
+            for i in range(0, len(x), batch):
+                model(x[i : i + batch], labels=x[i : i + batch])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": (after - before) / 1024}))
+
+
+def bench_mem(model_dir: str, ids: np.ndarray, block: int, batch: int) -> dict:
+    f = Path(tempfile.mkdtemp()) / "ids.npy"
+    np.save(f, ids)
+    out = {}
+    for which in ("cptlab", "reference"):
+        r = subprocess.run([sys.executable, __file__, "--mem", which, model_dir, str(f), str(block), str(batch)],
+                           capture_output=True, text=True, check=True)
+        out[which] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
+    return {"eval_peak_mem_mb": out, "batch": batch, "block": block}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--mem", nargs=5)
+    args = p.parse_args()
+    if args.mem:
+        which, model_dir, ids_file, block, batch = args.mem
+        return peak_mem(which, model_dir, ids_file, int(block), int(batch))
+
+    threads = setup_threads()
+    cfg = get_config("tiny")
+    base = resolve_base_model(cfg)
+    tok, model = load_tokenizer(base), load_model(base).eval()
+    corpus, _ = code_corpus(cfg, tok)
+    eval_ids = corpus.val[:16_384].astype(np.int64)
+    result = {"machine": {"torch_threads": threads, "device": "cpu", "torch": torch.__version__},
+              "model": {"base": base, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}}
+    print("benchmarking training ...", flush=True)
+    result["train"] = bench_train(model, corpus.train, cfg, args.steps, args.repeats)
+    print("benchmarking evaluation ...", flush=True)
+    result["eval"] = bench_eval(model, eval_ids, cfg, args.repeats)
+    print("benchmarking data preparation ...", flush=True)
+    docs, _ = load_documents(cfg.code_source)
+    result["prep"] = bench_prep(tok, docs[:300], cfg.block_size, args.repeats)
+    print("measuring evaluation memory ...", flush=True)
+    result["memory"] = bench_mem(base, eval_ids, cfg.block_size, 32)
+    result["memory"].update(vocab=len(tok), tokens=int(len(eval_ids)))
+    summary = {
+        "train_speedup_vs_hf_trainer": result["train"]["train_speedup_vs_hf_trainer"],
+        "eval_speedup_vs_reference": result["eval"]["eval_speedup_vs_reference"],
+        "prep_speedup_vs_datasets_map": result["prep"]["prep_speedup_vs_datasets_map"],
+        "eval_peak_mem_mb": result["memory"]["eval_peak_mem_mb"],
+        "eval_same_ppl": result["eval"]["same_ppl"],
+    }
+    result = {**summary, **result}
+    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    from cptlab.results import write_json_atomic
+
+    write_json_atomic(out / "bench.json", result)
+    t, e, pr = result["train"], result["eval"], result["prep"]
+    rows = [
+        ("training tokens/s", t["cptlab_tokens_per_s"], t["hf_trainer_tokens_per_s"], "HF Trainer", t["train_speedup_vs_hf_trainer"]),
+        ("evaluation tokens/s", e["cptlab_tokens_per_s"], e["reference_tokens_per_s"], "HF guide loop", e["eval_speedup_vs_reference"]),
+        ("corpus prep bytes/s", pr["cptlab_bytes_per_s"], pr["datasets_map_bytes_per_s"], "datasets.map", pr["prep_speedup_vs_datasets_map"]),
+    ]
+    print(f"\n{'what':<22}{'cptlab (median [min-max])':>34}{'baseline':>34}  {'ratio':>6}")
+    for name, a, b, label, ratio in rows:
+        fa = f"{a['median']:,.0f} [{a['min']:,.0f}-{a['max']:,.0f}]"
+        fb = f"{label} {b['median']:,.0f} [{b['min']:,.0f}-{b['max']:,.0f}]"
+        print(f"{name:<22}{fa:>34}{fb:>34}  {ratio:>5.2f}x")
+    m = result["memory"]
+    print(f"eval peak memory (MB, vocab {m['vocab']}, {m['tokens']} tokens, batch {m['batch']}): "
+          f"cptlab {m['eval_peak_mem_mb']['cptlab']:.0f}, reference {m['eval_peak_mem_mb']['reference']:.0f}")
+    print(f"same perplexity: {e['same_ppl']} ({e['cptlab_ppl']:.4f} vs {e['reference_ppl']:.4f})")
+    print(f"wrote {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# CUDA smoke + throughput on a GPU machine (bf16 autocast, fused AdamW, SDPA):
+#   1. the whole tiny lab (base pre-training, CPT, study) on the GPU, then grading;
+#   2. tokens/s and model-FLOPs utilisation of the CPT loop on a GPT-2 124M-shaped model
+#      (random weights: the GPU machine has no hub access; speed does not depend on the values).
+# Uses the machine's own torch. Missing pure-Python packages can be carried as wheels in .whl/.
+set -euo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" CPTLAB_CACHE=/tmp/cptlab-cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+echo "== tiny lab on the GPU"
+/usr/bin/time -v python3 -m cptlab run --preset tiny --out "$OUT/run" --plots --quiet 2>&1 | tail -40 | tee "$OUT/tiny.txt" || true
+python3 -m checkers grade "$OUT/run" --json "$OUT/grades.json" | tee "$OUT/grade.txt" || true
+
+echo "== CPT loop throughput, GPT-2 124M shape"
+python3 benchmarks/gpu_throughput.py | tee "$OUT/throughput.txt"

@@ -1,0 +1,29 @@
+"""In a notebook, the lab's own errors show as one clear message, not a wall of traceback."""
+from __future__ import annotations
+
+
+def lab_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .corpus import CorpusError
+    from .results import MissingStepError
+    from .sources import AssetNotFoundError
+    from .train import TrainingDivergedError
+
+    return (ConfigError, CorpusError, MissingStepError, AssetNotFoundError, TrainingDivergedError)
+
+
+def friendly_errors() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        msg = f"{etype.__name__}: {value}"
+        print("\n".join(["-" * 72, "The lab stopped here, with this message:", "", msg, "-" * 72]))
+        return [msg]
+
+    ip.set_custom_exc(lab_errors(), handler)

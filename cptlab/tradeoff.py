@@ -1,0 +1,225 @@
+"""Step 4 as a trade-off study: the forgetting curve, a retention floor, and the four production
+choices (pure CPT, replay mixing, LoRA on frozen weights, weight interpolation) measured with the
+same budget and the same evaluation protocol and tokens as the headline numbers."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import LabConfig
+from .corpus import eos_join_stream, sample_windows
+from .device import seed_everything
+from .perplexity import perplexity
+from .results import read_step, write_step
+from .sources import load_documents
+from .train import train
+
+
+# ----------------------------------------------------------------------------- the curve
+def curve_point(model, step: int, code: np.ndarray, general: np.ndarray, cfg: LabConfig, device, amp, base: dict | None) -> dict:
+    c = perplexity(model, code, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
+    g = perplexity(model, general, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
+    point = {"step": step, "code_ppl": c.ppl, "general_ppl": g.ppl, "code_nll_sum": c.nll_sum, "code_tokens": c.tokens,
+             "general_nll_sum": g.nll_sum, "general_tokens": g.tokens}
+    ref = base or point
+    point["forgetting_ratio"] = g.ppl / ref["general_ppl"]
+    point["code_ppl_drop"] = 1.0 - c.ppl / ref["code_ppl"]
+    return point
+
+
+def floor_crossing(curve: list[dict], floor: float) -> dict:
+    """The first curve point whose forgetting ratio is above the floor, and the best point under it."""
+    above = next((p for p in curve if p["forgetting_ratio"] > floor), None)
+    under = [p for p in curve if p["forgetting_ratio"] <= floor]
+    best = max(under, key=lambda p: p["code_ppl_drop"]) if under else None
+    return {
+        "retention_floor": floor,
+        "first_step_above": above["step"] if above else None,
+        "code_ppl_drop_at_crossing": above["code_ppl_drop"] if above else None,
+        "best_step_under_floor": best["step"] if best else None,
+        "best_code_ppl_drop_under_floor": best["code_ppl_drop"] if best else None,
+    }
+
+
+# ----------------------------------------------------------------------------- replay
+def replay_counts(fraction: float, batch_size: int, steps: int) -> list[int]:
+    """Replay windows per step so that the running share tracks ``fraction`` exactly (error
+    diffusion): with 4 windows a step, 5% means one replay window every 5 steps, not zero."""
+    total = [int(np.floor(fraction * batch_size * k + 1e-9)) for k in range(steps + 1)]
+    return [min(batch_size, total[k] - total[k - 1]) for k in range(1, steps + 1)]
+
+
+def replay_batches(code: np.ndarray, english: np.ndarray, cfg: LabConfig, fraction: float, record: list[int]):
+    counts = replay_counts(fraction, cfg.batch_size * cfg.grad_accum, cfg.max_steps)
+
+    def batch_fn(step: int, gen: torch.Generator) -> list[torch.Tensor]:
+        n_rep = counts[step - 1]
+        x = sample_windows(code, cfg.block_size, cfg.batch_size * cfg.grad_accum - n_rep, gen)
+        if n_rep:
+            x = torch.cat([x, sample_windows(english, cfg.block_size, n_rep, gen)])
+        record.append(n_rep)
+        return list(x.split(cfg.batch_size))
+
+    return batch_fn
+
+
+# ----------------------------------------------------------------------------- LoRA
+def base_weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every base (non-LoRA) parameter, named as in the plain model."""
+    h = hashlib.sha256()
+    items = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        items.append((clean, p))
+    for name, p in sorted(items, key=lambda t: t[0]):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def lora_model(model, cfg: LabConfig):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+        target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,  # GPT-2's Conv1D layers
+    )
+    return get_peft_model(model, config)
+
+
+# ----------------------------------------------------------------------------- interpolation
+@torch.no_grad()
+def interpolate_(model, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> None:
+    """theta(alpha) = (1 - alpha) theta_base + alpha theta_cpt, in place (WiSE-FT)."""
+    for name, p in model.named_parameters():
+        p.copy_((1.0 - alpha) * base[name] + alpha * tuned[name])
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ----------------------------------------------------------------------------- the decision
+def recommend(variants: list[dict], floor: float) -> dict:
+    """The largest code gain whose forgetting ratio stays at or under the floor."""
+    under = [v for v in variants if v["forgetting_ratio"] <= floor]
+    if under:
+        best = max(under, key=lambda v: v["code_ppl_drop"])
+        why = (f"largest code perplexity drop ({100 * best['code_ppl_drop']:.1f}%) among the {len(under)} variant(s) "
+               f"with forgetting_ratio <= {floor}")
+    else:
+        best = min(variants, key=lambda v: v["forgetting_ratio"])
+        why = f"no variant stays under the floor {floor}; this one forgets least ({best['forgetting_ratio']:.3f})"
+    return {"name": best["name"], "choice": best["choice"], "code_ppl_drop": best["code_ppl_drop"],
+            "forgetting_ratio": best["forgetting_ratio"], "reason": why}
+
+
+def pareto_front(variants: list[dict]) -> list[str]:
+    """Names of variants no other variant beats on both gain and forgetting."""
+    front = []
+    for v in variants:
+        dominated = any(
+            o is not v and o["code_ppl_drop"] >= v["code_ppl_drop"] and o["forgetting_ratio"] <= v["forgetting_ratio"]
+            and (o["code_ppl_drop"] > v["code_ppl_drop"] or o["forgetting_ratio"] < v["forgetting_ratio"])
+            for o in variants
+        )
+        if not dominated:
+            front.append(v["name"])
+    return front
+
+
+def run_study(run_dir: str | Path, progress: bool = True) -> dict:
+    """Measure every variant, add the study to ``step4_tradeoff.json``, return it."""
+    from .lab import Session, code_corpus, config_of, evaluate, general_stream, model_path
+
+    cfg = config_of(run_dir)
+    s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)
+    s = Session(cfg, s1["base_model"])
+    corpus, _ = code_corpus(cfg, s.tokenizer)
+    gen, _ = general_stream(cfg, s.tokenizer)
+    b_code, b_gen = s1["baseline_code_ppl"], s1["baseline_general_ppl"]
+
+    def measure(model, name: str, choice: str, **extra) -> dict:
+        c = evaluate(model, corpus.val, cfg, s.device, f"{name}: code")
+        g = evaluate(model, gen, cfg, s.device, f"{name}: English")
+        return {"name": name, "choice": choice, "code_ppl": c.ppl, "general_ppl": g.ppl,
+                "code_nll_sum": c.nll_sum, "code_tokens": c.tokens, "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
+                "code_ppl_drop": 1.0 - c.ppl / b_code, "forgetting_ratio": g.ppl / b_gen, **extra}
+
+    variants = [{"name": "pure CPT", "choice": "pure_cpt", "code_ppl": s4["adapted_code_ppl"], "general_ppl": s4["adapted_general_ppl"],
+                 "code_nll_sum": s4["code"]["nll_sum"], "code_tokens": s4["code"]["tokens"],
+                 "general_nll_sum": s4["general"]["nll_sum"], "general_tokens": s4["general"]["tokens"],
+                 "code_ppl_drop": s4["code_ppl_drop"], "forgetting_ratio": s4["forgetting_ratio"], "replay_fraction": 0.0}]
+
+    # replay mixing: English the base model was pre-trained on, never the English evaluation set
+    notes = []
+    if cfg.replay_source is not None:
+        eng_docs, _ = load_documents(cfg.replay_source)
+        english = eos_join_stream(eng_docs, s.tokenizer)
+        for frac in cfg.replay_fractions:
+            seed_everything(cfg.seed)
+            record: list[int] = []
+            model = s.model()
+            res = train(model, corpus.train, cfg, s.device, s.amp, progress=progress, desc=f"replay {frac:.0%}",
+                        batch_fn=replay_batches(corpus.train, english, cfg, frac, record))
+            windows = len(record) * cfg.batch_size * cfg.grad_accum
+            variants.append(measure(model, f"replay {frac:.0%}", "replay", replay_fraction=frac,
+                                    replay_windows_per_step=record, replay_windows=sum(record), windows=windows,
+                                    replay_fraction_realised=sum(record) / windows, final_loss=res.log[-1]["loss"]))
+    else:
+        notes.append("replay skipped: no replay_source (English disjoint from the evaluation set) is configured")
+
+    # LoRA on frozen weights
+    seed_everything(cfg.seed)
+    model = s.model()
+    before = base_weights_digest(model)
+    peft_model = lora_model(model, cfg)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    res = train(peft_model, corpus.train, cfg.replace(cpt_lr=cfg.lora_lr), s.device, s.amp, progress=progress, desc="LoRA")
+    after = base_weights_digest(peft_model)
+    merged = peft_model.merge_and_unload()
+    variants.append(measure(merged, f"LoRA r={cfg.lora_r}", "lora", lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_lr=cfg.lora_lr,
+                            trainable_params=trainable, total_params=total, base_sha256_before=before, base_sha256_after=after,
+                            base_unchanged=before == after, final_loss=res.log[-1]["loss"]))
+
+    # weight interpolation: no training
+    base_model = s.model()
+    base_params = params_of(base_model)
+    tuned_params = params_of(s.model(str(model_path(run_dir, s3["adapted_model"]))))
+    for alpha in cfg.interp_alphas:
+        interpolate_(base_model, base_params, tuned_params, alpha)
+        variants.append(measure(base_model, f"interp a={alpha:g}", "interpolation", alpha=alpha))
+
+    curve = s3.get("curve", [])
+    study = {
+        "retention_floor": cfg.retention_floor,
+        "variants": variants,
+        "pareto_front": pareto_front(variants),
+        "recommendation": recommend(variants, cfg.retention_floor),
+        "curve": curve,
+        "floor": floor_crossing(curve, cfg.retention_floor) if curve else None,
+        "budget": {"steps": cfg.max_steps, "tokens_per_step": cfg.tokens_per_step, "protocol": s4["code"]["protocol"]},
+        "notes": notes,
+    }
+    s4["study"] = study
+    write_step(run_dir, 4, s4)
+    return study
+
+
+def study_table(study: dict) -> str:
+    rows = [f"{'variant':<16}{'code ppl':>10}{'drop':>8}{'English ppl':>13}{'forgetting':>12}"]
+    front = set(study["pareto_front"])
+    for v in study["variants"]:
+        mark = " *" if v["name"] in front else ""
+        rows.append(f"{v['name']:<16}{v['code_ppl']:>10.2f}{100 * v['code_ppl_drop']:>7.1f}%{v['general_ppl']:>13.2f}"
+                    f"{v['forgetting_ratio']:>12.3f}{mark}")
+    rec = study["recommendation"]
+    rows.append(f"(* on the Pareto front)  retention floor {study['retention_floor']}: choose {rec['name']}: {rec['reason']}")
+    return "\n".join(rows)

@@ -1,0 +1,86 @@
+"""The trade-off study's parts against independent computations."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from cptlab.config import get_config
+from cptlab.perplexity import perplexity
+from cptlab.tradeoff import (base_weights_digest, floor_crossing, interpolate_, lora_model, params_of, pareto_front,
+                             recommend, replay_batches, replay_counts)
+from cptlab.train import train
+
+
+@pytest.mark.parametrize("frac,batch,steps", [(0.05, 4, 150), (0.1, 4, 150), (0.25, 4, 150), (0.1, 16, 150), (0.3, 3, 7)])
+def test_replay_counts_hold_the_share(frac, batch, steps):
+    counts = replay_counts(frac, batch, steps)
+    assert len(counts) == steps and all(0 <= c <= batch for c in counts)
+    assert abs(sum(counts) / (batch * steps) - frac) <= 1 / (batch * steps)
+    # spread out, not bunched: every prefix stays within one window of the target
+    run = np.cumsum(counts)
+    assert all(abs(run[k] - frac * batch * (k + 1)) < 1 for k in range(steps))
+
+
+def test_replay_batches_mix_the_two_streams():
+    cfg = get_config("smoke", block_size=8, batch_size=4, max_steps=10)
+    code = np.zeros(1000, dtype=np.uint16)
+    english = np.ones(1000, dtype=np.uint16)
+    record = []
+    fn = replay_batches(code, english, cfg, 0.25, record)
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 11):
+        x = torch.cat(fn(step, g))
+        assert x.shape == (4, 8) and int((x[:, 0] == 1).sum()) == record[-1]
+    assert sum(record) == 10
+
+
+def test_interpolation_endpoints_and_midpoint(model_and_tok):
+    model, _ = model_and_tok
+    base = params_of(model)
+    tuned = {n: p + 0.01 * torch.randn_like(p) for n, p in base.items()}
+    m = copy.deepcopy(model)
+    interpolate_(m, base, tuned, 0.0)
+    assert all(torch.equal(p, base[n]) for n, p in m.named_parameters())
+    interpolate_(m, base, tuned, 1.0)
+    assert all(torch.equal(p, tuned[n]) for n, p in m.named_parameters())
+    interpolate_(m, base, tuned, 0.5)
+    assert all(torch.allclose(p, (base[n] + tuned[n]) / 2) for n, p in m.named_parameters())
+
+
+def test_lora_trains_adapters_and_leaves_base_bit_identical(model_and_tok):
+    model, _ = model_and_tok
+    m = copy.deepcopy(model)
+    cfg = get_config("smoke", block_size=16, batch_size=2, max_steps=3, warmup_steps=0, cpt_lr=1e-2, lora_r=4, lora_alpha=8)
+    before = base_weights_digest(m)
+    ids = np.random.default_rng(0).integers(0, 300, 2000).astype(np.uint16)
+    p0 = perplexity(m, ids, 16).ppl
+    pm = lora_model(m, cfg)
+    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    train(pm, ids, cfg, torch.device("cpu"), progress=False)
+    assert base_weights_digest(pm) == before
+    merged = pm.merge_and_unload()
+    assert base_weights_digest(merged) != before  # merging folds the adapters in: the digest notices
+    assert perplexity(merged, ids, 16).ppl != pytest.approx(p0, rel=1e-6)
+
+
+def _v(name, drop, ratio):
+    return {"name": name, "choice": "x", "code_ppl_drop": drop, "forgetting_ratio": ratio}
+
+
+def test_recommendation_and_pareto_front():
+    vs = [_v("a", 0.8, 1.30), _v("b", 0.6, 1.08), _v("c", 0.5, 1.09), _v("d", 0.2, 1.01)]
+    assert recommend(vs, 1.10)["name"] == "b"
+    assert recommend(vs, 1.05)["name"] == "d"
+    assert recommend(vs, 1.00)["name"] == "d" and "no variant" in recommend(vs, 1.00)["reason"]
+    assert pareto_front(vs) == ["a", "b", "d"]
+
+
+def test_floor_crossing():
+    curve = [{"step": 0, "forgetting_ratio": 1.0, "code_ppl_drop": 0.0}, {"step": 10, "forgetting_ratio": 1.05, "code_ppl_drop": 0.3},
+             {"step": 20, "forgetting_ratio": 1.12, "code_ppl_drop": 0.5}, {"step": 30, "forgetting_ratio": 1.2, "code_ppl_drop": 0.6}]
+    f = floor_crossing(curve, 1.10)
+    assert f["first_step_above"] == 20 and f["code_ppl_drop_at_crossing"] == 0.5
+    assert f["best_step_under_floor"] == 10 and f["best_code_ppl_drop_under_floor"] == 0.3
+    assert floor_crossing(curve, 2.0)["first_step_above"] is None
