@@ -10,8 +10,8 @@ BIN    := $(VENV)/bin
 # torch==2.13.0 (CPU wheel) is installed only where no torch is importable at all.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==2.13.0"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

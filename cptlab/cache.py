@@ -36,12 +36,20 @@ def atomic_dir(final: Path):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    from .distributed import is_main
+
     try:
         yield tmp
+        if not is_main():  # under torchrun only rank 0 writes; the others computed the same in memory
+            return
         (tmp / ".complete").write_text("ok\n")
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_complete(final):  # another process (a torchrun rank) finished it first: keep theirs
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

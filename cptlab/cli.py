@@ -34,14 +34,19 @@ def _config_from_args(args) -> "LabConfig":  # noqa: F821
 
 
 def cmd_run(args) -> int:
+    from .distributed import init_from_env, is_main
     from .lab import format_table, run_all, summary_rows
 
+    init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU share (gloo)
+    args.quiet = args.quiet or not is_main()
     cfg = _config_from_args(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out RUN_DIR: the run folder to continue")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}")
     t0 = time.perf_counter()
     run_all(cfg, out, progress=not args.quiet, study=not args.no_study, resume=args.resume)
+    if not is_main():
+        return 0
     if args.plots:
         from .plots import save_all
 

@@ -91,7 +91,7 @@ class LabConfig:
     # --- the trade-off study (step 4)
     curve_every: int = 10  # evaluate code and English every k CPT steps (the forgetting curve)
     curve_max_tokens: int = 8_192  # per set, for the curve only; headline numbers use eval_max_tokens
-    retention_floor: float = 1.10  # the highest forgetting_ratio a production team would accept
+    retention_floor: float = 1.05  # the highest forgetting_ratio a production team would accept
     stop_at_floor: bool = False  # stop the CPT run at the first curve point above the floor
     replay_fractions: tuple[float, ...] = (0.05, 0.10, 0.25)  # 0% is the pure CPT run itself
     replay_source: DataSource | None = field(default_factory=lambda: DataSource(kind="tiny_english_train"))

@@ -75,7 +75,9 @@ class Session:
         setup_threads()
         seed_everything(cfg.seed)
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        from .distributed import device_for_rank
+
+        self.device = device_for_rank(pick_device(cfg.device))
         self.amp = autocast_dtype(self.device, cfg.precision)
         self.base_model = base_model
         self.tokenizer = load_tokenizer(base_model)
@@ -255,19 +257,26 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
 def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True, study: bool = True, resume: bool = False) -> dict:
     """All four steps. With ``resume``, steps already done in ``run_dir`` (with this same
     configuration) are kept and an interrupted CPT run continues from its last checkpoint."""
+    from .distributed import barrier  # under torchrun, rank 0 writes each step before the others read it
+
     done = resume and (Path(run_dir) / "step1_baseline.json").exists()
     if done and config_of(run_dir) != cfg:
         raise ValueError(f"{run_dir} holds a run with another configuration: resume it with the same options, or use a new --out")
     if not done:
         run_step1(cfg, run_dir, progress)
+    barrier()
     if not (resume and (Path(run_dir) / "step2_corpus.json").exists()):
         run_step2(run_dir)
+    barrier()
     run_step3(run_dir, progress, resume=resume)
+    barrier()
     out = run_step4(run_dir, progress)
+    barrier()
     if study:
         from .tradeoff import run_study
 
         out["study"] = run_study(run_dir, progress)
+    barrier()
     return out
 
 

@@ -34,9 +34,11 @@ def execute_notebook(src: Path, dst: Path, params: dict, timeout: int = 3600) ->
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}})
     try:
         client.execute()
-    except CellExecutionError:
+    except CellExecutionError as exc:
         nbformat.write(nb, dst)  # keep what ran, with the error, for the learner to read
-        raise
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise RuntimeError(f"notebooks/{src.name} stopped with an error: {lines[-1] if lines else exc}\n"
+                           f"  the executed notebook, with the failing cell, is at {dst}") from None
     nbformat.write(nb, dst)
     return time.perf_counter() - t0
 

@@ -106,6 +106,10 @@ def perplexity(
     windows = plan_windows(len(ids), block_size, stride)
     if not windows:
         raise ValueError(f"nothing to score: {len(ids)} tokens give no window with at least 2 tokens")
+    from .distributed import all_reduce_sum, rank, world_size
+
+    n_windows = len(windows)
+    windows = windows[rank() :: world_size()]  # under torchrun each rank scores its share; sums are all-reduced
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -131,7 +135,8 @@ def perplexity(
     if bar is not None:
         bar.close()
     model.train(was_training)
-    nll_sum = float(total.item())
+    counts = all_reduce_sum(torch.stack([total, torch.tensor(float(n_scored), dtype=torch.float64, device=device)]))
+    nll_sum, n_scored = float(counts[0].item()), int(counts[1].item())
     protocol = {
         "block_size": block_size,
         "stride": stride if stride is not None else block_size,
@@ -139,7 +144,7 @@ def perplexity(
         "max_tokens": max_tokens,
         "input_tokens": n_input,
         "used_tokens": int(len(ids)),
-        "n_windows": len(windows),
+        "n_windows": n_windows,
         "weighting": "token-weighted: exp(sum nll / scored tokens)",
         "first_token_of_stream_scored": False,
         "padding": "none",

@@ -39,6 +39,10 @@ def _clean(obj: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
     path = Path(path)
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun only rank 0 writes results
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

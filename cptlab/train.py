@@ -2,6 +2,7 @@
 gradient accumulation normalised by tokens, one log row per optimizer step."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -128,8 +129,16 @@ def train(
     ``on_step(step, model, row)`` runs after each optimizer step (the forgetting curve does);
     returning True stops the run there (a retention floor can).
     """
+    from .distributed import all_reduce_sum, is_distributed, rank, world_size
+
     model.to(device)
     model.train()
+    ddp = is_distributed()
+    world, me = world_size(), rank()
+    if ddp and cfg.batch_size < world:
+        raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {world} processes: each needs a share of every micro-batch")
+    # Under torchrun, DDP averages gradients across ranks; the loss below is scaled to undo that.
+    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
     opt = make_optimizer(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -154,15 +163,20 @@ def train(
         # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
         # equals one large batch exactly (transformers PR #34191's lesson).
         step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
+        if ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
+            micro = [x[me::world] for x in micro]
         loss_sum = torch.zeros((), device=device)
-        for x in micro:
+        for i, x in enumerate(micro):
             x = x.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                loss, _ = token_loss_sum(model, x)
-            (loss / step_tokens).backward()
+            # gradients are all-reduced once per step, on the last micro-batch only
+            sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(device, amp_dtype):
+                    loss, _ = token_loss_sum(wrapped, x)
+                (loss * world / step_tokens).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        loss_value = float(loss_sum.item()) / step_tokens
+        loss_value = float(all_reduce_sum(loss_sum).item()) / step_tokens
         if not math.isfinite(loss_value):
             opt.zero_grad(set_to_none=True)
             raise TrainingDivergedError(

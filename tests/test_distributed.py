@@ -1,0 +1,40 @@
+"""Two gloo processes under torchrun follow the single-process run at the same global batch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cptlab.config import get_config
+from cptlab.perplexity import perplexity
+from cptlab.sources import load_model
+from cptlab.train import train
+
+
+def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path):
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = json.loads(out.read_text())
+
+    torch.manual_seed(0)
+    model = load_model(str(tiny_model_dir))
+    stream = np.random.default_rng(0).integers(0, 300, 6000).astype(np.uint16)
+    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu")
+    log = train(model, stream, cfg, torch.device("cpu"), progress=False).log
+    for a, b in zip(log, ddp["log"]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["tokens"] == a["tokens"] and b["lr"] == a["lr"]
+    for n, p in model.named_parameters():
+        assert np.allclose(p.detach().flatten()[:50].numpy(), ddp["params"][n], atol=1e-5), n
+    res = perplexity(model, stream[:3000], 16, batch_size=3)
+    assert ddp["tokens"] == res.tokens
+    assert ddp["nll_sum"] == pytest.approx(res.nll_sum, rel=1e-5)
