@@ -10,7 +10,6 @@ import argparse
 import copy
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -130,7 +129,8 @@ def peak_mem(which: str, model_dir: str, ids_file: str, block: int, batch: int) 
     setup_threads()
     model = load_model(model_dir).eval()
     ids = np.load(ids_file)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    before = _rss_kb("VmRSS")
     if which == "cptlab":
         perplexity(model, ids, block, batch_size=batch)
     else:
@@ -138,8 +138,15 @@ def peak_mem(which: str, model_dir: str, ids_file: str, block: int, batch: int) 
         with torch.no_grad():  # a batched reference: full float32 logits for the whole batch
             for i in range(0, len(x), batch):
                 model(x[i : i + batch], labels=x[i : i + batch])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _rss_kb("VmHWM")
     print(json.dumps({"peak_mb": (after - before) / 1024}))
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def bench_mem(model_dir: str, ids: np.ndarray, block: int, batch: int) -> dict:

@@ -123,10 +123,22 @@ def base_model_dir(cfg: LabConfig) -> Path:
     return cache_root() / f"tiny-base-{key}"
 
 
+def _weights_digest(folder: Path) -> str:
+    from .results import sha256_file
+
+    return " ".join(f"{f.name}:{sha256_file(f)}" for f in sorted(folder.glob("*.safetensors")))
+
+
+def _weights_intact(folder: Path) -> bool:
+    """A cached base model is trusted only if its weights hash as they did when it was built."""
+    digest = folder / "weights.sha256"
+    return digest.exists() and any(folder.glob("*.safetensors")) and digest.read_text() == _weights_digest(folder)
+
+
 def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     """The cached tiny base model folder, pre-training it first if it is not there yet."""
     folder = base_model_dir(cfg)
-    if is_complete(folder) and any(folder.glob("*.safetensors")):
+    if is_complete(folder) and _weights_intact(folder):
         return folder
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -170,6 +182,7 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        (tmp / "weights.sha256").write_text(_weights_digest(tmp))
         write_json_atomic(
             tmp / "pretraining.json",
             {

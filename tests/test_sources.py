@@ -102,3 +102,28 @@ def test_lab_recipe_values():
         5e-5, 10, 150, 1.0, 256, 0.02)
     g = get_config("gpt2")
     assert (g.cpt_lr, g.warmup_steps, g.max_steps, g.block_size) == (5e-5, 10, 150, 256)
+
+
+def test_enormous_single_line_file_is_one_document(tmp_path, model_and_tok):
+    from cptlab.corpus import build_corpus
+
+    _, tok = model_and_tok
+    (tmp_path / "minified.py").write_text("x=[" + ",".join(str(i % 97) for i in range(300_000)) + "]")
+    (tmp_path / "small.py").write_text(CODE)
+    docs, info = read_python_dir(tmp_path)
+    assert len(docs) == 2 and info["used"] == 2
+    c = build_corpus(docs, tok, 0.02, 0, 32)
+    assert c.stats["n_docs"] == 2 and c.stats["eos_count"] == 2
+
+
+def test_corrupt_cached_base_model_is_rebuilt(monkeypatch, tmp_path):
+    from cptlab import tiny
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / ".complete").write_text("ok")
+    (folder / "model.safetensors").write_bytes(b"abc")
+    (folder / "weights.sha256").write_text(tiny._weights_digest(folder))
+    assert tiny._weights_intact(folder)
+    (folder / "model.safetensors").write_bytes(b"abd")  # bit rot or a half-copied file
+    assert not tiny._weights_intact(folder)
