@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 echo "== tiny lab on the GPU"
-/usr/bin/time -v python3 -m cptlab run --preset tiny --out "$OUT/run" --plots --quiet 2>&1 | tail -40 | tee "$OUT/tiny.txt" || true
+( time python3 -m cptlab run --preset tiny --out "$OUT/run" --plots --quiet ) 2>&1 | tail -20 | tee "$OUT/tiny.txt" || true
 python3 -m checkers grade "$OUT/run" --json "$OUT/grades.json" | tee "$OUT/grade.txt" || true
 
 echo "== CPT loop throughput, GPT-2 124M shape"

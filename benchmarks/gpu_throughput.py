@@ -1,8 +1,11 @@
-"""Tokens/s and MFU of the cptlab CPT loop on a GPT-2 124M-shaped model (random weights).
+"""Tokens/s and MFU of the cptlab CPT loop on a GPT-2 124M-shaped model (random weights: the GPU
+machine has no hub access, and speed does not depend on the values), eager and compiled, against
+a default `transformers.Trainer` (fp32, as it ships) on the same model, data, batch and steps.
 
 MFU uses nanoGPT's estimate: 6N + 12 L H Q T FLOPs per token, against the card's dense bf16 peak.
 """
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -14,37 +17,75 @@ from cptlab.device import autocast_dtype, pick_device
 from cptlab.train import train
 
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+STEPS, BATCH = 30, 64
+
+
+def flops_per_token(model, block):
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    c = model.config
+    return 6 * n + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * block
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ours(device, stream, compile_: bool):
+    cfg = get_config("gpt2", batch_size=BATCH, max_steps=STEPS, warmup_steps=3, device=device.type, torch_compile=compile_)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(attn_implementation="sdpa")).to(device)
+    t0 = time.perf_counter()
+    train(model, stream, cfg.replace(max_steps=5), device, autocast_dtype(device), progress=False)  # warm-up (and compile)
+    sync(device)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = train(model, stream, cfg, device, autocast_dtype(device), progress=False)
+    sync(device)
+    secs = time.perf_counter() - t0
+    return res.tokens / secs, warm, res.log[-1]["loss"], flops_per_token(model, cfg.block_size)
+
+
+def hf_trainer(device, stream):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # as a default Trainer run has it
+    blocks = stream[: (STEPS + 5) * BATCH * 256].astype(np.int64).reshape(-1, 256)
+    ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).to(device)
+
+    def run(steps):
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
+                                 learning_rate=5e-5, warmup_steps=3, lr_scheduler_type="cosine", max_grad_norm=1.0,
+                                 logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True)
+        t0 = time.perf_counter()
+        Trainer(model=model, args=args, train_dataset=ds).train()
+        sync(device)
+        return time.perf_counter() - t0
+
+    run(5)
+    return STEPS * BATCH * 255 / run(STEPS)
 
 
 def main():
     device = pick_device("auto")
-    torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK.items() if k in name), None)
-    results = []
-    for batch in (16, 64):
-        cfg = get_config("gpt2", batch_size=batch, max_steps=30, warmup_steps=3, device=device.type)
-        model = GPT2LMHeadModel(GPT2Config(n_positions=1024, attn_implementation="sdpa")).to(device)
-        stream = np.random.default_rng(0).integers(0, 50257, 2_000_000).astype(np.uint16)
-        train(model, stream, cfg.replace(max_steps=5), device, autocast_dtype(device), progress=False)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = train(model, stream, cfg, device, autocast_dtype(device), progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - t0
-        n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
-        c = model.config
-        flops_per_token = 6 * n + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * cfg.block_size
-        tps = res.tokens / secs
-        row = {"device": name, "batch": batch, "block": cfg.block_size, "tokens_per_s": tps,
-               "mfu": tps * flops_per_token / peak if peak else None, "final_loss": res.log[-1]["loss"]}
-        print(json.dumps(row), flush=True)
-        results.append(row)
-        del model
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-    return results
+    stream = np.random.default_rng(0).integers(0, 50257, 4_000_000).astype(np.uint16)
+    rows = {}
+    for label, comp in (("cptlab_eager", False), ("cptlab_compiled", True)):
+        tps, warm, loss, fpt = ours(device, stream, comp)
+        rows[label] = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None, "warmup_s": warm, "final_loss": loss}
+        print(json.dumps({label: rows[label]}), flush=True)
+    rows["hf_trainer_default"] = {"tokens_per_s": hf_trainer(device, stream)}
+    print(json.dumps({"hf_trainer_default": rows["hf_trainer_default"]}), flush=True)
+    best = max(rows["cptlab_eager"]["tokens_per_s"], rows["cptlab_compiled"]["tokens_per_s"])
+    out = {"device": name, "batch": BATCH, "block": 256, "steps": STEPS, **rows,
+           "train_speedup_vs_hf_trainer_eager": rows["cptlab_eager"]["tokens_per_s"] / rows["hf_trainer_default"]["tokens_per_s"],
+           "train_speedup_vs_hf_trainer_best": best / rows["hf_trainer_default"]["tokens_per_s"]}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ protocol, so that a grade means what it says. It runs cptlab's own evaluation (n
 code) and loads weights from safetensors only."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,15 +15,9 @@ TOL_SAME_DEVICE = 1e-4
 TOL_OTHER_DEVICE = 2e-2
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(run_dir: str | Path) -> Report:
+    from cptlab.results import sha256_file as _sha
+
     run = Path(run_dir)
     report = Report(5, "verify: files and models re-checked", str(run))
 

@@ -102,6 +102,7 @@ class LabConfig:
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    torch_compile: bool = False  # pays for its compile time only on long GPU runs; off for 150 steps
     # --- the tiny base model
     tiny: TinyBaseConfig = field(default_factory=TinyBaseConfig)
 

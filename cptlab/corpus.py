@@ -75,13 +75,18 @@ def to_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
     return stream[:n].reshape(-1, block_size)
 
 
-def sample_windows(stream: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Random ``block_size`` windows from the stream (nanoGPT's get_batch), seeded by ``generator``."""
+def sample_windows(stream: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
+                   device_stream: torch.Tensor | None = None) -> torch.Tensor:
+    """Random ``block_size`` windows from the stream (nanoGPT's get_batch), seeded by ``generator``.
+    With ``device_stream`` (the same stream already on a GPU) the same windows are gathered there."""
     hi = len(stream) - block_size
     if hi < 0:
         raise CorpusError(f"training stream of {len(stream)} tokens is shorter than block_size={block_size}")
-    offsets = torch.randint(0, hi + 1, (batch_size,), generator=generator).tolist()
-    return torch.stack([torch.from_numpy(stream[o : o + block_size].astype(np.int64)) for o in offsets])
+    offsets = torch.randint(0, hi + 1, (batch_size,), generator=generator)
+    if device_stream is not None:
+        idx = offsets.to(device_stream.device)[:, None] + torch.arange(block_size, device=device_stream.device)
+        return device_stream[idx]
+    return torch.stack([torch.from_numpy(stream[o : o + block_size].astype(np.int64)) for o in offsets.tolist()])
 
 
 def window_crossing_eos(stream: np.ndarray, block_size: int, eos_id: int) -> np.ndarray | None:

@@ -44,11 +44,14 @@ def make_optimizer(model: torch.nn.Module, cfg: LabConfig, device: torch.device)
 
 
 def token_loss_sum(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy of a batch of windows and how many tokens it scored."""
-    logits = model(input_ids=x).logits[:, :-1]
-    targets = x[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-    return loss, targets.numel()
+    """Summed next-token cross-entropy of a batch of windows and how many tokens it scored.
+
+    The targets are shifted instead of the logits (the last position is ignored), so the large
+    logits tensor is never copied; cross-entropy runs in float32 (autocast's rule for it)."""
+    logits = model(input_ids=x).logits
+    targets = F.pad(x[:, 1:], (0, 1), value=-100)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum", ignore_index=-100)
+    return loss, x.shape[0] * (x.shape[1] - 1)
 
 
 @dataclass
@@ -139,6 +142,9 @@ def train(
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {world} processes: each needs a share of every micro-batch")
     # Under torchrun, DDP averages gradients across ranks; the loss below is scaled to undo that.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    forward = torch.compile(wrapped) if cfg.torch_compile else wrapped
+    # On a GPU the token stream lives on the device: a batch is one gather, not B host copies.
+    device_stream = torch.from_numpy(train_stream.astype(np.int64)).to(device) if device.type == "cuda" and batch_fn is None else None
     opt = make_optimizer(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +165,7 @@ def train(
         if batch_fn is not None:
             micro = batch_fn(step, gen)
         else:
-            micro = [sample_windows(train_stream, cfg.block_size, cfg.batch_size, gen) for _ in range(cfg.grad_accum)]
+            micro = [sample_windows(train_stream, cfg.block_size, cfg.batch_size, gen, device_stream) for _ in range(cfg.grad_accum)]
         # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
         # equals one large batch exactly (transformers PR #34191's lesson).
         step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
@@ -172,7 +178,7 @@ def train(
             sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(device, amp_dtype):
-                    loss, _ = token_loss_sum(wrapped, x)
+                    loss, _ = token_loss_sum(forward, x)
                 (loss * world / step_tokens).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
