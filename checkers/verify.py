@@ -78,7 +78,7 @@ def verify(run_dir: str | Path) -> Report:
             parts = []
             ok = True
             for name, stream in streams.items():
-                res = evaluate(model, stream, cfg, device, f"verify {prefix} {name}")
+                res = evaluate(model, stream, cfg, device, f"verify {prefix} {name}", progress=False)
                 reported = num(results, f"{prefix}_{name}_ppl")
                 ok &= close(res.ppl, reported, tol)
                 parts.append(f"{name} {res.ppl:.6g} (reported {reported:.6g})")

@@ -39,6 +39,10 @@ def cmd_run(args) -> int:
 
     init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU share (gloo)
     args.quiet = args.quiet or not is_main()
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     cfg = _config_from_args(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out RUN_DIR: the run folder to continue")

@@ -50,11 +50,11 @@ def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
     return eos_join_stream(docs, tokenizer), info
 
 
-def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str) -> PerplexityResult:
+def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True) -> PerplexityResult:
     return perplexity(
         model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,
         max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=autocast_dtype(device, cfg.precision),
-        progress=True, desc=desc,
+        progress=progress, desc=desc,
     )
 
 
@@ -100,8 +100,8 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dic
     model = s.model()
     corpus, code_info = code_corpus(cfg, s.tokenizer)
     gen, gen_info = general_stream(cfg, s.tokenizer)
-    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl")
-    general = evaluate(model, gen, cfg, s.device, "baseline English ppl")
+    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress)
+    general = evaluate(model, gen, cfg, s.device, "baseline English ppl", progress)
     import uuid
 
     out = {
@@ -226,8 +226,8 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
     corpus, _ = code_corpus(cfg, s.tokenizer)
     gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
-    code = evaluate(model, corpus.val, cfg, s.device, "adapted code ppl")
-    general = evaluate(model, gen, cfg, s.device, "adapted English ppl")
+    code = evaluate(model, corpus.val, cfg, s.device, "adapted code ppl", progress)
+    general = evaluate(model, gen, cfg, s.device, "adapted English ppl", progress)
     code_rec = _eval_record(code, corpus.val, cfg, {"split": "val"})
     gen_rec = _eval_record(general, gen, cfg, {})
     for name, rec in (("code", code_rec), ("general", gen_rec)):

@@ -146,8 +146,8 @@ def run_study(run_dir: str | Path, progress: bool = True) -> dict:
     b_code, b_gen = s1["baseline_code_ppl"], s1["baseline_general_ppl"]
 
     def measure(model, name: str, choice: str, **extra) -> dict:
-        c = evaluate(model, corpus.val, cfg, s.device, f"{name}: code")
-        g = evaluate(model, gen, cfg, s.device, f"{name}: English")
+        c = evaluate(model, corpus.val, cfg, s.device, f"{name}: code", progress)
+        g = evaluate(model, gen, cfg, s.device, f"{name}: English", progress)
         return {"name": name, "choice": choice, "code_ppl": c.ppl, "general_ppl": g.ppl,
                 "code_nll_sum": c.nll_sum, "code_tokens": c.tokens, "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
                 "code_ppl_drop": 1.0 - c.ppl / b_code, "forgetting_ratio": g.ppl / b_gen, **extra}
