@@ -148,23 +148,18 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
     corpus, _ = code_corpus(cfg, s.tokenizer)
     gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
-    from .tradeoff import curve_point, floor_crossing
-
     import shutil
 
+    from .tradeoff import curve_point, floor_crossing
     from .train import Checkpointing
 
     ckpt = Checkpointing(Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"]))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
     # The forgetting curve: both sets every curve_every steps, on capped sets, same protocol.
-    if ckpt.exists():
-        curve: list[dict] = []
-        stopped = {"at": None, "eval_seconds": 0.0}
-    else:
-        curve = [curve_point(model, 0, corpus.val, gen, cfg, s.device, s.amp, None)]
-        stopped = {"at": None, "eval_seconds": 0.0}
-    ckpt.extra.update(curve=curve, stopped=stopped)
+    # It lives in the checkpoint's extra state, so a resumed run keeps the points it had.
+    start = [] if ckpt.exists() else [curve_point(model, 0, corpus.val, gen, cfg, s.device, s.amp, None)]
+    ckpt.extra.update(curve=start, stopped={"at": None, "eval_seconds": 0.0})
 
     def on_step(step: int, m, row: dict) -> bool:
         if step % cfg.curve_every and step != cfg.max_steps:
