@@ -180,7 +180,9 @@ print(lab.step_table(step4, ["baseline_code_ppl", "adapted_code_ppl", "code_ppl_
 
 An endpoint hides the path. During the CPT run (step 3) both sets were evaluated every few steps,
 on capped sets under the same protocol. The curve shows *when* English starts to slip, and the
-retention floor marks where a production team would have stopped."""),
+retention floor marks where a production team would have stopped. Because the curve scores only
+the first `curve_max_tokens` tokens of each set (to keep the run fast), its last point can differ a
+little from the headline numbers above, which score the whole evaluation sets."""),
         new_code_cell('''floor = read_step(RUN_DIR, 3)["floor"]
 print(floor)
 plots.forgetting_curve(RUN_DIR);'''),
