@@ -196,8 +196,16 @@ def check_step3(run_dir: str | Path) -> Report:
             raise Missing("'log' should be a non-empty list of step rows")
         return log
 
-    ck.add("s3.steps", f"{T['max_steps']} optimizer steps, numbered 1..{T['max_steps']}",
-           lambda: ([num(r, "step") for r in rows()] == list(range(1, T["max_steps"] + 1)), f"{len(rows())} logged steps"),
+    def stopped_at() -> int | None:
+        at = (d.get("floor") or {}).get("stopped_at_step") if isinstance(d.get("floor"), dict) else None
+        return at if isinstance(at, int) and not isinstance(at, bool) and 0 < at < T["max_steps"] else None
+
+    def steps():
+        last = stopped_at() or T["max_steps"]
+        why = f" (stopped at the retention floor, step {last})" if stopped_at() else ""
+        return [num(r, "step") for r in rows()] == list(range(1, last + 1)), f"{len(rows())} logged steps{why}"
+
+    ck.add("s3.steps", f"{T['max_steps']} optimizer steps, numbered 1..{T['max_steps']} (or up to a retention-floor stop)", steps,
            f"train for exactly max_steps={T['max_steps']} and log every step")
     ck.add("s3.hparams", f"cpt_lr {T['cpt_lr']}, grad_clip {T['grad_clip']}, block_size {T['block_size']}",
            lambda: ((num(d, "hparams.cpt_lr"), num(d, "hparams.grad_clip"), num(d, "hparams.block_size"))
@@ -229,7 +237,8 @@ def check_step3(run_dir: str | Path) -> Report:
     def cosine():
         lrs = [num(r, "lr") for r in rows()][T["warmup_steps"]:]
         mono = all(b <= a + 1e-15 for a, b in zip(lrs, lrs[1:]))
-        return mono and lrs[-1] <= 0.01 * max(lrs), f"non-increasing={mono}, last/peak={lrs[-1] / max(lrs):.3g}"
+        ends_low = lrs[-1] <= 0.01 * max(lrs) or stopped_at() is not None
+        return mono and ends_low, f"non-increasing={mono}, last/peak={lrs[-1] / max(lrs):.3g}"
 
     ck.add("s3.cosine_decay", "after the peak the rate only falls, to about 0 at the last step", cosine,
            "decay with a half cosine from the peak to 0 over the remaining steps")

@@ -175,3 +175,14 @@ def test_notebook_shows_the_message_not_a_traceback(tmp_path):
     text = json.dumps(nb["cells"])
     assert "run step 1 first" in text and "01_baseline.ipynb" in text
     assert all(len(e.get("traceback", [])) <= 1 for e in errors)
+
+
+def test_a_retention_floor_stop_is_graded_as_such(lab_run, tmp_path):
+    def stop(d):
+        d["log"] = d["log"][:20]
+        d["floor"]["stopped_at_step"] = 20
+    run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(stop))
+    failed = {c.id for c in check_step3(run).failures}
+    assert "s3.steps" not in failed and "s3.cosine_decay" not in failed
+    run2 = _tampered(lab_run, tmp_path / "b", "step3_cpt.json", _edit_json(lambda d: d.update(log=d["log"][:20])))
+    assert "s3.steps" in {c.id for c in check_step3(run2).failures}  # a short log without a floor stop still fails
