@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sysconfig
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .config import DataSource
 
@@ -136,6 +136,19 @@ def iter_hf_texts(src: DataSource) -> Iterator[str]:
         yield row[src.field]
 
 
+def take_until_budget(docs: Iterable[str], token_budget: int | None, count_tokens) -> list[str]:
+    """Documents in order until they hold ``token_budget`` tokens (each plus its EOS); all without a budget."""
+    if token_budget is None or count_tokens is None:
+        return list(docs)
+    kept, total = [], 0
+    for d in docs:
+        kept.append(d)
+        total += count_tokens(d) + 1
+        if total >= token_budget:
+            break
+    return kept
+
+
 def load_documents(src: DataSource, token_budget: int | None = None, count_tokens=None) -> tuple[list[str], dict]:
     """Documents of a source. With a token budget, documents are taken in order until the budget
     is met (``count_tokens(text) -> int``), which is how a streamed hub corpus is cut."""
@@ -160,30 +173,13 @@ def load_documents(src: DataSource, token_budget: int | None = None, count_token
 
         return load_documents(english_train_source(), token_budget, count_tokens)
     elif src.kind == "hf":
-        docs = []
         if src.join is not None:
             docs = [src.join.join(t for t in iter_hf_texts(src))]
         else:
-            total = 0
-            for text in iter_hf_texts(src):
-                if not text or not text.strip():
-                    continue
-                docs.append(text)
-                if token_budget is not None:
-                    total += count_tokens(text) + 1
-                    if total >= token_budget:
-                        break
+            docs = iter_hf_texts(src)  # a stream: take_until_budget stops reading it in time
     else:
         raise ValueError(f"unknown data source kind {src.kind!r}: use hf, py_dir, text_file or tiny_english")
-    docs = [d for d in docs if d.strip()]
-    if token_budget is not None and src.kind != "hf" and count_tokens is not None:
-        kept, total = [], 0
-        for d in docs:
-            if total >= token_budget:
-                break
-            kept.append(d)
-            total += count_tokens(d) + 1
-        docs = kept
+    docs = take_until_budget((d for d in docs if d and d.strip()), token_budget, count_tokens)
     if not docs:
         raise ValueError(f"the corpus from {src.kind} {src.path!r} is empty: point it at data that holds text")
     info["n_docs"] = len(docs)
