@@ -1,8 +1,9 @@
 """`make bench`: cptlab against the usual tools, side by side in one run, on this machine.
 
 Every figure is a ratio of two measurements taken in the same process on the same model, data,
-batch, steps and precision (the tiny preset's model, fp32 on the CPU), so machine noise cancels.
-Median of several repeats; min and max are printed too. Writes bench.json in the run folder.
+batch, steps and precision (the tiny preset's model, fp32 on the CPU), timed alternately so that
+machine noise hits both sides. Median of several repeats; min and max are printed too. Writes
+bench.json in the run folder.
 """
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def paired(ours, theirs, repeats: int) -> tuple[list[float], list[float]]:
+    """Time both sides alternately (ABBA order), so a drift in the machine's speed hits both alike."""
+    a, b = [], []
+    for i in range(repeats):
+        first, second = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+        t1, t2 = timed(first, 1)[0], timed(second, 1)[0]
+        a.append(t1 if i % 2 == 0 else t2)
+        b.append(t2 if i % 2 == 0 else t1)
+    return a, b
+
+
 def stats(tokens: int, secs: list[float]) -> dict:
     rates = [tokens / s for s in secs]
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
@@ -47,7 +59,8 @@ def stats(tokens: int, secs: list[float]) -> dict:
 def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
     cfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
     tokens = steps * cfg.batch_size * (cfg.block_size - 1)
-    ours = timed(lambda: train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), None, progress=False), repeats)
+    def ours():
+        train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), None, progress=False)
 
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -65,8 +78,8 @@ def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
         )
         Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
 
-    theirs = timed(hf, repeats)
-    a, b = stats(tokens, ours), stats(tokens, theirs)
+    ours_t, theirs_t = paired(ours, hf, repeats)
+    a, b = stats(tokens, ours_t), stats(tokens, theirs_t)
     return {"cptlab_tokens_per_s": a, "hf_trainer_tokens_per_s": b, "train_speedup_vs_hf_trainer": a["median"] / b["median"],
             "steps": steps, "batch": cfg.batch_size, "block": cfg.block_size}
 
@@ -91,8 +104,8 @@ def reference_ppl(model, ids: np.ndarray, block: int) -> tuple[float, int]:
 def bench_eval(model, ids: np.ndarray, cfg, repeats: int) -> dict:
     ours_res = perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size)
     ref_nll, ref_count = reference_ppl(model, ids, cfg.block_size)
-    ours = timed(lambda: perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size), repeats)
-    theirs = timed(lambda: reference_ppl(model, ids, cfg.block_size), repeats)
+    ours, theirs = paired(lambda: perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size),
+                          lambda: reference_ppl(model, ids, cfg.block_size), repeats)
     a, b = stats(ours_res.tokens, ours), stats(ref_count, theirs)
     return {"cptlab_tokens_per_s": a, "reference_tokens_per_s": b, "eval_speedup_vs_reference": a["median"] / b["median"],
             "cptlab_ppl": ours_res.ppl, "reference_ppl": math.exp(ref_nll / ref_count), "tokens": ours_res.tokens,
@@ -118,7 +131,7 @@ def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
         tokenized.map(group_texts, batched=True, load_from_cache_file=False)
 
     n_bytes = sum(len(d.encode()) for d in docs)
-    ours_t, theirs_t = timed(ours, repeats), timed(run_clm, repeats)
+    ours_t, theirs_t = paired(ours, run_clm, repeats)
     a, b = stats(n_bytes, ours_t), stats(n_bytes, theirs_t)
     return {"cptlab_bytes_per_s": a, "datasets_map_bytes_per_s": b, "prep_speedup_vs_datasets_map": a["median"] / b["median"],
             "docs": len(docs), "bytes": n_bytes}
@@ -163,7 +176,7 @@ def bench_mem(model_dir: str, ids: np.ndarray, block: int, batch: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mem", nargs=5)
     args = p.parse_args()

@@ -5,6 +5,7 @@ a default `transformers.Trainer` (fp32, as it ships) on the same model, data, ba
 MFU uses nanoGPT's estimate: 6N + 12 L H Q T FLOPs per token, against the card's dense bf16 peak.
 """
 import json
+import sys
 import tempfile
 import time
 
@@ -31,8 +32,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def ours(device, stream, compile_: bool):
-    cfg = get_config("gpt2", batch_size=BATCH, max_steps=STEPS, warmup_steps=3, device=device.type, torch_compile=compile_)
+def ours(device, stream, compile_: bool, **overrides):
+    cfg = get_config("gpt2", batch_size=BATCH, max_steps=STEPS, warmup_steps=3, device=device.type, torch_compile=compile_, **overrides)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(attn_implementation="sdpa")).to(device)
     t0 = time.perf_counter()
@@ -75,13 +76,29 @@ def main():
     peak = next((v for k, v in PEAK.items() if k in name), None)
     stream = np.random.default_rng(0).integers(0, 50257, 4_000_000).astype(np.uint16)
     rows = {}
-    for label, comp in (("cptlab_eager", False), ("cptlab_compiled", True)):
-        tps, warm, loss, fpt = ours(device, stream, comp)
-        rows[label] = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None, "warmup_s": warm, "final_loss": loss}
+    variants = {  # the first is the loop as it was: plain cross-entropy, a host sync every step
+        "cptlab_eager_unfused_sync_every_step": (False, {"fused_ce": False, "log_every": 1}),
+        "cptlab_eager": (False, {}),
+        "cptlab_compiled_unfused": (True, {"fused_ce": False}),
+        "cptlab_compiled": (True, {}),
+    }
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]
+    for label, (comp, overrides) in variants.items():
+        if only and label not in only:
+            continue
+        try:
+            torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+            tps, warm, loss, fpt = ours(device, stream, comp, **overrides)
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            rows[label] = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None, "warmup_s": warm, "final_loss": loss, "peak_mem_gib": mem}
+        except Exception as e:  # one failing variant must not hide the others' figures
+            rows[label] = {"tokens_per_s": 0.0, "error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps({label: rows[label]}), flush=True)
+    if "--no-trainer" in sys.argv:
+        return
     rows["hf_trainer_default"] = {"tokens_per_s": hf_trainer(device, stream)}
     print(json.dumps({"hf_trainer_default": rows["hf_trainer_default"]}), flush=True)
-    best = max(rows["cptlab_eager"]["tokens_per_s"], rows["cptlab_compiled"]["tokens_per_s"])
+    best = max(r["tokens_per_s"] for k, r in rows.items() if k.startswith("cptlab"))
     out = {"device": name, "batch": BATCH, "block": 256, "steps": STEPS, **rows,
            "train_speedup_vs_hf_trainer_eager": rows["cptlab_eager"]["tokens_per_s"] / rows["hf_trainer_default"]["tokens_per_s"],
            "train_speedup_vs_hf_trainer_best": best / rows["hf_trainer_default"]["tokens_per_s"]}

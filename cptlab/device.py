@@ -28,6 +28,7 @@ def available_cpus() -> int:
 
 
 def setup_threads() -> int:
+    """Match torch's threads to the CPUs really available; returns the count."""
     n = available_cpus()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

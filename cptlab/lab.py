@@ -161,7 +161,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
     start = [] if ckpt.exists() else [curve_point(model, 0, corpus.val, gen, cfg, s.device, s.amp, None)]
     ckpt.extra.update(curve=start, stopped={"at": None, "eval_seconds": 0.0})
 
-    def on_step(step: int, m, row: dict) -> bool:
+    def on_step(step: int, m) -> bool:
         if step % cfg.curve_every and step != cfg.max_steps:
             return False
         curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]

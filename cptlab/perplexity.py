@@ -17,10 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .device import autocast
-
-# Rows of hidden states turned into logits at once: bounds memory at rows * vocab * 4 bytes
-# instead of batch * block * vocab * 4 (never materialise float32 logits for a whole batch).
-CE_CHUNK_ROWS = 2048
+from .fused import chunked_cross_entropy, fast_gelu, split_lm_head
 
 
 @dataclass
@@ -64,21 +61,17 @@ def _check_context(model, block_size: int) -> None:
 
 
 def _sum_nll(model, input_ids: torch.Tensor, scored: int) -> torch.Tensor:
-    """Sum of NLL of the last ``scored`` tokens of each row, chunked over rows of hidden states."""
+    """Sum of NLL of the last ``scored`` tokens of each row; for GPT-2 the logits are made a chunk of
+    rows at a time, so memory never grows with batch x block x vocab."""
     L = input_ids.shape[1]
-    targets = input_ids[:, L - scored :]
-    if getattr(model.config, "model_type", None) == "gpt2":
-        hidden = model.base_model(input_ids=input_ids).last_hidden_state[:, L - 1 - scored : L - 1]
-        head = model.get_output_embeddings()
-        h = hidden.reshape(-1, hidden.shape[-1])
-        t = targets.reshape(-1)
-        total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
-        for i in range(0, h.shape[0], CE_CHUNK_ROWS):
-            logits = head(h[i : i + CE_CHUNK_ROWS]).float()
-            total += F.cross_entropy(logits, t[i : i + CE_CHUNK_ROWS], reduction="sum").double()
-        return total
-    logits = model(input_ids=input_ids).logits[:, L - 1 - scored : L - 1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").double()
+    targets = input_ids[:, L - scored :].reshape(-1)
+    parts = split_lm_head(model)
+    if parts is None:
+        logits = model(input_ids=input_ids).logits[:, L - 1 - scored : L - 1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum").double()
+    body, head = parts
+    hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state[:, L - 1 - scored : L - 1]
+    return chunked_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head, targets).double()
 
 
 @torch.inference_mode()
@@ -123,15 +116,16 @@ def perplexity(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(windows), desc=desc, leave=False)
-    for (length, scored), begins in groups.items():
-        for i in range(0, len(begins), batch_size):
-            chunk = begins[i : i + batch_size]
-            x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
-            with autocast(device, amp_dtype):
-                total += _sum_nll(model, x, scored)
-            n_scored += scored * len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
+    with fast_gelu(model):
+        for (length, scored), begins in groups.items():
+            for i in range(0, len(begins), batch_size):
+                chunk = begins[i : i + batch_size]
+                x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
+                with autocast(device, amp_dtype):
+                    total += _sum_nll(model, x, scored)
+                n_scored += scored * len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
     if bar is not None:
         bar.close()
     model.train(was_training)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import LabConfig
 from .corpus import sample_windows
 from .device import autocast
+from .fused import CausalLMLoss, fast_gelu
 
 
 class TrainingDivergedError(RuntimeError):
@@ -35,23 +36,19 @@ def lr_multiplier(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
 
 
 def make_optimizer(model: torch.nn.Module, cfg: LabConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (nanoGPT's split); fused on CUDA."""
+    """AdamW with decay on matrices only (nanoGPT's split); the fused kernel on CUDA and CPU alike
+    (what ``transformers.Trainer`` uses by default too)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.cpt_lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.cpt_lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
 
 
 def token_loss_sum(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy of a batch of windows and how many tokens it scored.
-
-    The targets are shifted instead of the logits (the last position is ignored), so the large
-    logits tensor is never copied; cross-entropy runs in float32 (autocast's rule for it)."""
-    logits = model(input_ids=x).logits
-    targets = F.pad(x[:, 1:], (0, 1), value=-100)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum", ignore_index=-100)
-    return loss, x.shape[0] * (x.shape[1] - 1)
+    """Summed next-token cross-entropy of a batch of windows and how many tokens it scored
+    (the fused lm_head + cross-entropy of ``cptlab.fused`` for GPT-2, plain logits otherwise)."""
+    return CausalLMLoss(model)(x), x.shape[0] * (x.shape[1] - 1)
 
 
 @dataclass
@@ -107,6 +104,25 @@ class Checkpointing:
         return int(meta["step"])
 
 
+def _flush(pending: list[tuple], result: "TrainResult", all_reduce_sum, cfg: LabConfig) -> None:
+    """Bring the pending steps' losses and norms to the host in one sync and append their log rows;
+    stop the run at the first non-finite loss."""
+    if not pending:
+        return
+    values = torch.stack([torch.stack([p[4].float(), p[5].float()]) for p in pending])
+    values[:, 0] = all_reduce_sum(values[:, 0].contiguous())
+    for (step, lr, step_tokens, tokens, _, _), (loss_sum, grad_norm) in zip(pending, values.tolist()):
+        loss_value = loss_sum / step_tokens
+        if not math.isfinite(loss_value):
+            pending.clear()
+            raise TrainingDivergedError(
+                f"loss became {loss_value} at step {step} (lr {lr:.3g}): the run was stopped. "
+                f"Lower the learning rate (cpt_lr={cfg.cpt_lr}) or check the data for broken documents."
+            )
+        result.log.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "step_tokens": step_tokens})
+    pending.clear()
+
+
 @dataclass
 class TrainResult:
     log: list[dict] = field(default_factory=list)
@@ -123,13 +139,13 @@ def train(
     progress: bool = True,
     desc: str = "CPT",
     batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, torch.nn.Module, dict], bool | None] | None = None,
+    on_step: Callable[[int, torch.nn.Module], bool | None] | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Continue pre-training ``model`` on random windows of ``train_stream``.
 
     ``batch_fn(step, generator)`` may supply each step's micro-batches (replay mixing does);
-    ``on_step(step, model, row)`` runs after each optimizer step (the forgetting curve does);
+    ``on_step(step, model)`` runs after each optimizer step (the forgetting curve does);
     returning True stops the run there (a retention floor can).
     """
     from .distributed import all_reduce_sum, is_distributed, rank, world_size
@@ -140,8 +156,10 @@ def train(
     world, me = world_size(), rank()
     if ddp and cfg.batch_size < world:
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {world} processes: each needs a share of every micro-batch")
+    # The loss is a module around the model, so DDP synchronises it and torch.compile sees it whole.
     # Under torchrun, DDP averages gradients across ranks; the loss below is scaled to undo that.
-    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    loss_module = CausalLMLoss(model, cfg.fused_ce)
+    wrapped = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) if ddp else loss_module
     forward = torch.compile(wrapped) if cfg.torch_compile else wrapped
     # On a GPU the token stream lives on the device: a batch is one gather, not B host copies.
     device_stream = torch.from_numpy(train_stream.astype(np.int64)).to(device) if device.type == "cuda" and batch_fn is None else None
@@ -153,56 +171,57 @@ def train(
     if checkpointing is not None and checkpointing.exists():
         start = checkpointing.load(model, opt, gen, result) + 1
     t0 = time.perf_counter() - result.seconds
+    log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
+    pending: list[tuple] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc)
-    for step in range(start, cfg.max_steps + 1):
-        lr = cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if batch_fn is not None:
-            micro = batch_fn(step, gen)
-        else:
-            micro = [sample_windows(train_stream, cfg.block_size, cfg.batch_size, gen, device_stream) for _ in range(cfg.grad_accum)]
-        # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
-        # equals one large batch exactly (transformers PR #34191's lesson).
-        step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
-        if ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
-            micro = [x[me::world] for x in micro]
-        loss_sum = torch.zeros((), device=device)
-        for i, x in enumerate(micro):
-            x = x.to(device, non_blocking=True)
-            # gradients are all-reduced once per step, on the last micro-batch only
-            sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
-            with sync:
-                with autocast(device, amp_dtype):
-                    loss, _ = token_loss_sum(forward, x)
-                (loss * world / step_tokens).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        loss_value = float(all_reduce_sum(loss_sum).item()) / step_tokens
-        if not math.isfinite(loss_value):
+    with fast_gelu(model):  # the same tanh-GELU, one fused kernel
+        for step in range(start, cfg.max_steps + 1):
+            lr = cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if batch_fn is not None:
+                micro = batch_fn(step, gen)
+            else:
+                micro = [sample_windows(train_stream, cfg.block_size, cfg.batch_size, gen, device_stream) for _ in range(cfg.grad_accum)]
+            # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
+            # equals one large batch exactly (transformers PR #34191's lesson).
+            step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
+            if ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
+                micro = [x[me::world] for x in micro]
+            loss_sum = torch.zeros((), device=device)
+            for i, x in enumerate(micro):
+                x = x.to(device, non_blocking=True)
+                # gradients are all-reduced once per step, on the last micro-batch only
+                sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, amp_dtype):
+                        loss = forward(x)
+                    (loss * world / step_tokens).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
             opt.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(
-                f"loss became {loss_value} at step {step} (lr {lr:.3g}): the run was stopped. "
-                f"Lower the learning rate (cpt_lr={cfg.cpt_lr}) or check the data for broken documents."
-            )
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        result.tokens += step_tokens
-        row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": result.tokens, "step_tokens": step_tokens}
-        result.log.append(row)
-        stop = bool(on_step(step, model, row)) if on_step is not None else False
-        if checkpointing is not None and step % checkpointing.every == 0 and step < cfg.max_steps and not stop:
-            result.seconds = time.perf_counter() - t0
-            checkpointing.save(step, model, opt, gen, result)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
-            bar.update(1)
-        if stop:
-            break
+            result.tokens += step_tokens
+            pending.append((step, lr, step_tokens, result.tokens, loss_sum, grad_norm))
+            # The host waits for the device only at log points: the loss and norm stay tensors until then.
+            at_checkpoint = checkpointing is not None and step % checkpointing.every == 0
+            if step % log_every == 0 or step == cfg.max_steps or at_checkpoint:
+                _flush(pending, result, all_reduce_sum, cfg)
+            stop = bool(on_step(step, model)) if on_step is not None else False
+            if at_checkpoint and step < cfg.max_steps and not stop:
+                result.seconds = time.perf_counter() - t0
+                checkpointing.save(step, model, opt, gen, result)
+            if bar is not None:
+                if not pending:
+                    bar.set_postfix(loss=f"{result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.update(1)
+            if stop:
+                break
+    _flush(pending, result, all_reduce_sum, cfg)
     if bar is not None:
         bar.close()
     result.seconds = time.perf_counter() - t0

@@ -35,7 +35,7 @@ def test_resume_after_an_exception_is_bit_identical(model_and_tok, tmp_path):
     m = copy.deepcopy(model)
     ck = Checkpointing(tmp_path / "ck", every=5, key="k", extra={"seen": []})
 
-    def explode(step, _m, _row):
+    def explode(step, _m):
         ck.extra["seen"].append(step)
         if step == 8:
             raise Boom("interrupted")

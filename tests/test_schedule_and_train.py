@@ -101,3 +101,20 @@ def test_nan_loss_stops_with_clear_error(model_and_tok):
         m.transformer.wte.weight[:] = float("nan")
     with pytest.raises(TrainingDivergedError, match="at step 1.*Lower the learning rate"):
         train(m, _stream(), _cfg(), torch.device("cpu"), progress=False)
+
+
+def test_deferred_log_syncs_give_the_same_rows(model_and_tok):
+    """log_every only changes when the host reads the numbers, never the numbers or the rows."""
+    model, _ = model_and_tok
+    every_step = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7), torch.device("cpu"), progress=False).log
+    batched = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7, log_every=3), torch.device("cpu"), progress=False).log
+    assert [r["step"] for r in batched] == list(range(1, 8)) and batched == every_step
+
+
+def test_nan_found_at_a_later_log_point_names_its_first_step(model_and_tok):
+    model, _ = model_and_tok
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.transformer.wte.weight[:] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="at step 1 "):
+        train(m, _stream(), _cfg(max_steps=6, log_every=4), torch.device("cpu"), progress=False)

@@ -1,0 +1,175 @@
+"""Fused fast paths for GPT-2's two hot spots: the lm_head + cross-entropy, and the tanh-GELU.
+
+The lm_head turns every hidden state into ``vocab`` logits: for a GPT-2 batch of 64 x 256 tokens
+that is 3.3 GB of float32, written, log-softmaxed, read back and differentiated in separate passes.
+``linear_cross_entropy`` computes the loss and, when gradients are wanted, both gradients in one
+pass over chunks of rows (the Liger-kernel idea), so the whole logits never exist and backward is a
+multiply by the incoming scalar. It is the default on CUDA. On the CPU, PyTorch's own log-softmax
+kernel beats its logsumexp, so the default there is ``chunked_cross_entropy``: the plain lm_head and
+cross-entropy, a chunk of rows at a time.
+
+The math is the textbook one: loss = logsumexp(z) - z[target]; dloss/dz = softmax(z) - onehot(target).
+Matrix products run in the autocast dtype when autocast is on (bf16 on a GPU), the softmax in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+# Logit elements per chunk (rows x vocab) of the fused path: 64 MB of float32 on the CPU, 1 GB on a
+# GPU (a GPT-2 batch of 16k tokens then takes three chunks, each a large GEMM).
+CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
+# The vocabulary is padded to a multiple of this for the GEMMs (50257 -> 50304 for GPT-2, as nanoGPT
+# does); the padded logits are -inf, so they add nothing to the loss or the gradients.
+VOCAB_MULTIPLE = 64
+# For the unfused path: rows of logits made at once, 16 MB of float32. glibc hands any block over
+# 32 MiB straight back to the kernel when freed, so a whole batch's logits (33 MB for the tiny
+# preset) are page-faulted in and zeroed again at every step; blocks this size are reused.
+CE_CHUNK_ELEMENTS = 1 << 22
+
+
+def ce_chunk_rows(vocab: int) -> int:
+    return max(64, CE_CHUNK_ELEMENTS // vocab)
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of ``cross_entropy(head(hidden), targets)`` made over chunks of rows: the same autograd
+    graph as one call, without whole-batch float32 logits."""
+    rows = ce_chunk_rows(head.weight.shape[0])
+    total = None
+    for i in range(0, hidden.shape[0], rows):
+        part = F.cross_entropy(head(hidden[i : i + rows]).float(), targets[i : i + rows], reduction="sum")
+        total = part if total is None else total + part
+    return total
+
+
+def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, masked: bool, need_grad_hidden: bool, need_grad_weight: bool):
+        n, v = hidden.shape[0], weight.shape[0]
+        dtype = _matmul_dtype(hidden)
+        pad = -v % VOCAB_MULTIPLE
+        w = F.pad(weight.to(dtype), (0, 0, 0, pad))
+        rows = max(1, CHUNK_ELEMENTS.get(hidden.device.type, CHUNK_ELEMENTS["cpu"]) // (v + pad))
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if need_grad_hidden else None
+        grad_weight = torch.zeros_like(w, dtype=torch.float32) if need_grad_weight else None
+        for i in range(0, n, rows):
+            h = hidden[i : i + rows].to(dtype)
+            t = targets[i : i + rows]
+            keep = t != IGNORE_INDEX if masked else None
+            safe_t = torch.where(keep, t, 0) if masked else t
+            cols = torch.arange(h.shape[0], device=h.device)
+            logits = (w @ h.t()).float()  # [vocab, rows]
+            if pad:
+                logits[v:] = float("-inf")
+            lse = torch.logsumexp(logits, dim=0)
+            nll = lse - logits[safe_t, cols]
+            total += (nll * keep).sum() if masked else nll.sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad_logits = logits.sub_(lse).exp_()  # softmax, in place
+            grad_logits[safe_t, cols] -= 1.0
+            if masked:
+                grad_logits.mul_(keep)
+            g = grad_logits.to(dtype)
+            if grad_hidden is not None:
+                grad_hidden[i : i + rows] = g.t() @ w
+            if grad_weight is not None:
+                grad_weight += g @ h
+        ctx.save_for_backward(grad_hidden, grad_weight[:v] if grad_weight is not None else None)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = (grad_hidden * grad_out).to(ctx.dtypes[0]) if grad_hidden is not None else None
+        gw = (grad_weight * grad_out).to(ctx.dtypes[1]) if grad_weight is not None else None
+        return gh, gw, None, None, None, None
+
+
+# Kept out of torch.compile's graphs: compiled on CUDA (torch 2.11) this Function's loss was right
+# but its gradients were lost (``benchmarks/check_fused_compile.py cuda``), so it runs eagerly and
+# the compiled model around it breaks its graph here.
+@torch.compiler.disable
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, masked: bool = True) -> torch.Tensor:
+    """Sum over rows of ``cross_entropy(hidden @ weight.T, targets)``, ignoring targets of -100
+    (``masked=False`` promises there are none and skips the masking).
+
+    ``hidden`` [N, D], ``weight`` [V, D] (an lm_head without bias), ``targets`` [N]. Returns a float32
+    scalar; differentiable with respect to ``hidden`` and ``weight``."""
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1] or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"shapes do not fit: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}")
+    grad = torch.is_grad_enabled()
+    return _LinearCrossEntropy.apply(hidden, weight, targets, masked, grad and hidden.requires_grad, grad and weight.requires_grad)
+
+
+def split_lm_head(model) -> tuple[nn.Module, nn.Linear] | None:
+    """(transformer body, lm_head) of a GPT-2 causal LM (also inside a peft wrapper), else None:
+    other architectures keep the plain ``model(...).logits`` path."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(inner, "config", None), "model_type", None) != "gpt2" or not hasattr(inner, "transformer"):
+        return None
+    head = inner.get_output_embeddings()
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None
+    return inner.transformer, head
+
+
+class CausalLMLoss(nn.Module):
+    """Summed next-token cross-entropy of a batch of windows, as a module: DDP and ``torch.compile``
+    wrap it whole, so the loss is part of the synchronised, compiled forward.
+
+    ``fused`` picks ``linear_cross_entropy`` (the default on CUDA, where the logits of a GPT-2 batch
+    run to gigabytes) or ``chunked_cross_entropy`` (the default on the CPU, where PyTorch's
+    log-softmax kernel beats the fused path's logsumexp). Both skip the last position of each
+    window, which has no next token to predict."""
+
+    def __init__(self, model: nn.Module, fused: bool | None = None):
+        super().__init__()
+        self.model = model
+        self.parts = split_lm_head(model)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        targets = x[:, 1:].reshape(-1)
+        if self.parts is None:
+            logits = self.model(input_ids=x).logits[:, :-1]
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+        body, head = self.parts
+        hidden = body(input_ids=x, use_cache=False).last_hidden_state[:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if self.fused if self.fused is not None else x.is_cuda:
+            return linear_cross_entropy(hidden, head.weight, targets, masked=False)
+        return chunked_cross_entropy(hidden, head, targets)
+
+
+@contextlib.contextmanager
+def fast_gelu(model: nn.Module):
+    """Swap transformers' Python ``gelu_new`` (eight elementwise kernels) for PyTorch's fused
+    ``gelu(approximate="tanh")``, the same formula (transformers' own ``gelu_pytorch_tanh``),
+    for the duration of a block; the model is given back unchanged."""
+    from transformers.activations import NewGELUActivation
+
+    swapped = []
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, nn.GELU(approximate="tanh"))
+                swapped.append((module, name, child))
+    try:
+        yield model
+    finally:
+        for module, name, child in swapped:
+            setattr(module, name, child)
