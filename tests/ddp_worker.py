@@ -12,12 +12,13 @@ from cptlab.sources import load_model
 from cptlab.train import train
 
 
-def main(model_dir: str, out: str) -> None:
+def main(model_dir: str, out: str, overrides: str = "{}") -> None:
     assert init_from_env() and world_size() == 2
     torch.manual_seed(0)
     model = load_model(model_dir)
     stream = np.random.default_rng(0).integers(0, 300, 6000).astype(np.uint16)
-    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu")
+    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu",
+                     **json.loads(overrides))
     log = train(model, stream, cfg, torch.device("cpu"), progress=False).log
     res = perplexity(model, stream[:3000], 16, stride=None, batch_size=3)
     if is_main():
@@ -27,4 +28,4 @@ def main(model_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -15,11 +15,13 @@ from cptlab.sources import load_model
 from cptlab.train import train
 
 
-def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path):
+# the plain chunked loss with a log row synced every step; the fused loss with syncs every 3 steps
+@pytest.mark.parametrize("overrides", [{}, {"fused_ce": True, "log_every": 3}])
+def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, overrides):
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(out)]
+           str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(out), json.dumps(overrides)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = json.loads(out.read_text())
@@ -27,7 +29,7 @@ def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
     model = load_model(str(tiny_model_dir))
     stream = np.random.default_rng(0).integers(0, 300, 6000).astype(np.uint16)
-    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu")
+    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu", **overrides)
     log = train(model, stream, cfg, torch.device("cpu"), progress=False).log
     for a, b in zip(log, ddp["log"]):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
