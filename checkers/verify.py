@@ -56,6 +56,9 @@ def verify(run_dir: str | Path) -> Report:
 
     setup_threads()
     cfg = LabConfig.from_dict(get(s1, "config"))
+    # re-evaluate at the precision the run used, whatever this machine would pick for "auto"
+    recorded = str(get(s1, "code.protocol.precision"))
+    cfg = cfg.replace(precision={"bfloat16": "bf16", "fp32": "fp32"}.get(recorded, cfg.precision))
     device = pick_device("auto")
     tol = TOL_SAME_DEVICE if get(s1, "device.type") == device.type else TOL_OTHER_DEVICE
     tok = load_tokenizer(get(s1, "base_model"))

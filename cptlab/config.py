@@ -101,7 +101,7 @@ class LabConfig:
     interp_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     torch_compile: bool = False  # pays for its compile time only on long GPU runs; off for 150 steps
     fused_ce: bool | None = None  # fused lm_head + cross-entropy (cptlab.fused); None: on CUDA only
     log_every: int | None = None  # steps between host syncs for the log (rows stay per step); None: 1 on CPU, 10 on CUDA
@@ -132,6 +132,8 @@ class LabConfig:
             raise ConfigError(f"curve_every must be >= 1, got {self.curve_every}")
         if self.log_every is not None and self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1 (or unset), got {self.log_every}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
         return self
