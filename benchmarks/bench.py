@@ -1,7 +1,8 @@
 """`make bench`: cptlab against the usual tools, side by side in one run, on this machine.
 
 Every figure is a ratio of two measurements taken in the same process on the same model, data,
-batch, steps and precision (the tiny preset's model, fp32 on the CPU), timed alternately so that
+batch, steps and precision (the tiny preset's model on the CPU; ``--precision``, by default the
+one the lab picks here: bf16 autocast on a CPU with native bf16, else fp32), timed alternately so that
 machine noise hits both sides. Median of several repeats; min and max are printed too. Writes
 bench.json in the run folder.
 """
@@ -23,7 +24,7 @@ import torch
 
 from cptlab.config import get_config
 from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
-from cptlab.device import setup_threads
+from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_threads
 from cptlab.lab import code_corpus, resolve_base_model
 from cptlab.perplexity import perplexity
 from cptlab.sources import load_documents, load_model, load_tokenizer
@@ -56,11 +57,11 @@ def stats(tokens: int, secs: list[float]) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
+def bench_train(model, stream, cfg, steps: int, repeats: int, amp: torch.dtype | None) -> dict:
     cfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
     tokens = steps * cfg.batch_size * (cfg.block_size - 1)
     def ours():
-        train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), None, progress=False)
+        train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), amp, progress=False)
 
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -75,6 +76,7 @@ def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
             warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.grad_clip,
             adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], weight_decay=cfg.weight_decay, logging_strategy="no",
             save_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=cfg.seed,
+            bf16=amp is torch.bfloat16,
         )
         Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
 
@@ -85,11 +87,11 @@ def bench_train(model, stream, cfg, steps: int, repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def reference_ppl(model, ids: np.ndarray, block: int) -> tuple[float, int]:
+def reference_ppl(model, ids: np.ndarray, block: int, amp: torch.dtype | None = None) -> tuple[float, int]:
     """The loop of Hugging Face's "Perplexity of fixed-length models" guide, stride = block."""
     x_all = torch.as_tensor(ids, dtype=torch.long)[None]
     nll, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
         for begin in range(0, x_all.shape[1], block):
             x = x_all[:, begin : begin + block]
             if x.shape[1] < 2:
@@ -101,15 +103,20 @@ def reference_ppl(model, ids: np.ndarray, block: int) -> tuple[float, int]:
     return nll, count
 
 
-def bench_eval(model, ids: np.ndarray, cfg, repeats: int) -> dict:
-    ours_res = perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size)
-    ref_nll, ref_count = reference_ppl(model, ids, cfg.block_size)
-    ours, theirs = paired(lambda: perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size),
-                          lambda: reference_ppl(model, ids, cfg.block_size), repeats)
-    a, b = stats(ours_res.tokens, ours), stats(ref_count, theirs)
+def bench_eval(model, ids: np.ndarray, cfg, repeats: int, amp: torch.dtype | None) -> dict:
+    def ours():
+        return perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size, amp_dtype=amp)
+
+    ours_res = ours()
+    ref_nll, ref_count = reference_ppl(model, ids, cfg.block_size, amp)
+    ours_t, theirs_t = paired(ours, lambda: reference_ppl(model, ids, cfg.block_size, amp), repeats)
+    a, b = stats(ours_res.tokens, ours_t), stats(ref_count, theirs_t)
+    # fp32: only summation order differs. bf16: matrix products of another shape round differently.
+    tol = 1e-5 if amp is None else 1e-3
+    ref_ppl = math.exp(ref_nll / ref_count)
     return {"cptlab_tokens_per_s": a, "reference_tokens_per_s": b, "eval_speedup_vs_reference": a["median"] / b["median"],
-            "cptlab_ppl": ours_res.ppl, "reference_ppl": math.exp(ref_nll / ref_count), "tokens": ours_res.tokens,
-            "same_ppl": abs(ours_res.ppl / math.exp(ref_nll / ref_count) - 1) < 1e-5}
+            "cptlab_ppl": ours_res.ppl, "reference_ppl": ref_ppl, "tokens": ours_res.tokens,
+            "same_ppl": abs(ours_res.ppl / ref_ppl - 1) < tol, "same_ppl_tolerance": tol}
 
 
 # ----------------------------------------------------------------------------- data preparation
@@ -179,23 +186,28 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mem", nargs=5)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="both sides at this precision; auto is what the lab picks on this machine")
     args = p.parse_args()
     if args.mem:
         which, model_dir, ids_file, block, batch = args.mem
         return peak_mem(which, model_dir, ids_file, int(block), int(batch))
 
     threads = setup_threads()
-    cfg = get_config("tiny")
+    cfg = get_config("tiny", precision=args.precision)
+    amp = autocast_dtype(torch.device("cpu"), cfg.precision)
+    precision = "bf16" if amp is torch.bfloat16 else "fp32"
     base = resolve_base_model(cfg)
     tok, model = load_tokenizer(base), load_model(base).eval()
     corpus, _ = code_corpus(cfg, tok)
     eval_ids = corpus.val[:16_384].astype(np.int64)
-    result = {"machine": {"torch_threads": threads, "device": "cpu", "torch": torch.__version__},
+    result = {"precision": precision,
+              "machine": {"torch_threads": threads, "device": "cpu", "torch": torch.__version__, "native_bf16": cpu_has_native_bf16()},
               "model": {"base": base, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}}
     print("benchmarking training ...", flush=True)
-    result["train"] = bench_train(model, corpus.train, cfg, args.steps, args.repeats)
+    result["train"] = bench_train(model, corpus.train, cfg, args.steps, args.repeats, amp)
     print("benchmarking evaluation ...", flush=True)
-    result["eval"] = bench_eval(model, eval_ids, cfg, args.repeats)
+    result["eval"] = bench_eval(model, eval_ids, cfg, args.repeats, amp)
     print("benchmarking data preparation ...", flush=True)
     docs, _ = load_documents(cfg.code_source)
     result["prep"] = bench_prep(tok, docs[:300], cfg.block_size, args.repeats)
@@ -208,6 +220,7 @@ def main() -> None:
         "prep_speedup_vs_datasets_map": result["prep"]["prep_speedup_vs_datasets_map"],
         "eval_peak_mem_mb": result["memory"]["eval_peak_mem_mb"],
         "eval_same_ppl": result["eval"]["same_ppl"],
+        "precision": precision,
     }
     result = {**summary, **result}
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -221,6 +234,7 @@ def main() -> None:
         ("evaluation tokens/s", e["cptlab_tokens_per_s"], e["reference_tokens_per_s"], "HF guide loop", e["eval_speedup_vs_reference"]),
         ("corpus prep bytes/s", pr["cptlab_bytes_per_s"], pr["datasets_map_bytes_per_s"], "datasets.map", pr["prep_speedup_vs_datasets_map"]),
     ]
+    print(f"\nprecision: {precision} (both sides)")
     print(f"\n{'what':<22}{'cptlab (median [min-max])':>34}{'baseline':>34}  {'ratio':>6}")
     for name, a, b, label, ratio in rows:
         fa = f"{a['median']:,.0f} [{a['min']:,.0f}-{a['max']:,.0f}]"
