@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CUDA smoke + throughput on a GPU machine (bf16 autocast, fused AdamW, SDPA):
 #   1. the whole tiny lab (base pre-training, CPT, study) on the GPU, then grading;
-#   2. tokens/s and model-FLOPs utilisation of the CPT loop on a GPT-2 124M-shaped model
+#   2. the fused lm_head + cross-entropy's gradients, eager and compiled, against the plain path;
+#   3. tokens/s and model-FLOPs utilisation of the CPT loop on a GPT-2 124M-shaped model
 #      (random weights: the GPU machine has no hub access; speed does not depend on the values).
 # Uses the machine's own torch. Missing pure-Python packages can be carried as wheels in .whl/.
 set -euo pipefail
@@ -18,6 +19,9 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 echo "== tiny lab on the GPU"
 ( time python3 -m cptlab run --preset tiny --out "$OUT/run" --plots --quiet ) 2>&1 | tail -20 | tee "$OUT/tiny.txt" || true
 python3 -m checkers grade "$OUT/run" --json "$OUT/grades.json" | tee "$OUT/grade.txt" || true
+
+echo "== fused loss: eager and compiled gradients against the plain path"
+python3 benchmarks/check_fused_compile.py cuda 2>&1 | grep "amp=" | tee "$OUT/fused_compile.txt" || true
 
 echo "== CPT loop throughput, GPT-2 124M shape"
 python3 benchmarks/gpu_throughput.py | tee "$OUT/throughput.txt"

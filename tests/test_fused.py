@@ -1,5 +1,6 @@
 """The fused lm_head + cross-entropy and the tanh-GELU swap against PyTorch's and transformers' own math."""
 import copy
+import shutil
 
 import pytest
 import torch
@@ -107,3 +108,18 @@ def test_chunked_cross_entropy_is_one_call_in_pieces(monkeypatch):
     assert fused.ce_chunk_rows(30) == 64
     assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
     assert torch.allclose(gh, rh, atol=1e-6) and torch.allclose(gw, rw, atol=1e-5)
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("g++")), reason="torch.compile needs a C compiler")
+def test_compiled_loss_keeps_the_gradients(tiny_model_dir):
+    """The fused Function stays out of compiled graphs (on CUDA a compiled one lost its gradients)."""
+    from transformers import AutoModelForCausalLM
+
+    x = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for compiled in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        loss_fn = CausalLMLoss(model, fused=True)
+        (torch.compile(loss_fn) if compiled else loss_fn)(x).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
