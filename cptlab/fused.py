@@ -142,13 +142,17 @@ class CausalLMLoss(nn.Module):
         self.parts = split_lm_head(model)
         self.fused = fused
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        targets = x[:, 1:].reshape(-1)
+    def forward(self, x: torch.Tensor, scored: int | None = None) -> torch.Tensor:
+        """``scored``: score only the last ``scored`` tokens of each window (evaluation's sliding
+        windows); by default every token after the first."""
+        L = x.shape[1]
+        scored = L - 1 if scored is None else scored
+        targets = x[:, L - scored :].reshape(-1)
         if self.parts is None:
-            logits = self.model(input_ids=x).logits[:, :-1]
+            logits = self.model(input_ids=x).logits[:, L - 1 - scored : L - 1]
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
         body, head = self.parts
-        hidden = body(input_ids=x, use_cache=False).last_hidden_state[:, :-1]
+        hidden = body(input_ids=x, use_cache=False).last_hidden_state[:, L - 1 - scored : L - 1]
         hidden = hidden.reshape(-1, hidden.shape[-1])
         if self.fused if self.fused is not None else x.is_cuda:
             return linear_cross_entropy(hidden, head.weight, targets, masked=False)

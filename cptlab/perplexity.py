@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .device import autocast
-from .fused import chunked_cross_entropy, fast_gelu, split_lm_head
+from .fused import CausalLMLoss, fast_gelu
 
 
 @dataclass
@@ -58,20 +57,6 @@ def _check_context(model, block_size: int) -> None:
     ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if ctx is not None and block_size > ctx:
         raise ValueError(f"block_size={block_size} is above the model's context of {ctx} tokens: use --block-size {ctx} or less")
-
-
-def _sum_nll(model, input_ids: torch.Tensor, scored: int) -> torch.Tensor:
-    """Sum of NLL of the last ``scored`` tokens of each row; for GPT-2 the logits are made a chunk of
-    rows at a time, so memory never grows with batch x block x vocab."""
-    L = input_ids.shape[1]
-    targets = input_ids[:, L - scored :].reshape(-1)
-    parts = split_lm_head(model)
-    if parts is None:
-        logits = model(input_ids=input_ids).logits[:, L - 1 - scored : L - 1].float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum").double()
-    body, head = parts
-    hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state[:, L - 1 - scored : L - 1]
-    return chunked_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head, targets).double()
 
 
 @torch.inference_mode()
@@ -116,13 +101,15 @@ def perplexity(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(windows), desc=desc, leave=False)
+    # chunked cross-entropy: memory never grows with batch x block x vocab
+    loss = CausalLMLoss(model, fused=False)
     with fast_gelu(model):
         for (length, scored), begins in groups.items():
             for i in range(0, len(begins), batch_size):
                 chunk = begins[i : i + batch_size]
                 x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
                 with autocast(device, amp_dtype):
-                    total += _sum_nll(model, x, scored)
+                    total += loss(x, scored).double()
                 n_scored += scored * len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))

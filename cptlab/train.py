@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import LabConfig
 from .corpus import sample_windows
@@ -47,7 +46,7 @@ def make_optimizer(model: torch.nn.Module, cfg: LabConfig, device: torch.device)
 
 def token_loss_sum(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy of a batch of windows and how many tokens it scored
-    (the fused lm_head + cross-entropy of ``cptlab.fused`` for GPT-2, plain logits otherwise)."""
+    (``cptlab.fused.CausalLMLoss``: the fused lm_head + cross-entropy on CUDA, chunked on the CPU)."""
     return CausalLMLoss(model)(x), x.shape[0] * (x.shape[1] - 1)
 
 
