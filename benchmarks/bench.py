@@ -24,7 +24,7 @@ import torch
 
 from cptlab.config import get_config
 from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
-from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_threads
+from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_cpu
 from cptlab.lab import code_corpus, resolve_base_model
 from cptlab.perplexity import perplexity
 from cptlab.sources import load_documents, load_model, load_tokenizer
@@ -146,7 +146,7 @@ def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------- memory (one process each)
 def peak_mem(which: str, model_dir: str, ids_file: str, block: int, batch: int) -> None:
-    setup_threads()
+    setup_cpu()
     model = load_model(model_dir).eval()
     ids = np.load(ids_file)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
@@ -193,7 +193,7 @@ def main() -> None:
         which, model_dir, ids_file, block, batch = args.mem
         return peak_mem(which, model_dir, ids_file, int(block), int(batch))
 
-    threads = setup_threads()
+    threads = setup_cpu()
     cfg = get_config("tiny", precision=args.precision)
     amp = autocast_dtype(torch.device("cpu"), cfg.precision)
     precision = "bf16" if amp is torch.bfloat16 else "fp32"

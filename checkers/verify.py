@@ -50,11 +50,11 @@ def verify(run_dir: str | Path) -> Report:
         return report
 
     from cptlab.config import LabConfig
-    from cptlab.device import pick_device, setup_threads
+    from cptlab.device import pick_device, setup_cpu
     from cptlab.lab import code_corpus, eval_tokens_sha, evaluate, general_stream
     from cptlab.sources import load_model, load_tokenizer
 
-    setup_threads()
+    setup_cpu()
     cfg = LabConfig.from_dict(get(s1, "config"))
     # re-evaluate at the precision the run used, whatever this machine would pick for "auto"
     recorded = str(get(s1, "code.protocol.precision"))

@@ -61,11 +61,11 @@ def cmd_run(args) -> int:
 
 def cmd_perplexity(args) -> int:
     from .corpus import encode_documents
-    from .device import pick_device, setup_threads
+    from .device import pick_device, setup_cpu
     from .perplexity import perplexity
     from .sources import load_model, load_tokenizer
 
-    setup_threads()
+    setup_cpu()
     text_path = Path(args.text)
     if not text_path.is_file():
         raise FileNotFoundError(f"--text {text_path} does not exist: pass a UTF-8 text file")

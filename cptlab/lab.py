@@ -11,7 +11,7 @@ import torch
 from .cache import atomic_dir, fingerprint
 from .config import LabConfig
 from .corpus import Corpus, cached_corpus, eos_join_stream
-from .device import autocast_dtype, describe, pick_device, seed_everything, setup_threads
+from .device import autocast_dtype, describe, pick_device, seed_everything, setup_cpu
 from .perplexity import PerplexityResult, perplexity
 from .results import read_step, versions, write_step
 from .sources import load_documents, load_model, load_tokenizer
@@ -72,7 +72,7 @@ class Session:
     """Shared set-up of a step: threads, seed, device, the base model and its tokenizer."""
 
     def __init__(self, cfg: LabConfig, base_model: str):
-        setup_threads()
+        setup_cpu()
         seed_everything(cfg.seed)
         self.cfg = cfg
         from .distributed import device_for_rank

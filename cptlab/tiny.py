@@ -143,12 +143,12 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from .corpus import eos_join_stream, sample_windows
-    from .device import pick_device, seed_everything, setup_threads
+    from .device import pick_device, seed_everything, setup_cpu
     from .tradeoff import replay_counts
     from .sources import load_documents
     from .train import train
 
-    setup_threads()
+    setup_cpu()
     tcfg = cfg.tiny
     english, _ = load_documents(english_train_source())
     code = base_code_documents(tcfg, cfg.seed)

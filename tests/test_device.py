@@ -42,3 +42,34 @@ def test_unknown_precision_is_refused():
 def test_threads_never_exceed_the_cpus_available():
     assert dev.available_cpus() >= 1
     assert dev.setup_threads() == dev.available_cpus() == torch.get_num_threads()
+
+
+_FAULTS = """
+import resource, sys, torch
+from cptlab import device
+if sys.argv[1] == "keep":
+    assert device.keep_freed_memory()
+else:  # glibc's floor: every block over 128 KiB mapped and unmapped
+    assert device.keep_freed_memory(mib=1 / 8)
+def step():  # blocks the size of a step's activations and logits, written and freed
+    xs = [torch.empty(n << 20, dtype=torch.uint8).fill_(1) for n in (3, 5, 7, 2)]
+    del xs
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not dev.keep_freed_memory(), reason="glibc only")
+def test_freed_memory_is_reused_not_faulted_in_again():
+    """Twenty steps of 17 MiB of blocks: mapped afresh, every page faults in again (about 87,000);
+    kept by keep_freed_memory, most pages are reused."""
+    import subprocess
+    import sys
+
+    faults = {how: int(subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True, text=True, check=True).stdout)
+              for how in ("mapped", "keep")}
+    assert faults["mapped"] > 20 * 17 * 256 * 0.9
+    assert faults["keep"] < faults["mapped"] / 4

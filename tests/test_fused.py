@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cptlab import fused
-from cptlab.fused import CausalLMLoss, fast_gelu, linear_cross_entropy, split_lm_head
+from cptlab.fused import CausalLMLoss, fast_gelu, inference_mlp, linear_cross_entropy, split_lm_head
 
 
 def _reference(h, w, t):
@@ -94,6 +94,29 @@ def test_fast_gelu_is_the_same_function_and_is_undone(tiny_model_dir):
     assert torch.allclose(before, during, atol=1e-5)
     z = torch.linspace(-6, 6, 1001)
     assert torch.allclose(NewGELUActivation()(z), F.gelu(z, approximate="tanh"), atol=1e-6)
+
+
+@pytest.mark.skipif(not fused._onednn_linear_available(), reason="this torch has no oneDNN linear")
+def test_inference_mlp_is_the_same_function_and_is_undone(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    x = torch.randint(0, 50, (3, 20))
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+        with inference_mlp(model):
+            assert all(type(b.mlp.c_fc) is fused._LinearTanhGelu for b in model.transformer.h)
+            during = model(input_ids=x).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_before = model(input_ids=x).logits.float()
+            with inference_mlp(model, torch.bfloat16):
+                bf16_during = model(input_ids=x).logits.float()
+    assert torch.allclose(before, during, atol=1e-5)
+    assert (bf16_before - bf16_during).abs().max() < 0.05 * before.abs().max()  # bf16 rounding, not another function
+    assert all(type(b.mlp.c_fc) is Conv1D and type(b.mlp.act) is not torch.nn.Identity for b in model.transformer.h)
+    with inference_mlp(model), pytest.raises(RuntimeError, match="evaluation only"):
+        model(input_ids=x)  # gradients on: the fused kernel has no backward, so it refuses
 
 
 def test_chunked_cross_entropy_is_one_call_in_pieces(monkeypatch):
