@@ -1,10 +1,12 @@
 """`make bench`: cptlab against the usual tools, side by side in one run, on this machine.
 
-Every figure is a ratio of two measurements taken in the same process on the same model, data,
-batch, steps and precision (the tiny preset's model on the CPU; ``--precision``, by default the
-one the lab picks here: bf16 autocast on a CPU with native bf16, else fp32), timed alternately so that
-machine noise hits both sides. Median of several repeats; min and max are printed too. Writes
-bench.json in the run folder.
+Every figure is a ratio of two measurements on the same model, data, batch, steps and precision
+(the tiny preset's model on the CPU; ``--precision``, by default the one the lab picks here: bf16
+autocast on a CPU with native bf16, else fp32). Training and evaluation run each side in its own
+worker process with its own set-up, as it runs for real: cptlab's (threads, and glibc keeping freed
+blocks for reuse, ``cptlab.device.setup_cpu``) and the baseline's (the same threads, the allocator
+as shipped). The two workers are timed alternately (ABBA), so machine noise hits both sides. Median
+of several repeats; min and max are printed too. Writes bench.json in the run folder.
 """
 from __future__ import annotations
 
@@ -18,75 +20,60 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from cptlab.config import get_config
 from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
-from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_cpu
+from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_cpu, setup_threads
 from cptlab.lab import code_corpus, resolve_base_model
 from cptlab.perplexity import perplexity
 from cptlab.sources import load_documents, load_model, load_tokenizer
 from cptlab.train import train
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def timed(fn) -> dict:
+    t0 = time.perf_counter()
+    fn()
+    return {"seconds": time.perf_counter() - t0}
 
 
-def paired(ours, theirs, repeats: int) -> tuple[list[float], list[float]]:
-    """Time both sides alternately (ABBA order), so a drift in the machine's speed hits both alike."""
+def paired(ours: Callable[[], dict], theirs: Callable[[], dict], repeats: int) -> tuple[list[dict], list[dict]]:
+    """Run both sides alternately (ABBA order), so a drift in the machine's speed hits both alike.
+    Each call answers a dict with its ``seconds``."""
     a, b = [], []
     for i in range(repeats):
-        first, second = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-        t1, t2 = timed(first, 1)[0], timed(second, 1)[0]
-        a.append(t1 if i % 2 == 0 else t2)
-        b.append(t2 if i % 2 == 0 else t1)
+        if i % 2 == 0:
+            a.append(ours())
+            b.append(theirs())
+        else:
+            b.append(theirs())
+            a.append(ours())
     return a, b
 
 
-def stats(tokens: int, secs: list[float]) -> dict:
-    rates = [tokens / s for s in secs]
+def stats(amount: int, runs: list[dict]) -> dict:
+    rates = [amount / r["seconds"] for r in runs]
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-# ----------------------------------------------------------------------------- training
-def bench_train(model, stream, cfg, steps: int, repeats: int, amp: torch.dtype | None) -> dict:
-    cfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
-    tokens = steps * cfg.batch_size * (cfg.block_size - 1)
-    def ours():
-        train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), amp, progress=False)
-
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
-
-    blocks = to_blocks(stream, cfg.block_size)[: steps * cfg.batch_size].astype(np.int64)
-    ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
-    tmp = tempfile.mkdtemp()
-
-    def hf():
-        args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.cpt_lr,
-            warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.grad_clip,
-            adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], weight_decay=cfg.weight_decay, logging_strategy="no",
-            save_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=cfg.seed,
-            bf16=amp is torch.bfloat16,
-        )
-        Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
-
-    ours_t, theirs_t = paired(ours, hf, repeats)
-    a, b = stats(tokens, ours_t), stats(tokens, theirs_t)
-    return {"cptlab_tokens_per_s": a, "hf_trainer_tokens_per_s": b, "train_speedup_vs_hf_trainer": a["median"] / b["median"],
-            "steps": steps, "batch": cfg.batch_size, "block": cfg.block_size}
+# ----------------------------------------------------------------------------- the two sides
+CPU = torch.device("cpu")
+EVAL_TOKENS = 16_384
+MARK = "@@bench "  # the workers' answers; anything else on their stdout (the Trainer's own prints) is skipped
 
 
-# ----------------------------------------------------------------------------- evaluation
+def load_lab(precision: str):
+    cfg = get_config("tiny", precision=precision)
+    amp = autocast_dtype(CPU, cfg.precision)
+    base = resolve_base_model(cfg)
+    tok, model = load_tokenizer(base), load_model(base).eval()
+    corpus, _ = code_corpus(cfg, tok)
+    return cfg, amp, base, tok, model, corpus
+
+
 def reference_ppl(model, ids: np.ndarray, block: int, amp: torch.dtype | None = None) -> tuple[float, int]:
     """The loop of Hugging Face's "Perplexity of fixed-length models" guide, stride = block."""
     x_all = torch.as_tensor(ids, dtype=torch.long)[None]
@@ -103,20 +90,100 @@ def reference_ppl(model, ids: np.ndarray, block: int, amp: torch.dtype | None = 
     return nll, count
 
 
-def bench_eval(model, ids: np.ndarray, cfg, repeats: int, amp: torch.dtype | None) -> dict:
-    def ours():
-        return perplexity(model, ids, cfg.block_size, batch_size=cfg.eval_batch_size, amp_dtype=amp)
+def jobs(side: str, cfg, amp, model, corpus, steps: int) -> dict:
+    """What one side runs: ``train`` (``steps`` optimizer steps from the base model) and ``eval``
+    (perplexity of the first 16k validation tokens in 256-token windows)."""
+    tcfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
+    eval_ids = corpus.val[:EVAL_TOKENS].astype(np.int64)
+    if side == "cptlab":
+        def train_job():
+            train(copy.deepcopy(model), corpus.train, tcfg, CPU, amp, progress=False)
+            return {}
 
-    ours_res = ours()
-    ref_nll, ref_count = reference_ppl(model, ids, cfg.block_size, amp)
-    ours_t, theirs_t = paired(ours, lambda: reference_ppl(model, ids, cfg.block_size, amp), repeats)
-    a, b = stats(ours_res.tokens, ours_t), stats(ref_count, theirs_t)
+        def eval_job():
+            res = perplexity(model, eval_ids, cfg.block_size, batch_size=cfg.eval_batch_size, amp_dtype=amp)
+            return {"ppl": res.ppl, "tokens": res.tokens}
+
+        return {"train": train_job, "eval": eval_job}
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    blocks = to_blocks(corpus.train, cfg.block_size)[: steps * cfg.batch_size].astype(np.int64)
+    ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    tmp = tempfile.mkdtemp()
+
+    def trainer_job():  # run_clm style: same model, blocks, optimizer and schedule, logging off
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.cpt_lr,
+            warmup_steps=tcfg.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.grad_clip,
+            adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], weight_decay=cfg.weight_decay, logging_strategy="no",
+            save_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=cfg.seed,
+            bf16=amp is torch.bfloat16,
+        )
+        Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
+        return {}
+
+    def reference_job():
+        nll, count = reference_ppl(model, eval_ids, cfg.block_size, amp)
+        return {"ppl": math.exp(nll / count), "tokens": count}
+
+    return {"train": trainer_job, "eval": reference_job}
+
+
+def serve(side: str, precision: str, steps: int) -> None:
+    """A worker: set up as ``side`` does, warm each job up once, then run the jobs named on stdin."""
+    (setup_cpu if side == "cptlab" else setup_threads)()
+    cfg, amp, _, _, model, corpus = load_lab(precision)
+    todo = jobs(side, cfg, amp, model, corpus, steps)
+    for job in todo.values():
+        job()
+    print(MARK + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        out = todo[line.strip()]()
+        print(MARK + json.dumps({**out, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+class Worker:
+    def __init__(self, side: str, precision: str, steps: int):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", side, "--precision", precision, "--steps", str(steps)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.side = side
+
+    def answer(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        raise RuntimeError(f"the {self.side} benchmark worker stopped (exit code {self.proc.wait()}); its error is above")
+
+    def run(self, job: str) -> dict:
+        self.proc.stdin.write(job + "\n")
+        self.proc.stdin.flush()
+        return self.answer()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def bench_train(ours: Worker, theirs: Worker, cfg, steps: int, repeats: int) -> dict:
+    tokens = steps * cfg.batch_size * (cfg.block_size - 1)
+    a, b = paired(lambda: ours.run("train"), lambda: theirs.run("train"), repeats)
+    a, b = stats(tokens, a), stats(tokens, b)
+    return {"cptlab_tokens_per_s": a, "hf_trainer_tokens_per_s": b, "train_speedup_vs_hf_trainer": a["median"] / b["median"],
+            "steps": steps, "batch": cfg.batch_size, "block": cfg.block_size}
+
+
+def bench_eval(ours: Worker, theirs: Worker, repeats: int, amp: torch.dtype | None) -> dict:
+    a, b = paired(lambda: ours.run("eval"), lambda: theirs.run("eval"), repeats)
+    ours_ppl, ref_ppl, tokens, ref_tokens = a[0]["ppl"], b[0]["ppl"], a[0]["tokens"], b[0]["tokens"]
     # fp32: only summation order differs. bf16: matrix products of another shape round differently.
     tol = 1e-5 if amp is None else 1e-3
-    ref_ppl = math.exp(ref_nll / ref_count)
+    a, b = stats(tokens, a), stats(ref_tokens, b)
     return {"cptlab_tokens_per_s": a, "reference_tokens_per_s": b, "eval_speedup_vs_reference": a["median"] / b["median"],
-            "cptlab_ppl": ours_res.ppl, "reference_ppl": ref_ppl, "tokens": ours_res.tokens,
-            "same_ppl": abs(ours_res.ppl / ref_ppl - 1) < tol, "same_ppl_tolerance": tol}
+            "cptlab_ppl": ours_ppl, "reference_ppl": ref_ppl, "tokens": tokens,
+            "same_ppl": abs(ours_ppl / ref_ppl - 1) < tol, "same_ppl_tolerance": tol}
 
 
 # ----------------------------------------------------------------------------- data preparation
@@ -138,7 +205,7 @@ def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
         tokenized.map(group_texts, batched=True, load_from_cache_file=False)
 
     n_bytes = sum(len(d.encode()) for d in docs)
-    ours_t, theirs_t = paired(ours, run_clm, repeats)
+    ours_t, theirs_t = paired(lambda: timed(ours), lambda: timed(run_clm), repeats)
     a, b = stats(n_bytes, ours_t), stats(n_bytes, theirs_t)
     return {"cptlab_bytes_per_s": a, "datasets_map_bytes_per_s": b, "prep_speedup_vs_datasets_map": a["median"] / b["median"],
             "docs": len(docs), "bytes": n_bytes}
@@ -146,7 +213,7 @@ def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------- memory (one process each)
 def peak_mem(which: str, model_dir: str, ids_file: str, block: int, batch: int) -> None:
-    setup_cpu()
+    (setup_cpu if which == "cptlab" else setup_threads)()
     model = load_model(model_dir).eval()
     ids = np.load(ids_file)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
@@ -186,28 +253,35 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mem", nargs=5)
+    p.add_argument("--serve", choices=["cptlab", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="both sides at this precision; auto is what the lab picks on this machine")
     args = p.parse_args()
     if args.mem:
         which, model_dir, ids_file, block, batch = args.mem
         return peak_mem(which, model_dir, ids_file, int(block), int(batch))
+    if args.serve:
+        return serve(args.serve, args.precision, args.steps)
 
-    threads = setup_cpu()
-    cfg = get_config("tiny", precision=args.precision)
-    amp = autocast_dtype(torch.device("cpu"), cfg.precision)
+    threads = setup_threads()  # data preparation runs here, both sides with the allocator as shipped
+    cfg, amp, base, tok, model, corpus = load_lab(args.precision)
     precision = "bf16" if amp is torch.bfloat16 else "fp32"
-    base = resolve_base_model(cfg)
-    tok, model = load_tokenizer(base), load_model(base).eval()
-    corpus, _ = code_corpus(cfg, tok)
-    eval_ids = corpus.val[:16_384].astype(np.int64)
+    eval_ids = corpus.val[:EVAL_TOKENS].astype(np.int64)
     result = {"precision": precision,
               "machine": {"torch_threads": threads, "device": "cpu", "torch": torch.__version__, "native_bf16": cpu_has_native_bf16()},
               "model": {"base": base, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}}
-    print("benchmarking training ...", flush=True)
-    result["train"] = bench_train(model, corpus.train, cfg, args.steps, args.repeats, amp)
-    print("benchmarking evaluation ...", flush=True)
-    result["eval"] = bench_eval(model, eval_ids, cfg, args.repeats, amp)
+    print("starting the two worker processes ...", flush=True)
+    ours, theirs = (Worker(side, args.precision, args.steps) for side in ("cptlab", "baseline"))
+    try:
+        for w in (ours, theirs):
+            w.answer()  # ready: set up, loaded and warmed up
+        print("benchmarking training ...", flush=True)
+        result["train"] = bench_train(ours, theirs, cfg, args.steps, args.repeats)
+        print("benchmarking evaluation ...", flush=True)
+        result["eval"] = bench_eval(ours, theirs, args.repeats, amp)
+    finally:
+        for w in (ours, theirs):
+            w.close()
     print("benchmarking data preparation ...", flush=True)
     docs, _ = load_documents(cfg.code_source)
     result["prep"] = bench_prep(tok, docs[:300], cfg.block_size, args.repeats)

@@ -26,12 +26,11 @@ CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
 # The vocabulary is padded to a multiple of this for the GEMMs (50257 -> 50304 for GPT-2, as nanoGPT
 # does); the padded logits are -inf, so they add nothing to the loss or the gradients.
 VOCAB_MULTIPLE = 64
-# For the unfused path: rows of logits made at once, 4 MB of float32 (128 rows of the tiny preset's
-# 8192-token vocabulary). Small enough to stay in cache and in glibc's heap: a 16 MB chunk was
-# mmapped, page-faulted and zeroed afresh on every call (a freed block only raises glibc's mmap
-# threshold to its own size, so the next one of that size is mmapped again), and made the tiny
-# preset's training 17% and its evaluation 25% slower than these chunks.
-CE_CHUNK_ELEMENTS = 1 << 20
+# For the unfused path: rows of logits made at once, 16 MB of float32 (512 rows of the tiny preset's
+# 8192-token vocabulary): in fp32, 128-row chunks made the lm_head's matrix products 15% slower. A
+# chunk this size is reused from glibc's heap only once ``cptlab.device.keep_freed_memory`` has run
+# (every cptlab entry point does); otherwise each one is mapped, page-faulted and zeroed afresh.
+CE_CHUNK_ELEMENTS = 1 << 22
 
 
 def ce_chunk_rows(vocab: int) -> int:
