@@ -3,6 +3,7 @@ gloo on CPUs. Ranks draw the same global batch from the same seeded generator an
 own share, so N processes follow the single-process loss curve at the same global batch."""
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -33,7 +34,16 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    # Without this, gloo's worker threads can outlive the interpreter and abort the process at exit
+    # ("terminate called without an active exception", pytorch/pytorch#190489).
+    atexit.register(shutdown)
     return True
+
+
+def shutdown() -> None:
+    """Destroy the process group (a no-op when there is none)."""
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def device_for_rank(device: torch.device) -> torch.device:

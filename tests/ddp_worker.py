@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from cptlab.config import get_config
-from cptlab.distributed import init_from_env, is_main, world_size
+from cptlab.distributed import init_from_env, is_main, shutdown, world_size
 from cptlab.perplexity import perplexity
 from cptlab.sources import load_model
 from cptlab.train import train
@@ -25,6 +25,7 @@ def main(model_dir: str, out: str, overrides: str = "{}") -> None:
         with open(out, "w") as fh:
             json.dump({"log": log, "ppl": res.ppl, "nll_sum": res.nll_sum, "tokens": res.tokens,
                        "params": {n: p.detach().flatten()[:50].tolist() for n, p in model.named_parameters()}}, fh)
+    shutdown()
 
 
 if __name__ == "__main__":
