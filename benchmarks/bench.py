@@ -62,6 +62,7 @@ def stats(amount: int, runs: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- the two sides
 CPU = torch.device("cpu")
 EVAL_TOKENS = 16_384
+TARGETS = {"train_speedup_vs_hf_trainer": 1.3, "eval_speedup_vs_reference": 1.5}  # issue 5's CPU targets
 MARK = "@@bench "  # the workers' answers; anything else on their stdout (the Trainer's own prints) is skipped
 
 
@@ -295,6 +296,9 @@ def main() -> None:
         "eval_peak_mem_mb": result["memory"]["eval_peak_mem_mb"],
         "eval_same_ppl": result["eval"]["same_ppl"],
         "precision": precision,
+        "targets": TARGETS,
+        "targets_met": {"train_speedup_vs_hf_trainer": result["train"]["train_speedup_vs_hf_trainer"] >= TARGETS["train_speedup_vs_hf_trainer"],
+                        "eval_speedup_vs_reference": result["eval"]["eval_speedup_vs_reference"] >= TARGETS["eval_speedup_vs_reference"]},
     }
     result = {**summary, **result}
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -304,16 +308,19 @@ def main() -> None:
     write_json_atomic(out / "bench.json", result)
     t, e, pr = result["train"], result["eval"], result["prep"]
     rows = [
-        ("training tokens/s", t["cptlab_tokens_per_s"], t["hf_trainer_tokens_per_s"], "HF Trainer", t["train_speedup_vs_hf_trainer"]),
-        ("evaluation tokens/s", e["cptlab_tokens_per_s"], e["reference_tokens_per_s"], "HF guide loop", e["eval_speedup_vs_reference"]),
-        ("corpus prep bytes/s", pr["cptlab_bytes_per_s"], pr["datasets_map_bytes_per_s"], "datasets.map", pr["prep_speedup_vs_datasets_map"]),
+        ("training tokens/s", t["cptlab_tokens_per_s"], t["hf_trainer_tokens_per_s"], "HF Trainer", t["train_speedup_vs_hf_trainer"],
+         TARGETS["train_speedup_vs_hf_trainer"]),
+        ("evaluation tokens/s", e["cptlab_tokens_per_s"], e["reference_tokens_per_s"], "HF guide loop", e["eval_speedup_vs_reference"],
+         TARGETS["eval_speedup_vs_reference"]),
+        ("corpus prep bytes/s", pr["cptlab_bytes_per_s"], pr["datasets_map_bytes_per_s"], "datasets.map", pr["prep_speedup_vs_datasets_map"], None),
     ]
     print(f"\nprecision: {precision} (both sides)")
-    print(f"\n{'what':<22}{'cptlab (median [min-max])':>34}{'baseline':>34}  {'ratio':>6}")
-    for name, a, b, label, ratio in rows:
+    print(f"\n{'what':<22}  {'cptlab (median [min-max])':<32}  {'baseline (median [min-max])':<46}  {'ratio':>6}  target")
+    for name, a, b, label, ratio, target in rows:
         fa = f"{a['median']:,.0f} [{a['min']:,.0f}-{a['max']:,.0f}]"
         fb = f"{label} {b['median']:,.0f} [{b['min']:,.0f}-{b['max']:,.0f}]"
-        print(f"{name:<22}{fa:>34}{fb:>34}  {ratio:>5.2f}x")
+        goal = "" if target is None else f"{target:.1f}x {'met' if ratio >= target else 'not met'}"
+        print(f"{name:<22}  {fa:<32}  {fb:<46}  {ratio:>5.2f}x  {goal}")
     m = result["memory"]
     print(f"eval peak memory (MB, vocab {m['vocab']}, {m['tokens']} tokens, batch {m['batch']}): "
           f"cptlab {m['eval_peak_mem_mb']['cptlab']:.0f}, reference {m['eval_peak_mem_mb']['reference']:.0f}")
