@@ -196,8 +196,14 @@ class _LinearTanhGelu(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def _onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN's fused linear is in this torch, and for bf16 this CPU runs oneDNN's bf16 kernels."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.bfloat16:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return check is not None and bool(check())
+    return dtype == torch.float32
 
 
 @contextlib.contextmanager
@@ -210,7 +216,8 @@ def inference_mlp(model: nn.Module, dtype: torch.dtype | None = None):
     from transformers.pytorch_utils import Conv1D
 
     swapped = []
-    if _onednn_linear_available() and next(model.parameters()).device.type == "cpu":
+    weight = next(model.parameters())
+    if weight.device.type == "cpu" and _onednn_linear_available(dtype or weight.dtype):
         for module in model.modules():
             fc, act = getattr(module, "c_fc", None), getattr(module, "act", None)
             gelu_tanh = type(act) is NewGELUActivation or (type(act) is nn.GELU and act.approximate == "tanh")
