@@ -10,6 +10,10 @@ cross-entropy, a chunk of rows at a time.
 
 The math is the textbook one: loss = logsumexp(z) - z[target]; dloss/dz = softmax(z) - onehot(target).
 Matrix products run in the autocast dtype when autocast is on (bf16 on a GPU), the softmax in float32.
+
+The tanh-GELU: ``fast_gelu`` swaps transformers' eight-kernel ``gelu_new`` for PyTorch's fused one
+while cptlab trains or evaluates; in evaluation on the CPU, ``inference_mlp`` goes further and folds
+the GELU into the ``c_fc`` matrix product (one oneDNN kernel).
 """
 from __future__ import annotations
 
