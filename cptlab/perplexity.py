@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .attention import cpu_attention
 from .device import autocast
 from .fused import CausalLMLoss, fast_gelu, inference_mlp
 
@@ -106,7 +107,7 @@ def perplexity(
     # chunked cross-entropy: memory never grows with batch x block x vocab
     loss = CausalLMLoss(model, fused=False)
     # one autocast, so the weights are cast once; c_fc + GELU as one kernel on the CPU
-    with fast_gelu(model), inference_mlp(model, amp_dtype), autocast(device, amp_dtype):
+    with fast_gelu(model), inference_mlp(model, amp_dtype), cpu_attention(model, amp_dtype), autocast(device, amp_dtype):
         for (length, scored), begins in groups.items():
             for i in range(0, len(begins), batch_size):
                 chunk = begins[i : i + batch_size]

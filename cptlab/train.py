@@ -16,6 +16,7 @@ import torch
 from .config import LabConfig
 from .corpus import sample_windows
 from .device import autocast
+from .attention import cpu_attention
 from .fused import CausalLMLoss, fast_gelu
 
 
@@ -177,7 +178,8 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc)
-    with fast_gelu(model):  # the same tanh-GELU, one fused kernel
+    # the same tanh-GELU as one fused kernel; bf16 attention on the CPU as two matrix products
+    with fast_gelu(model), cpu_attention(model, amp_dtype):
         for step in range(start, cfg.max_steps + 1):
             lr = cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
             for group in opt.param_groups:
