@@ -251,7 +251,7 @@ def bench_mem(model_dir: str, ids: np.ndarray, block: int, batch: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
-    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mem", nargs=5)
     p.add_argument("--serve", choices=["cptlab", "baseline"], help=argparse.SUPPRESS)
