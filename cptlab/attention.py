@@ -3,8 +3,9 @@
 PyTorch's CPU flash-attention kernel runs small heads (the tiny preset's: 64 wide, 256 tokens) far
 below the CPU's bf16 matrix speed, and its causal flag saves nothing there. Two batched bf16 matrix
 products with the softmax between them (transformers' eager attention, with the scale and the causal
-mask folded into the first product) took 40% less time forward and 45-55% less forward + backward
-on this lab's 2-core CPU. Anything else (fp32, a GPU, a padding mask, dropout, a KV cache) goes to ``sdpa`` unchanged.
+mask folded into the first product) took about 40% less time forward and 40-50% less forward +
+backward on this lab's 2-core CPU. Anything else (fp32, a GPU, a padding mask, dropout, a KV cache)
+goes to ``sdpa`` unchanged.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import torch
 from torch import nn
 
 NAME = "cptlab_cpu"
-
-
 _BIAS: dict[int, torch.Tensor] = {}
 
 

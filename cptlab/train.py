@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .attention import cpu_attention
 from .config import LabConfig
 from .corpus import sample_windows
 from .device import autocast
-from .attention import cpu_attention
 from .fused import CausalLMLoss, fast_gelu
 
 
