@@ -14,6 +14,8 @@ import contextlib
 import torch
 from torch import nn
 
+from .fused import unwrap_peft
+
 NAME = "cptlab_cpu"
 _BIAS: dict[int, torch.Tensor] = {}
 
@@ -61,7 +63,7 @@ def _register() -> None:
 def cpu_attention(model: nn.Module, dtype: torch.dtype | None):
     """While a block runs, a CPU model under bf16 autocast attends with ``cpu_causal_attention``; the
     model's own attention implementation is set back afterwards. Other models are left as they are."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     config = getattr(inner, "config", None)
     before = getattr(config, "_attn_implementation", None)
     weight = next(model.parameters())

@@ -120,10 +120,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden, weight, targets, masked, grad and hidden.requires_grad, grad and weight.requires_grad)
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (LoRA), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def split_lm_head(model) -> tuple[nn.Module, nn.Linear] | None:
     """(transformer body, lm_head) of a GPT-2 causal LM (also inside a peft wrapper), else None:
     other architectures keep the plain ``model(...).logits`` path."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     if getattr(getattr(inner, "config", None), "model_type", None) != "gpt2" or not hasattr(inner, "transformer"):
         return None
     head = inner.get_output_embeddings()

@@ -45,12 +45,6 @@ def make_optimizer(model: torch.nn.Module, cfg: LabConfig, device: torch.device)
     return torch.optim.AdamW(groups, lr=cfg.cpt_lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
 
 
-def token_loss_sum(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy of a batch of windows and how many tokens it scored
-    (``cptlab.fused.CausalLMLoss``: the fused lm_head + cross-entropy on CUDA, chunked on the CPU)."""
-    return CausalLMLoss(model)(x), x.shape[0] * (x.shape[1] - 1)
-
-
 @dataclass
 class Checkpointing:
     """Save model, optimizer, RNG states, data position and log every ``every`` steps (atomically);

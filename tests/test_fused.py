@@ -79,17 +79,24 @@ def test_peft_model_keeps_the_fused_path(tiny_model_dir):
         assert float(CausalLMLoss(model)(x)) == pytest.approx(float(model(input_ids=x, labels=x).loss) * 2 * 11, rel=1e-5)
 
 
+def _logits_before_and_during(model, context, x, swapped) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits without gradients, before and inside ``context``; ``swapped()`` must hold inside."""
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+        with context:
+            assert swapped()
+            during = model(input_ids=x).logits
+    return before, during
+
+
 def test_fast_gelu_is_the_same_function_and_is_undone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from transformers.activations import NewGELUActivation
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     x = torch.randint(0, 50, (2, 16))
-    with torch.no_grad():
-        before = model(input_ids=x).logits
-        with fast_gelu(model):
-            assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
-            during = model(input_ids=x).logits
+    swapped = lambda: not any(isinstance(m, NewGELUActivation) for m in model.modules())  # noqa: E731
+    before, during = _logits_before_and_during(model, fast_gelu(model), x, swapped)
     assert sum(isinstance(m, NewGELUActivation) for m in model.modules()) == model.config.n_layer
     assert torch.allclose(before, during, atol=1e-5)
     z = torch.linspace(-6, 6, 1001)
@@ -103,15 +110,12 @@ def test_inference_mlp_is_the_same_function_and_is_undone(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     x = torch.randint(0, 50, (3, 20))
-    with torch.no_grad():
-        before = model(input_ids=x).logits
-        with inference_mlp(model):
-            assert all(type(b.mlp.c_fc) is fused._LinearTanhGelu for b in model.transformer.h)
-            during = model(input_ids=x).logits
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_before = model(input_ids=x).logits.float()
-            with inference_mlp(model, torch.bfloat16):
-                bf16_during = model(input_ids=x).logits.float()
+    swapped = lambda: all(type(b.mlp.c_fc) is fused._LinearTanhGelu for b in model.transformer.h)  # noqa: E731
+    before, during = _logits_before_and_during(model, inference_mlp(model), x, swapped)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_before = model(input_ids=x).logits.float()
+        with inference_mlp(model, torch.bfloat16):
+            bf16_during = model(input_ids=x).logits.float()
     assert torch.allclose(before, during, atol=1e-5)
     assert (bf16_before - bf16_during).abs().max() < 0.05 * before.abs().max()  # bf16 rounding, not another function
     assert all(type(b.mlp.c_fc) is Conv1D and type(b.mlp.act) is not torch.nn.Identity for b in model.transformer.h)
