@@ -4,7 +4,7 @@ VENV   ?= .venv
 PRESET ?= tiny
 BIN    := $(VENV)/bin
 
-.PHONY: setup lab test bench clean-runs
+.PHONY: setup lab test bench clean-runs notebooks
 
 # --system-site-packages lets a GPU sandbox's own torch (a CUDA build) be seen and kept;
 # torch==2.13.0 (CPU wheel) is installed only where no torch is importable at all.
@@ -27,3 +27,7 @@ bench: setup
 
 clean-runs:
 	rm -rf runs
+
+# The student and solution notebooks, built from notebooks/src (commit the result).
+notebooks: setup
+	$(BIN)/python notebooks/build.py

@@ -5,6 +5,9 @@ import html
 from dataclasses import asdict, dataclass, field
 
 
+MIME = "application/vnd.cptlab.report+json"
+
+
 @dataclass
 class Check:
     id: str
@@ -12,7 +15,7 @@ class Check:
     expected: str
     got: str
     hint: str = ""
-    points: int = 1
+    points: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -25,6 +28,8 @@ class Report:
     run_dir: str
     preset: str | None = None
     checks: list[Check] = field(default_factory=list)
+    question: str | None = None  # "1.1", ...: the question whose points this report carries
+    status: str = ""  # "not implemented yet" when the learner's function is still a stub
 
     @property
     def passed(self) -> bool:
@@ -32,11 +37,17 @@ class Report:
 
     @property
     def points(self) -> float:
-        return sum(c.points for c in self.checks if c.passed)
+        return round(sum(c.points for c in self.checks if c.passed), 2)
 
     @property
     def max_points(self) -> float:
-        return sum(c.points for c in self.checks)
+        return round(sum(c.points for c in self.checks), 2)
+
+    def share_points(self, total: float) -> "Report":
+        """Spread a question's points evenly over its checks."""
+        for c in self.checks:
+            c.points = total / max(1, len(self.checks))
+        return self
 
     @property
     def failures(self) -> list[Check]:
@@ -44,13 +55,23 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"step": self.step, "title": self.title, "run_dir": self.run_dir, "preset": self.preset,
+                "question": self.question, "status": self.status,
                 "passed": self.passed, "points": self.points, "max_points": self.max_points,
                 "checks": [c.to_dict() for c in self.checks]}
 
     def headline(self) -> str:
         n_ok = sum(c.passed for c in self.checks)
-        verdict = "all checks passed" if self.passed else f"{len(self.failures)} check(s) to fix"
-        return f"Step {self.step} - {self.title}: {n_ok}/{len(self.checks)} passed, {verdict}"
+        where = f"Question {self.question}" if self.question else f"Step {self.step}"
+        if self.status:
+            verdict = self.status
+        else:
+            verdict = "all checks passed" if self.passed else f"{len(self.failures)} check(s) to fix"
+        return f"{where} - {self.title}: {n_ok}/{len(self.checks)} passed, {verdict} ({self.points:g}/{self.max_points:g} points)"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """HTML for the learner, text for a terminal, and the report as JSON for the graders
+        that read executed notebooks."""
+        return {"text/html": self._repr_html_(), "text/plain": str(self), MIME: self.to_dict()}
 
     def __str__(self) -> str:
         lines = [self.headline()]
@@ -63,7 +84,7 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        colour = "#1a7f37" if self.passed else "#cf222e"
+        colour = "#1a7f37" if self.passed else "#9a6700" if self.status else "#cf222e"
         rows = []
         for c in self.checks:
             mark = "&#10004;" if c.passed else "&#10008;"

@@ -10,12 +10,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from cptlab.results import STEP_FILES, STEP_NOTEBOOKS, STEP_TITLES as TITLES
+
+from .questions import QUESTIONS, RESULTS_QUESTION
 from .report import Check, Report
 from .thresholds import thresholds_for
 
-STEP_FILES = {1: "step1_baseline.json", 2: "step2_corpus.json", 3: "step3_cpt.json", 4: "step4_tradeoff.json"}
-NOTEBOOKS = {1: "notebooks/01_baseline.ipynb", 2: "notebooks/02_corpus.ipynb", 3: "notebooks/03_cpt.ipynb", 4: "notebooks/04_tradeoff.ipynb"}
-TITLES = {1: "baseline perplexity", 2: "the CPT corpus", 3: "the CPT run", 4: "the trade-off"}
+NOTEBOOKS = {k: f"notebooks/{v}" for k, v in STEP_NOTEBOOKS.items()}
 
 
 class Missing(Exception):
@@ -89,7 +90,7 @@ def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
         if isinstance(src, dict) and isinstance(src.get("preset"), str):
             preset = src["preset"]
             break
-    report = Report(step, TITLES[step], str(run_dir), preset)
+    report = Report(step, TITLES[step], str(run_dir), preset, question=RESULTS_QUESTION[step])
     ck = Checker(report, step)
     ck.add(f"s{step}.results", f"{STEP_FILES[step]} in the run folder", lambda: (data is not None, why),
            f"run {NOTEBOOKS[step]} first; it writes {STEP_FILES[step]}")
@@ -112,7 +113,7 @@ def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: di
            "perplexity is exp(total NLL / scored tokens); the reported number must come from its own raw sums")
 
 
-def check_step1(run_dir: str | Path) -> Report:
+def _check_step1(run_dir: str | Path) -> Report:
     report, ck, d, T = _start(run_dir, 1)
     if d is None:
         return report
@@ -139,7 +140,7 @@ def check_step1(run_dir: str | Path) -> Report:
     return report
 
 
-def check_step2(run_dir: str | Path) -> Report:
+def _check_step2(run_dir: str | Path) -> Report:
     report, ck, d, T = _start(run_dir, 2)
     if d is None:
         return report
@@ -185,7 +186,7 @@ def schedule(step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
-def check_step3(run_dir: str | Path) -> Report:
+def _check_step3(run_dir: str | Path) -> Report:
     report, ck, d, T = _start(run_dir, 3)
     if d is None:
         return report
@@ -297,7 +298,7 @@ def check_step3(run_dir: str | Path) -> Report:
     return report
 
 
-def check_step4(run_dir: str | Path) -> Report:
+def _check_step4(run_dir: str | Path) -> Report:
     report, ck, d, T = _start(run_dir, 4)
     if d is None:
         return report
@@ -424,6 +425,17 @@ def _check_study(ck: Checker, d: dict, T: dict) -> None:
            "recompute the recommendation from the variants; do not pick it by hand")
 
 
+def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Report]:
+    def run(run_dir: str | Path) -> Report:
+        report = check(run_dir)
+        return report.share_points(QUESTIONS[report.question].points)
+
+    run.__name__ = check.__name__.lstrip("_")
+    run.__doc__ = f"Every check of the step's results file in ``run_dir``, with the question's points."
+    return run
+
+
+check_step1, check_step2, check_step3, check_step4 = (_scored(c) for c in (_check_step1, _check_step2, _check_step3, _check_step4))
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}
 
 

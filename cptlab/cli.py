@@ -111,16 +111,20 @@ def cmd_lab(args) -> int:
     t0 = time.perf_counter()
     run = run_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
     save_all(run)
+    from checkers.score import format_scores, score_notebooks
+
     rows, text = grade([str(run)])
+    scores = score_notebooks(run)
     print("\n" + format_table(summary_rows(run)))
     print(text.rstrip())
+    print("\nPoints from the executed notebooks:\n" + format_scores(scores))
     print(f"\nrun folder:  {run}")
     print(f"notebooks:   {', '.join(sorted(p.name for p in run.glob('*.ipynb')))}")
     print(f"plots:       {', '.join(sorted(p.name for p in (run / 'plots').glob('*.png')))}")
     print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}")
     print(f"grade again: python -m checkers grade {run}")
     print(f"lab wall time: {time.perf_counter() - t0:.0f} s")
-    return 0 if rows[0]["passed"] else 1
+    return 0 if rows[0]["passed"] and scores["total"] == scores["max"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

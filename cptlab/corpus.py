@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,9 +22,7 @@ class Corpus:
     val: np.ndarray  # same for the validation documents
     eos_id: int
     stats: dict = field(default_factory=dict)
-
-    def train_blocks(self, block_size: int) -> np.ndarray:
-        return to_blocks(self.train, block_size)
+    blocks: np.ndarray | None = None  # the training stream cut into block_size windows
 
 
 def stream_dtype(vocab_size: int):
@@ -75,41 +74,59 @@ def to_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
     return stream[:n].reshape(-1, block_size)
 
 
-def sample_windows(stream: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
+def sample_windows(data: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator,
                    device_stream: torch.Tensor | None = None) -> torch.Tensor:
-    """Random ``block_size`` windows from the stream (nanoGPT's get_batch), seeded by ``generator``.
-    With ``device_stream`` (the same stream already on a GPU) the same windows are gathered there."""
-    hi = len(stream) - block_size
+    """Random training windows, seeded by ``generator``: rows of ``data`` when it is already cut
+    into blocks (2-D, the CPT corpus of step 2), else windows at random offsets of a 1-D stream
+    (nanoGPT's get_batch). With ``device_stream`` (the same data already on a GPU) the same
+    windows are gathered there."""
+    if data.ndim == 2:
+        if data.shape[1] != block_size or len(data) == 0:
+            raise CorpusError(f"training blocks of shape {tuple(data.shape)} do not hold windows of block_size={block_size}")
+        rows = torch.randint(0, len(data), (batch_size,), generator=generator)
+        if device_stream is not None:
+            return device_stream[rows.to(device_stream.device)]
+        return torch.from_numpy(data[rows.numpy()].astype(np.int64))
+    hi = len(data) - block_size
     if hi < 0:
-        raise CorpusError(f"training stream of {len(stream)} tokens is shorter than block_size={block_size}")
+        raise CorpusError(f"training stream of {len(data)} tokens is shorter than block_size={block_size}")
     offsets = torch.randint(0, hi + 1, (batch_size,), generator=generator)
     if device_stream is not None:
         idx = offsets.to(device_stream.device)[:, None] + torch.arange(block_size, device=device_stream.device)
         return device_stream[idx]
-    return torch.stack([torch.from_numpy(stream[o : o + block_size].astype(np.int64)) for o in offsets.tolist()])
+    return torch.stack([torch.from_numpy(data[o : o + block_size].astype(np.int64)) for o in offsets.tolist()])
 
 
-def window_crossing_eos(stream: np.ndarray, block_size: int, eos_id: int) -> np.ndarray | None:
+def window_crossing_eos(blocks: np.ndarray, eos_id: int) -> np.ndarray | None:
     """The first block that holds an EOS away from its ends: what the model sees at a document seam."""
-    for block in to_blocks(stream, block_size):
+    for block in blocks:
         pos = np.flatnonzero(block == eos_id)
-        if len(pos) and 0 < pos[0] < block_size - 1:
+        if len(pos) and 0 < pos[0] < len(block) - 1:
             return block
     return None
 
 
-def build_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, block_size: int) -> Corpus:
+def split_streams(doc_ids: list[np.ndarray], eos_id: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference of step 2's split: whole documents (chosen by ``split_documents``), each side
+    packed into its own EOS-joined stream in the shuffled order."""
+    train_idx, val_idx = split_documents([len(a) + 1 for a in doc_ids], val_fraction, seed)
+    return pack([doc_ids[i] for i in train_idx], eos_id), pack([doc_ids[i] for i in val_idx], eos_id)
+
+
+def build_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, block_size: int,
+                 split_fn: Callable = split_streams, blocks_fn: Callable = to_blocks) -> Corpus:
+    """The CPT corpus. ``split_fn(doc_ids, eos_id, val_fraction, seed) -> (train, val)`` and
+    ``blocks_fn(stream, block_size)`` are the learner's in notebook 2, the references elsewhere."""
     eos = tokenizer.eos_token_id
     if not docs:
         raise CorpusError("the code corpus is empty: point --code-dir at a folder with .py files")
     ids = encode_documents(tokenizer, docs)
     keep = [i for i, a in enumerate(ids) if len(a) > 0]
     ids = [ids[i] for i in keep]
-    lengths = [len(a) + 1 for a in ids]
-    train_idx, val_idx = split_documents(lengths, val_fraction, seed)
+    if len(ids) < 2:
+        raise CorpusError(f"corpus too small for the split: {len(ids)} document(s); the train/val split needs at least 2 whole documents")
     dtype = stream_dtype(len(tokenizer))
-    train = pack([ids[i] for i in train_idx], eos, dtype)
-    val = pack([ids[i] for i in val_idx], eos, dtype)
+    train, val = (_as_stream(s, f"{getattr(split_fn, '__name__', 'split')} returned a", dtype) for s in split_fn(ids, eos, val_fraction, seed))
     if len(train) < block_size + 1:
         raise CorpusError(
             f"corpus too small for the split: {len(train)} training tokens, fewer than one block of {block_size}+1; "
@@ -120,28 +137,39 @@ def build_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, blo
             f"corpus too small for the split: the validation split holds {len(val)} tokens, under one block of "
             f"{block_size}; add code documents"
         )
+    blocks = np.asarray(blocks_fn(train, block_size))
+    if blocks.ndim != 2 or blocks.shape[1] != block_size or not np.issubdtype(blocks.dtype, np.integer):
+        raise CorpusError(f"{getattr(blocks_fn, '__name__', 'to_blocks')} returned an array of shape {blocks.shape} ({blocks.dtype}); "
+                          f"it should be [n_blocks, {block_size}] token ids: run its check cell")
     n_tokens = len(train) + len(val)
     stats = {
         "n_docs": len(ids),
         "n_tokens": int(n_tokens),
         "eos_count": int((train == eos).sum() + (val == eos).sum()),
-        "train_docs": len(train_idx),
-        "val_docs": len(val_idx),
+        "train_docs": int((train == eos).sum()),
+        "val_docs": int((val == eos).sum()),
         "train_tokens": int(len(train)),
         "val_tokens": int(len(val)),
         "val_fraction": len(val) / n_tokens,
         "val_fraction_target": val_fraction,
         "block_size": block_size,
-        "n_blocks": int(len(train) // block_size),
+        "n_blocks": int(len(blocks)),
         "n_val_blocks": int(len(val) // block_size),
-        "doc_token_lengths": [int(x) - 1 for x in lengths],
+        "doc_token_lengths": [int(len(a)) for a in ids],
         "dtype": np.dtype(dtype).name,
         "joiner": "eos_after_each_document",
         "eos_token_id": int(eos),
         "split_seed": seed,
         "empty_docs_dropped": len(docs) - len(keep),
     }
-    return Corpus(train=train, val=val, eos_id=int(eos), stats=stats)
+    return Corpus(train=train, val=val, eos_id=int(eos), stats=stats, blocks=blocks.astype(dtype, copy=False))
+
+
+def _as_stream(x, what: str, dtype) -> np.ndarray:
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise CorpusError(f"{what} {a.ndim}-D array of {a.dtype}; each side of the split should be a 1-D stream of token ids: run its check cell")
+    return a.astype(dtype, copy=False)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -162,7 +190,7 @@ def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, bl
             val = np.load(folder / "val.npy", allow_pickle=False)
             if len(train) == stats["train_tokens"] and len(val) == stats["val_tokens"]:
                 stats["cache"] = str(folder)
-                return Corpus(train=train, val=val, eos_id=stats["eos_token_id"], stats=stats)
+                return Corpus(train=train, val=val, eos_id=stats["eos_token_id"], stats=stats, blocks=to_blocks(train, block_size))
         except (OSError, ValueError, KeyError):
             pass  # corrupt cache entry: rebuild it
     corpus = build_corpus(docs, tokenizer, val_fraction, seed, block_size)

@@ -3,6 +3,7 @@ call. Each step reads the earlier steps' results files, never hidden state."""
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 
 from .cache import atomic_dir, fingerprint
 from .config import LabConfig
-from .corpus import Corpus, cached_corpus, eos_join_stream
+from .corpus import Corpus, build_corpus, cached_corpus, eos_join_stream, split_streams, to_blocks
 from .device import autocast_dtype, describe, pick_device, seed_everything, setup_cpu
-from .perplexity import PerplexityResult, perplexity
-from .results import read_step, versions, write_step
+from .perplexity import PerplexityResult, learner_perplexity, perplexity
+from .results import MissingStepError, read_step, sha256_file, versions, write_step
 from .sources import load_documents, load_model, load_tokenizer
 from .train import train
 
@@ -37,12 +38,31 @@ def config_of(run_dir: str | Path) -> LabConfig:
     return LabConfig.from_dict(read_step(run_dir, 1)["config"])
 
 
-def code_corpus(cfg: LabConfig, tokenizer) -> tuple[Corpus, dict]:
+def code_documents(cfg: LabConfig, tokenizer) -> tuple[list[str], dict]:
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    docs, info = load_documents(cfg.code_source, cfg.code_token_budget, count)
+    return load_documents(cfg.code_source, cfg.code_token_budget, count)
+
+
+def code_corpus(cfg: LabConfig, tokenizer) -> tuple[Corpus, dict]:
+    """The reference CPT corpus (cached): what step 1 scores before the learner builds step 2's."""
+    docs, info = code_documents(cfg, tokenizer)
     return cached_corpus(docs, tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size), info
+
+
+CORPUS_FILES = {"train_blocks": "corpus/train_blocks.npy", "val": "corpus/val.npy"}
+
+
+def run_corpus(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2's corpus as the run folder holds it: the training blocks and the validation stream."""
+    out = []
+    for name, rel in CORPUS_FILES.items():
+        path = Path(run_dir) / rel
+        if not path.is_file():
+            raise MissingStepError(f"{path} does not exist: run step 2 first (notebooks/02_corpus.ipynb or `cptlab run --out {run_dir}`)")
+        out.append(np.load(path, allow_pickle=False))
+    return out[0], out[1]
 
 
 def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
@@ -50,7 +70,10 @@ def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
     return eos_join_stream(docs, tokenizer), info
 
 
-def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True) -> PerplexityResult:
+def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True, fn=None) -> PerplexityResult:
+    """Corpus perplexity under the lab's protocol; ``fn`` is a learner's ``corpus_perplexity``."""
+    if fn is not None:
+        return learner_perplexity(fn, model, stream, cfg.block_size, cfg.eval_max_tokens, device, autocast_dtype(device, cfg.precision))
     return perplexity(
         model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,
         max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=autocast_dtype(device, cfg.precision),
@@ -90,8 +113,9 @@ class Session:
         return m.to(self.device).eval()
 
 
-def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dict:
-    """Baseline perplexity of the base model on code (the CPT corpus's validation split) and English."""
+def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perplexity_fn=None) -> dict:
+    """Baseline perplexity of the base model on code (the CPT corpus's validation split) and English,
+    computed with ``perplexity_fn`` (the learner's, in notebook 1) or the library's reference."""
     cfg.validate()
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -100,9 +124,8 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dic
     model = s.model()
     corpus, code_info = code_corpus(cfg, s.tokenizer)
     gen, gen_info = general_stream(cfg, s.tokenizer)
-    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress)
-    general = evaluate(model, gen, cfg, s.device, "baseline English ppl", progress)
-    import uuid
+    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress, perplexity_fn)
+    general = evaluate(model, gen, cfg, s.device, "baseline English ppl", progress, perplexity_fn)
 
     out = {
         "step": 1,
@@ -125,27 +148,46 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True) -> dic
     return out
 
 
-def run_step2(run_dir: str | Path) -> dict:
-    """The CPT corpus: EOS-joined stream, document-boundary split, blocks."""
+def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
+    """The CPT corpus: EOS-joined streams split on whole documents, the training stream cut into
+    blocks, with ``split_fn`` / ``blocks_fn`` (the learner's, in notebook 2) or the references.
+    The blocks and the validation stream are saved in the run folder: steps 3 and 4 use them."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     s = Session(cfg, s1["base_model"])
-    corpus, info = code_corpus(cfg, s.tokenizer)
-    out = {"step": 2, "run_id": s1["run_id"], "preset": cfg.preset, "seed": cfg.seed, "source": info, **corpus.stats}
+    docs, info = code_documents(cfg, s.tokenizer)
+    corpus = build_corpus(docs, s.tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size,
+                          split_fn=split_fn or split_streams, blocks_fn=blocks_fn or to_blocks)
+    if eval_tokens_sha(corpus.val, cfg) != s1["code"]["tokens_sha"]:
+        raise ValueError("the validation split differs from the one step 1 scored (the lab's rule with this seed): "
+                         "check split_documents against its check cell, then run this cell again")
+    files = {}
+    for name, array in (("train_blocks", corpus.blocks), ("val", corpus.val)):
+        path = Path(run_dir) / CORPUS_FILES[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+        tmp.replace(path)
+        files[name] = {"path": CORPUS_FILES[name], "sha256": sha256_file(path), "shape": list(array.shape)}
+    stats = {k: v for k, v in corpus.stats.items()}
+    out = {"step": 2, "run_id": s1["run_id"], "preset": cfg.preset, "seed": cfg.seed, "source": info, **stats,
+           "files": files, "implementation": {"split": getattr(split_fn, "__name__", "cptlab.corpus.split_streams") if split_fn else "cptlab.corpus.split_streams",
+                                              "blocks": getattr(blocks_fn, "__name__", "") if blocks_fn else "cptlab.corpus.to_blocks"}}
     write_step(run_dir, 2, out)
     return out
 
 
-def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -> dict:
+def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, lr_fn=None, step_fn=None) -> dict:
     """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer).
 
     It checkpoints every ``checkpoint_every`` steps; with ``resume`` (the default) a run that was
-    interrupted continues from its last checkpoint and ends exactly where an uninterrupted run would."""
+    interrupted continues from its last checkpoint and ends exactly where an uninterrupted run would.
+    ``lr_fn`` and ``step_fn`` are the learner's schedule and optimizer step (notebook 3)."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     read_step(run_dir, 2)
     s = Session(cfg, s1["base_model"])
-    corpus, _ = code_corpus(cfg, s.tokenizer)
+    blocks, val = run_corpus(run_dir)
     gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
     import shutil
@@ -158,7 +200,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
         shutil.rmtree(ckpt.folder)
     # The forgetting curve: both sets every curve_every steps, on capped sets, same protocol.
     # It lives in the checkpoint's extra state, so a resumed run keeps the points it had.
-    start = [] if ckpt.exists() else [curve_point(model, 0, corpus.val, gen, cfg, s.device, s.amp, None)]
+    start = [] if ckpt.exists() else [curve_point(model, 0, val, gen, cfg, s.device, s.amp, None)]
     ckpt.extra.update(curve=start, stopped={"at": None, "eval_seconds": 0.0})
 
     def on_step(step: int, m) -> bool:
@@ -166,7 +208,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
             return False
         curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
         t = time.perf_counter()
-        point = curve_point(m, step, corpus.val, gen, cfg, s.device, s.amp, curve[0])
+        point = curve_point(m, step, val, gen, cfg, s.device, s.amp, curve[0])
         m.train()
         stopped["eval_seconds"] += time.perf_counter() - t
         curve.append(point)
@@ -176,7 +218,8 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
         return False
 
     seed_everything(cfg.seed)
-    result = train(model, corpus.train, cfg, s.device, s.amp, progress=progress, on_step=on_step, checkpointing=ckpt)
+    result = train(model, blocks, cfg, s.device, s.amp, progress=progress, on_step=on_step, checkpointing=ckpt,
+                   lr_fn=lr_fn, step_fn=step_fn)
     curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
     folder = Path(run_dir) / "models" / "adapted"
     with atomic_dir(folder) as tmp:
@@ -191,6 +234,8 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
         "hparams": {
             "cpt_lr": cfg.cpt_lr, "warmup_steps": cfg.warmup_steps, "max_steps": cfg.max_steps,
             "schedule": "linear warm-up then cosine (transformers get_cosine_schedule_with_warmup)",
+            "implementation": {"lr": getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.train.lr_multiplier",
+                               "step": getattr(step_fn, "__name__", "step_fn") if step_fn else "cptlab.train"},
             "min_lr_ratio": cfg.min_lr_ratio, "grad_clip": cfg.grad_clip, "block_size": cfg.block_size,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "tokens_per_step": cfg.tokens_per_step,
             "optimizer": "AdamW", "betas": list(cfg.betas), "weight_decay": cfg.weight_decay,
@@ -212,18 +257,19 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True) -
     return out
 
 
-def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
-    """The adapted model on the same evaluation tokens as the baseline: gain on code, forgetting of English."""
+def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn=None) -> dict:
+    """The adapted model on the same evaluation tokens as the baseline: gain on code, forgetting of
+    English, from ``drop_fn`` / ``ratio_fn`` (the learner's, in notebook 4) or the definitions."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     s3 = read_step(run_dir, 3)
     s = Session(cfg, s1["base_model"])
-    corpus, _ = code_corpus(cfg, s.tokenizer)
+    _, val = run_corpus(run_dir)
     gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
-    code = evaluate(model, corpus.val, cfg, s.device, "adapted code ppl", progress)
+    code = evaluate(model, val, cfg, s.device, "adapted code ppl", progress)
     general = evaluate(model, gen, cfg, s.device, "adapted English ppl", progress)
-    code_rec = _eval_record(code, corpus.val, cfg, {"split": "val"})
+    code_rec = _eval_record(code, val, cfg, {"split": "val"})
     gen_rec = _eval_record(general, gen, cfg, {})
     for name, rec in (("code", code_rec), ("general", gen_rec)):
         if rec["tokens_sha"] != s1[name]["tokens_sha"]:
@@ -239,14 +285,31 @@ def run_step4(run_dir: str | Path, progress: bool = True) -> dict:
         "baseline_general_ppl": s1["baseline_general_ppl"],
         "adapted_code_ppl": code.ppl,
         "adapted_general_ppl": general.ppl,
-        "code_ppl_drop": 1.0 - code.ppl / s1["baseline_code_ppl"],
-        "forgetting_ratio": general.ppl / s1["baseline_general_ppl"],
+        "code_ppl_drop": _number(drop_fn or code_ppl_drop, s1["baseline_code_ppl"], code.ppl),
+        "forgetting_ratio": _number(ratio_fn or forgetting_ratio, s1["baseline_general_ppl"], general.ppl),
         "code": code_rec,
         "general": gen_rec,
         "baseline": {"code": s1["code"], "general": s1["general"]},
     }
     write_step(run_dir, 4, out)
     return out
+
+
+def code_ppl_drop(baseline_code_ppl: float, adapted_code_ppl: float) -> float:
+    """The gain: the fraction of the base model's code perplexity that CPT removed."""
+    return 1.0 - adapted_code_ppl / baseline_code_ppl
+
+
+def forgetting_ratio(baseline_general_ppl: float, adapted_general_ppl: float) -> float:
+    """The cost: English perplexity after CPT over before (1.0 means nothing forgotten)."""
+    return adapted_general_ppl / baseline_general_ppl
+
+
+def _number(fn, *args) -> float:
+    v = fn(*args)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v):
+        raise ValueError(f"{getattr(fn, '__name__', 'the function')}{args} returned {v!r}, not a finite number: run its check cell")
+    return float(v)
 
 
 def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True, study: bool = True, resume: bool = False) -> dict:
@@ -298,17 +361,18 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def eos_window(run_dir: str | Path) -> dict:
-    """A training window that crosses a document seam, decoded, with the EOS shown: what the model
+    """A training block that crosses a document seam, decoded, with the EOS shown: what the model
     sees when one file ends and the next begins."""
     from .corpus import window_crossing_eos
 
     cfg = config_of(run_dir)
     s = Session(cfg, read_step(run_dir, 1)["base_model"])
-    corpus, _ = code_corpus(cfg, s.tokenizer)
-    block = window_crossing_eos(corpus.train, cfg.block_size, corpus.eos_id)
+    blocks, _ = run_corpus(run_dir)
+    eos = s.tokenizer.eos_token_id
+    block = window_crossing_eos(blocks, eos)
     if block is None:
         return {"text": "(no window crosses a document boundary: every document is longer than a block)", "eos_positions": []}
-    pos = [int(i) for i in np.flatnonzero(block == corpus.eos_id)]
+    pos = [int(i) for i in np.flatnonzero(block == eos)]
     return {"text": s.tokenizer.decode(block.tolist()), "eos_positions": pos, "eos_token": s.tokenizer.eos_token,
             "block_size": cfg.block_size}
 

@@ -121,17 +121,50 @@ def perplexity(
     model.train(was_training)
     counts = all_reduce_sum(torch.stack([total, torch.tensor(float(n_scored), dtype=torch.float64, device=device)]))
     nll_sum, n_scored = float(counts[0].item()), int(counts[1].item())
-    protocol = {
+    protocol = protocol_card(block_size, stride, max_tokens, n_input, len(ids), n_windows, amp_dtype)
+    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=n_scored, protocol=protocol)
+
+
+def protocol_card(block_size: int, stride: int | None, max_tokens: int | None, n_input: int, n_used: int,
+                  n_windows: int, amp_dtype: torch.dtype | None, implementation: str = "cptlab.perplexity") -> dict:
+    return {
         "block_size": block_size,
         "stride": stride if stride is not None else block_size,
         "windows": "non-overlapping" if stride in (None, block_size) else "sliding",
         "max_tokens": max_tokens,
         "input_tokens": n_input,
-        "used_tokens": int(len(ids)),
+        "used_tokens": int(n_used),
         "n_windows": n_windows,
         "weighting": "token-weighted: exp(sum nll / scored tokens)",
         "first_token_of_stream_scored": False,
         "padding": "none",
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+        "implementation": implementation,
     }
-    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=n_scored, protocol=protocol)
+
+
+def learner_perplexity(fn, model, ids, block_size: int, max_tokens: int | None = None, device=None,
+                       amp_dtype: torch.dtype | None = None) -> PerplexityResult:
+    """A learner's ``corpus_perplexity(model, ids, block_size) -> (ppl, nll_sum, n_scored)`` (notebook 1)
+    run on the same tokens, fast paths and precision as the reference, with the same protocol card."""
+    _check_context(model, block_size)
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    n_input = len(ids)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with fast_gelu(model), cpu_attention(model, amp_dtype), autocast(device, amp_dtype):
+        out = fn(model, ids, block_size)
+    model.train(was_training)
+    name = getattr(fn, "__name__", "the perplexity function")
+    try:
+        ppl, nll_sum, n_scored = (float(v) for v in out)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} returned {type(out).__name__}; it should return (ppl, nll_sum, n_scored): run its check cell") from None
+    if not (math.isfinite(nll_sum) and n_scored >= 1 and n_scored == int(n_scored)):
+        raise ValueError(f"{name} returned nll_sum={nll_sum}, n_scored={n_scored}: run its check cell")
+    n_windows = len(plan_windows(len(ids), block_size))
+    protocol = protocol_card(block_size, None, max_tokens, n_input, len(ids), n_windows, amp_dtype, implementation=f"learner: {name}")
+    return PerplexityResult(ppl=ppl, nll_sum=nll_sum, tokens=int(n_scored), protocol=protocol)

@@ -17,6 +17,7 @@ STEP_FILES = {
     4: "step4_tradeoff.json",
 }
 STEP_NOTEBOOKS = {1: "01_baseline.ipynb", 2: "02_corpus.ipynb", 3: "03_cpt.ipynb", 4: "04_tradeoff.ipynb"}
+STEP_TITLES = {1: "baseline perplexity", 2: "the CPT corpus", 3: "the CPT run", 4: "the trade-off"}
 
 
 class MissingStepError(FileNotFoundError):
@@ -76,7 +77,8 @@ def update_manifest(run_dir: str | os.PathLike) -> Path:
     """``manifest.json``: sha256 of every results file and model file of the run, and the run id.
     A grader re-hashes them: an edited number or a swapped model folder no longer matches."""
     run = Path(run_dir)
-    files = sorted(run.glob("step*_*.json")) + sorted((run / "models").glob("*/*.safetensors")) + sorted((run / "models").glob("*/config.json"))
+    files = (sorted(run.glob("step*_*.json")) + sorted((run / "corpus").glob("*.npy"))
+             + sorted((run / "models").glob("*/*.safetensors")) + sorted((run / "models").glob("*/config.json")))
     run_id = None
     s1 = run / STEP_FILES[1]
     if s1.exists():

@@ -106,10 +106,19 @@ def params_of(model) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- the decision
-def recommend(variants: list[dict], floor: float) -> dict:
-    """The largest code gain whose forgetting ratio stays at or under the floor."""
+def recommend(variants: list[dict], floor: float, choose_fn=None) -> dict:
+    """The largest code gain whose forgetting ratio stays at or under the floor (or the variant
+    ``choose_fn(variants, floor)`` names: the learner's rule in notebook 4)."""
     under = [v for v in variants if v["forgetting_ratio"] <= floor]
-    if under:
+    if choose_fn is not None:
+        name = choose_fn([dict(v) for v in variants], floor)
+        best = next((v for v in variants if v["name"] == name), None)
+        if best is None:
+            raise ValueError(f"{getattr(choose_fn, '__name__', 'choose_fn')} returned {name!r}, not one of the variants' names "
+                             f"{[v['name'] for v in variants]}: run its check cell")
+        why = (f"chosen by {getattr(choose_fn, '__name__', 'choose_fn')}: code perplexity drop {100 * best['code_ppl_drop']:.1f}%, "
+               f"forgetting_ratio {best['forgetting_ratio']:.3f} (floor {floor})")
+    elif under:
         best = max(under, key=lambda v: v["code_ppl_drop"])
         why = (f"largest code perplexity drop ({100 * best['code_ppl_drop']:.1f}%) among the {len(under)} variant(s) "
                f"with forgetting_ratio <= {floor}")
@@ -134,19 +143,20 @@ def pareto_front(variants: list[dict]) -> list[str]:
     return front
 
 
-def run_study(run_dir: str | Path, progress: bool = True) -> dict:
-    """Measure every variant, add the study to ``step4_tradeoff.json``, return it."""
-    from .lab import Session, code_corpus, config_of, evaluate, general_stream, model_path
+def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dict:
+    """Measure every variant, add the study to ``step4_tradeoff.json``, return it. ``choose_fn(variants,
+    floor) -> name`` is the learner's decision rule (notebook 4); ``recommend`` is the reference."""
+    from .lab import Session, config_of, evaluate, general_stream, model_path, run_corpus
 
     cfg = config_of(run_dir)
     s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)
     s = Session(cfg, s1["base_model"])
-    corpus, _ = code_corpus(cfg, s.tokenizer)
+    blocks, val = run_corpus(run_dir)
     gen, _ = general_stream(cfg, s.tokenizer)
     b_code, b_gen = s1["baseline_code_ppl"], s1["baseline_general_ppl"]
 
     def measure(model, name: str, choice: str, **extra) -> dict:
-        c = evaluate(model, corpus.val, cfg, s.device, f"{name}: code", progress)
+        c = evaluate(model, val, cfg, s.device, f"{name}: code", progress)
         g = evaluate(model, gen, cfg, s.device, f"{name}: English", progress)
         return {"name": name, "choice": choice, "code_ppl": c.ppl, "general_ppl": g.ppl,
                 "code_nll_sum": c.nll_sum, "code_tokens": c.tokens, "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
@@ -166,8 +176,8 @@ def run_study(run_dir: str | Path, progress: bool = True) -> dict:
             seed_everything(cfg.seed)
             record: list[int] = []
             model = s.model()
-            res = train(model, corpus.train, cfg, s.device, s.amp, progress=progress, desc=f"replay {frac:.0%}",
-                        batch_fn=replay_batches(corpus.train, english, cfg, frac, record))
+            res = train(model, blocks, cfg, s.device, s.amp, progress=progress, desc=f"replay {frac:.0%}",
+                        batch_fn=replay_batches(blocks, english, cfg, frac, record))
             windows = len(record) * cfg.batch_size * cfg.grad_accum
             variants.append(measure(model, f"replay {frac:.0%}", "replay", replay_fraction=frac,
                                     replay_windows_per_step=record, replay_windows=sum(record), windows=windows,
@@ -182,7 +192,7 @@ def run_study(run_dir: str | Path, progress: bool = True) -> dict:
     peft_model = lora_model(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    res = train(peft_model, corpus.train, cfg.replace(cpt_lr=cfg.lora_lr), s.device, s.amp, progress=progress, desc="LoRA")
+    res = train(peft_model, blocks, cfg.replace(cpt_lr=cfg.lora_lr), s.device, s.amp, progress=progress, desc="LoRA")
     after = base_weights_digest(peft_model)
     merged = peft_model.merge_and_unload()
     variants.append(measure(merged, f"LoRA r={cfg.lora_r}", "lora", lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_lr=cfg.lora_lr,
@@ -202,7 +212,7 @@ def run_study(run_dir: str | Path, progress: bool = True) -> dict:
         "retention_floor": cfg.retention_floor,
         "variants": variants,
         "pareto_front": pareto_front(variants),
-        "recommendation": recommend(variants, cfg.retention_floor),
+        "recommendation": recommend(variants, cfg.retention_floor, choose_fn),
         "curve": curve,
         "floor": floor_crossing(curve, cfg.retention_floor) if curve else None,
         "budget": {"steps": cfg.max_steps, "tokens_per_step": cfg.tokens_per_step, "protocol": s4["code"]["protocol"]},

@@ -117,6 +117,24 @@ def _flush(pending: list[tuple], result: "TrainResult", all_reduce_sum, cfg: Lab
     pending.clear()
 
 
+def learning_rate(lr_fn, step: int, cfg: LabConfig) -> float:
+    lr = lr_fn(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{getattr(lr_fn, '__name__', 'lr_fn')}({step}, ...) returned {lr!r}: a learning rate is a finite number >= 0; run its check cell")
+    return float(lr)
+
+
+def learner_step(step_fn, model, batch: torch.Tensor, opt, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out = step_fn(model, batch, opt, max_norm)
+    try:
+        loss, norm = out
+        loss, norm = torch.as_tensor(loss).detach().float().reshape(()), torch.as_tensor(norm).detach().float().reshape(())
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{getattr(step_fn, '__name__', 'step_fn')} returned {type(out).__name__}; it should return "
+                         "(loss, pre-clip gradient norm): run its check cell") from None
+    return loss, norm
+
+
 @dataclass
 class TrainResult:
     log: list[dict] = field(default_factory=list)
@@ -135,12 +153,18 @@ def train(
     batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None,
     on_step: Callable[[int, torch.nn.Module], bool | None] | None = None,
     checkpointing: Checkpointing | None = None,
+    lr_fn: Callable[[int, float, int, int], float] | None = None,
+    step_fn: Callable | None = None,
 ) -> TrainResult:
-    """Continue pre-training ``model`` on random windows of ``train_stream``.
+    """Continue pre-training ``model`` on random windows of ``train_stream`` (a 1-D stream, or
+    step 2's ``[n_blocks, block_size]`` blocks).
 
     ``batch_fn(step, generator)`` may supply each step's micro-batches (replay mixing does);
     ``on_step(step, model)`` runs after each optimizer step (the forgetting curve does);
     returning True stops the run there (a retention floor can).
+    ``lr_fn(step, peak_lr, warmup_steps, max_steps)`` and ``step_fn(model, batch, optimizer,
+    max_norm) -> (loss, pre-clip norm)`` are the learner's schedule and optimizer step (notebook 3):
+    the loop keeps its data, logging, checkpoints and fast paths around them.
     """
     from .distributed import all_reduce_sum, is_distributed, rank, world_size
 
@@ -148,6 +172,9 @@ def train(
     model.train()
     ddp = is_distributed()
     world, me = world_size(), rank()
+    if step_fn is not None and (ddp or cfg.grad_accum != 1 or cfg.torch_compile):
+        raise ValueError("a learner's optimizer step runs one micro-batch per step in one process: "
+                         "set grad_accum=1 and torch_compile=false, and run without torchrun")
     if ddp and cfg.batch_size < world:
         raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {world} processes: each needs a share of every micro-batch")
     # The loss is a module around the model, so DDP synchronises it and torch.compile sees it whole.
@@ -175,7 +202,8 @@ def train(
     # the same tanh-GELU as one fused kernel; bf16 attention on the CPU as two matrix products
     with fast_gelu(model), cpu_attention(model, amp_dtype):
         for step in range(start, cfg.max_steps + 1):
-            lr = cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+            lr = (learning_rate(lr_fn, step, cfg) if lr_fn is not None
+                  else cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
             for group in opt.param_groups:
                 group["lr"] = lr
             if batch_fn is not None:
@@ -187,19 +215,24 @@ def train(
             step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
             if ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
                 micro = [x[me::world] for x in micro]
-            loss_sum = torch.zeros((), device=device)
-            for i, x in enumerate(micro):
-                x = x.to(device, non_blocking=True)
-                # gradients are all-reduced once per step, on the last micro-batch only
-                sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, amp_dtype):
-                        loss = forward(x)
-                    (loss * world / step_tokens).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            if step_fn is not None:  # the learner's: forward, backward, clip, update, zero the gradients
+                with autocast(device, amp_dtype):
+                    loss, grad_norm = learner_step(step_fn, model, micro[0].to(device), opt, cfg.grad_clip)
+                loss_sum = loss * step_tokens
+            else:
+                loss_sum = torch.zeros((), device=device)
+                for i, x in enumerate(micro):
+                    x = x.to(device, non_blocking=True)
+                    # gradients are all-reduced once per step, on the last micro-batch only
+                    sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast(device, amp_dtype):
+                            loss = forward(x)
+                        (loss * world / step_tokens).backward()
+                    loss_sum += loss.detach()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             result.tokens += step_tokens
             pending.append((step, lr, step_tokens, result.tokens, loss_sum, grad_norm))
             # The host waits for the device only at log points: the loss and norm stay tensors until then.

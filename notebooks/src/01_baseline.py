@@ -1,0 +1,130 @@
+# %% [markdown]
+# # Step 1 · Baseline: how well does the base model know code, and English?
+#
+# **Continued pre-training (CPT, also called domain-adaptive pre-training, DAPT)** keeps training a
+# pretrained language model with its *original* objective, next-token prediction on raw text, but on
+# text from one domain: here, Python source. It is not fine-tuning on labelled pairs or instructions:
+# no prompts, no answers, just more pre-training, on a narrower diet.
+#
+# CPT buys a gain on the new domain and may cost some of what the model knew: *catastrophic
+# forgetting*. This lab measures both sides with one yardstick, **perplexity**:
+#
+# $$\mathrm{ppl} = \exp\Big(\frac{1}{N}\sum_{i=1}^{N} -\log p(x_i \mid x_{<i})\Big)$$
+#
+# summed over every scored token of a corpus. A perplexity of 20 means the model is, on average, as
+# unsure as if it picked among 20 equally likely tokens.
+#
+# **How to work.** Cells marked ✏️ are yours: replace the `raise NotImplementedError(...)` with your
+# code, run the cell, then run the check cell under it. A check tries your function on fresh random
+# cases against the lab's reference and tells you what it expected, what it got, and, when it
+# recognises a typical mistake, its name. The lab then runs on *your* function: the baseline numbers
+# of this notebook come from it.
+
+# %% tags=["parameters"]
+# Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
+PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
+SEED = 1234
+OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+
+# %%
+import math
+
+import torch
+import torch.nn.functional as F
+
+from checkers import check_perplexity, check_step1
+from cptlab import cells, get_config
+from cptlab.friendly import friendly_errors
+
+friendly_errors()  # the lab's own errors show as one message that says what to do
+RUN_DIR = cells.run_folder(RUN_DIR)
+cfg = get_config(PRESET, seed=SEED, **OVERRIDES)
+print(f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder {RUN_DIR}")
+
+# %% [markdown]
+# ## ✏️ Question 1.1 · Corpus perplexity (14 points)
+#
+# **The protocol** (the same for every number in this lab): the corpus is one stream of token ids
+# (documents joined by EOS); cut it into non-overlapping windows of `block_size` tokens; in each
+# window, the model predicts tokens 2..n from the tokens before them *in the same window* (the first
+# token of a window has no context, so it is not scored); the last window may be shorter and is
+# scored as it is (never padded).
+#
+# Sum the negative log-likelihood (NLL) of every scored token, count the scored tokens, and take
+# `exp` **once** at the end: `ppl = exp(nll_sum / n_scored)`. Averaging per-window perplexities, or
+# per-window losses, gives another (wrong) number, because windows differ in length and `exp` is
+# convex. Evaluation needs no gradients.
+#
+# `model(x[None]).logits` has shape `[1, len(x), vocab]`: position `t` predicts token `t + 1`.
+# Return `(ppl, nll_sum, n_scored)`.
+
+# %%
+def corpus_perplexity(model, ids, block_size):
+    """Token-weighted perplexity of the 1-D LongTensor ``ids`` over non-overlapping windows."""
+    ### BEGIN SOLUTION corpus_perplexity: loop over the windows, sum the NLL of tokens 2..n of each, count them, exp once
+    device = next(model.parameters()).device
+    nll_sum, n_scored = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, len(ids), block_size):
+            x = ids[begin : begin + block_size].to(device)
+            if len(x) < 2:
+                break
+            logits = model(x[None]).logits[0, :-1]
+            nll_sum += F.cross_entropy(logits.float(), x[1:], reduction="sum").item()
+            n_scored += len(x) - 1
+    return math.exp(nll_sum / n_scored), nll_sum, n_scored
+    ### END SOLUTION
+
+
+# %%
+check_perplexity(corpus_perplexity)
+
+# %% [markdown]
+# ## The baseline, measured with your function
+#
+# On the `gpt2` preset the base model is GPT-2 124M. On the embedded `tiny` preset, cptlab
+# pre-trains a small GPT-2-architecture model on the Wikipedia sample shipped inside `gensim` (plus
+# a little Python, as WebText held some), once, and caches it: the first run takes a few minutes.
+#
+# The code set is the **validation split** of the CPT corpus you build in step 2 (2% of the
+# documents, never trained on; the lab computes it here with its reference split, and step 2
+# checks that yours is the same); the English set is WikiText-2 (`gpt2`) or held-out whole
+# Wikipedia articles (`tiny`).
+
+# %%
+step1 = cells.run_step1(cfg, RUN_DIR, perplexity_fn=corpus_perplexity)
+
+# %%
+cells.baseline_bars(RUN_DIR);
+
+# %% [markdown]
+# **Code against English.** GPT-2 was trained on WebText, pages linked from Reddit, and a fair share
+# of them hold code (GitHub pages, Stack Overflow answers, tutorials), so it is no stranger to
+# Python: its code perplexity starts in the range of its English one. Your model's ratio is printed
+# above (`code / English perplexity`): on the `tiny` preset the small base saw only 3% code, and its
+# code perplexity starts a few times its English one. Either way, code is far more predictable than
+# prose once a model knows its idioms, which is the room CPT has to improve.
+#
+# ### Check step 1 (5 points)
+# The check recomputes both perplexities from their raw sums, asks for enough scored tokens, and
+# one protocol for both sets. It asserts no direction between code and English.
+
+# %%
+check_step1(RUN_DIR)
+
+# %% [markdown]
+# ## ✍️ Question W1 (3 points, graded by your instructor)
+# Why does the step 1 check refuse to assert that code perplexity is lower (or higher) than English
+# perplexity? Answer in 3 to 5 sentences, citing your own two numbers.
+
+# %% [markdown] tags=["answer", "W1"]
+# ### BEGIN SOLUTION
+# Which set is harder depends on the model's pre-training mix, the tokenizer and the protocol, not
+# on whether my code is right: GPT-2 (WebText, with code) starts near its English perplexity, while
+# this run's tiny base (3% code) starts at a code perplexity several times its English one. A check
+# that asserted a direction would fail a correct perplexity for a reason that is not my bug, or pass
+# a wrong one that happens to land on the expected side. What the check can assert is what must
+# hold for any model: both numbers are finite, above 1, recomputable from their raw sums, on enough
+# tokens and under one protocol. Caveat: with another block size the two numbers move differently.
+# ### END SOLUTION

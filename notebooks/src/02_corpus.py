@@ -1,0 +1,149 @@
+# %% [markdown]
+# # Step 2 · The CPT corpus: one token stream, split, cut into blocks
+#
+# Pre-training data is not a set of examples; it is a **stream**. Every document (a `.py` file) is
+# tokenized, an **EOS token** is appended after it, and all of them are concatenated into one 1-D
+# array of token ids. The stream is then cut into `block_size` windows (Hugging Face's
+# `group_texts` idea; nanoGPT's `train.bin`).
+#
+# **Why EOS between documents?** Without a separator the model sees the end of `os.py` run straight
+# into the top of `json/__init__.py` and learns that such jumps are normal text. With EOS it learns
+# that a file has ended, which also lets generation stop cleanly. (`run_clm.py` adds none, a known
+# pitfall.)
+#
+# You write the three pieces; the lab builds this run's CPT corpus with them, saves it in the run
+# folder, and step 3 trains on exactly your blocks.
+
+# %% tags=["parameters"]
+# Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
+PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
+SEED = 1234
+OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+
+# %%
+import numpy as np
+
+from checkers import check_blocks, check_pack, check_split, check_step2
+from cptlab import cells
+from cptlab.friendly import friendly_errors
+
+friendly_errors()
+RUN_DIR = cells.run_folder(RUN_DIR)
+
+# %% [markdown]
+# ## ✏️ Question 2.1 · Packing (6 points)
+# `doc_ids` is a list of 1-D integer arrays, one per document. Return one 1-D array:
+# `doc_0, EOS, doc_1, EOS, ..., doc_last, EOS`.
+
+# %%
+def pack_documents(doc_ids, eos_id):
+    """One 1-D stream of token ids with ``eos_id`` after every document."""
+    ### BEGIN SOLUTION pack_documents: append eos_id after every document, then concatenate into one 1-D array
+    if not doc_ids:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.append(np.asarray(d, dtype=np.int64), eos_id) for d in doc_ids])
+    ### END SOLUTION
+
+
+# %%
+check_pack(pack_documents)
+
+# %% [markdown]
+# ## ✏️ Question 2.2 · The 98/2 split, on whole documents (8 points)
+#
+# The split is made on **whole documents**, so no file leaks half into training and half into
+# validation (cutting the packed stream at 98% would). The lab's rule, which step 1 already used
+# to score the validation split, so yours must give the same documents:
+#
+# 1. `order = np.random.default_rng(seed).permutation(len(doc_ids))`;
+# 2. walk `order` **from its end**, moving documents into validation until they hold at least
+#    `val_fraction` of all tokens (count each document as `len(doc) + 1`: its EOS is a token too);
+# 3. training keeps the other documents; both sides keep the order they have in `order`;
+# 4. return `(pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id))`.
+#
+# **Why 2% is enough.** What makes a perplexity stable is the number of tokens scored, not the share:
+# with tens of thousands of tokens on each side, the token-level noise is far below the effects we
+# measure. The documents are fewer than the tokens, though: which files land in validation moves
+# the headline more than the token count suggests (a learner with another seed gets another split).
+
+# %%
+def split_documents(doc_ids, eos_id, val_fraction, seed):
+    """(train_stream, val_stream): whole documents, the last ones of a seeded shuffle for validation."""
+    ### BEGIN SOLUTION split_documents: permute with the seed, take documents from the end for validation until they hold val_fraction of the tokens, pack each side
+    order = np.random.default_rng(seed).permutation(len(doc_ids)).tolist()
+    target = val_fraction * sum(len(d) + 1 for d in doc_ids)
+    val, held = set(), 0
+    for i in reversed(order):
+        if held >= target:
+            break
+        val.add(i)
+        held += len(doc_ids[i]) + 1
+    train_docs = [doc_ids[i] for i in order if i not in val]
+    val_docs = [doc_ids[i] for i in order if i in val]
+    return pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id)
+    ### END SOLUTION
+
+
+# %%
+check_split(split_documents)
+
+# %% [markdown]
+# ## ✏️ Question 2.3 · Blocks (4 points)
+# Cut the training stream into consecutive windows of `block_size` tokens: an array of shape
+# `[n_blocks, block_size]`. The tail shorter than a block is dropped (as `run_clm.py` does): a padded
+# window would train on padding.
+
+# %%
+def to_blocks(stream, block_size):
+    """``[len(stream) // block_size, block_size]``: consecutive windows, the tail dropped."""
+    ### BEGIN SOLUTION to_blocks: drop the tail after the last whole block, then reshape to (-1, block_size)
+    n = (len(stream) // block_size) * block_size
+    return np.asarray(stream[:n]).reshape(-1, block_size)
+    ### END SOLUTION
+
+
+# %%
+check_blocks(to_blocks)
+
+# %% [markdown]
+# ## The run's corpus, built with your functions
+
+# %%
+step2 = cells.run_step2(RUN_DIR, split_fn=split_documents, blocks_fn=to_blocks)
+
+# %% [markdown]
+# Document lengths vary over orders of magnitude: most files span many blocks, short ones share a
+# block with their neighbours, separated by EOS.
+
+# %%
+cells.corpus_figures(RUN_DIR);
+
+# %% [markdown]
+# Here is one of your training blocks that crosses a document boundary, decoded back to text; the
+# EOS token marks the seam:
+
+# %%
+cells.show_eos_window(RUN_DIR);
+
+# %% [markdown]
+# ### Check step 2 (4 points)
+
+# %%
+check_step2(RUN_DIR)
+
+# %% [markdown]
+# ## ✍️ Question W2 (3 points, graded by your instructor)
+# Look at the decoded window above. What does the EOS token change for the model at that position,
+# in training and later in generation? What would it learn there without it?
+
+# %% [markdown] tags=["answer", "W2"]
+# ### BEGIN SOLUTION
+# The window holds the end of one file, EOS, then the top of an unrelated file. At the EOS the
+# target is "this document is over": the model learns to predict an end after a complete file, and
+# after EOS to start a fresh file (imports, a docstring) instead of continuing the previous one.
+# Without it, it would be trained to predict the first line of an unrelated file from the last lines
+# of another, a jump it cannot predict, and in generation it would never learn to stop. Caveat: the
+# tokens after the EOS still attend to the previous file inside the window (no document mask), so
+# the seam still leaks some context.
+# ### END SOLUTION

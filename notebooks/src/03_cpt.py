@@ -1,0 +1,127 @@
+# %% [markdown]
+# # Step 3 · The CPT run
+#
+# The recipe: **AdamW, lr 5e-5, 10 warm-up steps, cosine decay, gradient clipping at 1.0,
+# 256-token blocks, 150 steps** (the `smoke` preset shrinks all of it to run in seconds).
+#
+# - **Why 5e-5?** GPT-2 was pre-trained with a peak of 6e-4. CPT starts from weights that already sit
+#   in a good basin; about 8% of the original peak moves them towards code without shaking loose what
+#   they know. A rate near the original peak would re-warm the model hard and forget more English.
+# - **Why warm up?** Adam divides each update by a running estimate of the gradient's second moment.
+#   For the first steps that estimate rests on a handful of gradients and is noisy, so the early
+#   updates can be far too large. Ramping the rate linearly over 10 steps lets it settle.
+# - **Why cosine?** Decaying the rate smoothly to zero cools the model into a minimum at the end of
+#   the budget: a lower final loss than a constant rate.
+# - **Why clip at 1.0?** One odd batch (a minified file, a data table) can produce a huge gradient;
+#   clipping the global norm bounds every update's size.
+#
+# You write the schedule and the optimizer step; the lab's loop calls them for every one of the
+# run's steps and keeps the rest around them: sampling your blocks from step 2, logging, the
+# forgetting curve, checkpoints, precision and the fast kernels.
+
+# %% tags=["parameters"]
+# Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
+PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
+SEED = 1234
+OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+
+# %%
+import math
+
+import torch
+
+from checkers import check_optimizer_step, check_schedule, check_step3
+from cptlab import cells
+from cptlab.friendly import friendly_errors
+
+friendly_errors()
+RUN_DIR = cells.run_folder(RUN_DIR)
+
+# %% [markdown]
+# ## ✏️ Question 3.1 · The learning rate at a step (9 points)
+#
+# Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
+# `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak comes
+# exactly at `warmup_steps`. Then a half cosine over the steps *after* warm-up:
+# `progress = (step - warmup_steps) / (max_steps - warmup_steps)` and
+# `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is
+# `transformers.get_cosine_schedule_with_warmup`.)
+
+# %%
+def lr_at(step, peak_lr, warmup_steps, max_steps):
+    """The learning rate of optimizer step ``step`` (1-based)."""
+    ### BEGIN SOLUTION lr_at: linear warm-up to peak_lr at warmup_steps, then a half cosine to 0 at max_steps
+    if step <= warmup_steps:
+        return peak_lr * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    ### END SOLUTION
+
+
+# %%
+check_schedule(lr_at)
+
+# %% [markdown]
+# ## ✏️ Question 3.2 · One optimizer step (12 points)
+#
+# `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
+# the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t predicts
+# token t + 1), `backward()`, clip the **global** gradient norm at `max_norm`
+# (`torch.nn.utils.clip_grad_norm_` returns the norm *before* clipping: return that one),
+# `optimizer.step()`, and zero the gradients (`backward` adds into `.grad`). Return
+# `(loss, grad_norm)`. The loop has already set this step's learning rate in the optimizer.
+
+# %%
+def optimizer_step(model, batch, optimizer, max_norm):
+    """Forward, backward, clip, update, zero; return (loss, pre-clip gradient norm)."""
+    ### BEGIN SOLUTION optimizer_step: loss = model(batch, labels=batch).loss; backward; clip_grad_norm_; optimizer.step(); zero_grad; return (loss, norm)
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), grad_norm
+    ### END SOLUTION
+
+
+# %%
+check_optimizer_step(optimizer_step)
+
+# %% [markdown]
+# ## The CPT run, on your schedule and your optimizer step
+# This is the long cell of the notebook (about a minute on the `tiny` preset's CPU).
+
+# %%
+step3 = cells.run_step3(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
+
+# %%
+cells.loss_curve(RUN_DIR);
+
+# %% [markdown]
+# Read the plot and the line above it: the loss of one step is one batch of 4 windows, so it is
+# noisy; the trend is what to read. Also read the pre-clip gradient norm: when it sits above the
+# clip threshold, every update has the same length (`lr` times a unit-norm direction) and the
+# schedule alone decides how far each step moves.
+#
+# ### Check step 3 (6 points)
+
+# %%
+check_step3(RUN_DIR)
+
+# %% [markdown]
+# ## ✍️ Question W3 (3 points, graded by your instructor)
+# How many of your steps were clipped (the line under the run cell says)? What does it mean for the
+# updates when most steps are clipped, and what would you try if you saw this in a production run?
+
+# %% [markdown] tags=["answer", "W3"]
+# ### BEGIN SOLUTION
+# In this run the pre-clip norm sat above 1.0 at nearly every step, so nearly every update was
+# rescaled to norm 1.0: clipping acted as gradient normalisation, the update's size was set by the
+# schedule (lr times a unit vector), and the raw norm's size told the optimizer nothing. AdamW
+# normalises per parameter anyway, so this mainly changes the relative weight of the steps. It is not
+# a sign of divergence (the loss fell), but it means the threshold is not doing its job of catching
+# rare spikes. In production I would log the norm distribution and set the clip above its typical
+# value (e.g. its median over a warm-up window), or keep it and lower the rate if spikes matter.
+# Caveat: with batches of 4 windows the norm is noisy; a larger batch would lower it.
+# ### END SOLUTION
