@@ -55,7 +55,8 @@ class Exercise:
             raise _NotYet() from None
         except Exception as exc:  # the learner's bug: shown as a failed check, with where it happened
             frames = traceback.extract_tb(exc.__traceback__)
-            where = next((f"line {f.lineno}: {f.line}" for f in reversed(frames) if f.filename.startswith("<")), "")
+            own = getattr(getattr(fn or self.fn, "__code__", None), "co_filename", None)
+            where = next((f"line {f.lineno}: {f.line}" for f in reversed(frames) if f.filename == own), "")
             raise _Raised(f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")) from None
 
     def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "") -> bool:
@@ -482,34 +483,34 @@ def _scenario_answers(variants: list[dict], floor: float) -> dict[str, set[str]]
     }
 
 
+def judge(ex: Exercise, label: str, variants: list[dict], floor: float) -> None:
+    got = ex.call([dict(v) for v in variants], floor)
+    want = _scenario_answers(variants, floor)
+    if not isinstance(got, dict):
+        ex.row(label.replace(" ", "_"), False, f"a dict with the keys {sorted(SCENARIOS)}", type(got).__name__,
+               "return a dict: scenario -> variant name")
+        return
+    for key, what in SCENARIOS.items():
+        ex.row(f"{key} ({label})", got.get(key) in want[key], f"one of {sorted(want[key])}", repr(got.get(key))[:40],
+               f"{what}: pick from the measured variants by the numbers (see the markdown above)")
+
+
 def check_production_choices(fn: Callable, run_dir: str | None = None) -> Report:
     """``production_choices(variants, floor) -> {scenario: variant name}``, on a random study and
     on the learner's own (``step4_tradeoff.json`` in ``run_dir``)."""
     ex = Exercise("4.3", fn)
 
     def body():
-        cases = []
         floor = float(ex.rng.uniform(1.02, 1.1))
-        cases.append(("a random study", _random_variants(ex.rng, floor), floor))
+        judge(ex, "a random study", _random_variants(ex.rng, floor), floor)
         if run_dir is not None:
             import json
             from pathlib import Path
 
             path = Path(run_dir) / "step4_tradeoff.json"
             study = json.loads(path.read_text()).get("study") if path.is_file() else None
-            if not ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
-                          "run the study cell above first: the decisions are checked against your own numbers"):
-                return
-            cases.append(("your study", study["variants"], study["retention_floor"]))
-        for label, vs, fl in cases:
-            got = ex.call([dict(v) for v in vs], fl)
-            want = _scenario_answers(vs, fl)
-            if not isinstance(got, dict):
-                ex.row(f"{label}", False, f"a dict with the keys {sorted(SCENARIOS)}", type(got).__name__, "return a dict: scenario -> variant name")
-                continue
-            for key, what in SCENARIOS.items():
-                ok = got.get(key) in want[key]
-                ex.row(f"{key} ({label})", ok, f"one of {sorted(want[key])}", repr(got.get(key))[:40],
-                       f"{what}: pick from the measured variants by the numbers (see the markdown above)")
+            if ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
+                      "run the study cell above first: the decisions are checked against your own numbers"):
+                judge(ex, "your study", study["variants"], study["retention_floor"])
 
     return ex.run(body)

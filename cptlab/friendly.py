@@ -12,6 +12,9 @@ def lab_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CorpusError, MissingStepError, AssetNotFoundError, TrainingDivergedError)
 
 
+STOPPED = "The lab stopped here, with this message:"
+
+
 def friendly_errors() -> None:
     try:
         from IPython import get_ipython
@@ -23,7 +26,7 @@ def friendly_errors() -> None:
 
     def handler(shell, etype, value, tb, tb_offset=None):
         msg = f"{etype.__name__}: {value}"
-        print("\n".join(["-" * 72, "The lab stopped here, with this message:", "", msg, "-" * 72]))
+        print("\n".join(["-" * 72, STOPPED, "", msg, "-" * 72]))
         return [msg]
 
     ip.set_custom_exc(lab_errors(), handler)

@@ -107,6 +107,8 @@ class Session:
 
     def model(self, path: str | None = None):
         m = load_model(path or self.base_model)
+        if getattr(m.config, "loss_type", None) is None:
+            m.config.loss_type = "ForCausalLM"  # what transformers picks anyway, without a warning in every notebook
         ctx = getattr(m.config, "n_positions", None)
         if ctx is not None and self.cfg.block_size > ctx:
             raise ValueError(f"block_size={self.cfg.block_size} is above the model's context of {ctx} tokens: set block_size <= {ctx}")

@@ -22,9 +22,24 @@ def execute_notebook(src: Path, dst: Path, params: dict, timeout: int | None = 3
         pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3", progress_bar=False,
                             cwd=str(cwd or src.parent), execution_timeout=timeout, log_output=False)
     except PapermillExecutionError as exc:
-        raise RuntimeError(f"notebooks/{src.name} stopped with an error: {exc.ename}: {exc.evalue}\n"
+        raise RuntimeError(f"notebooks/{src.name} stopped with an error: {_lab_message(dst) or f'{exc.ename}: {exc.evalue}'}\n"
                            f"  the executed notebook, with the failing cell, is at {dst}") from None
     return time.perf_counter() - t0
+
+
+def _lab_message(executed: Path) -> str | None:
+    """The one-line message ``cptlab.friendly`` printed for a lab error, if a cell shows one."""
+    import nbformat
+
+    from .friendly import STOPPED
+
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            lines = out.get("text", "").splitlines() if out.get("output_type") == "stream" else []
+            if STOPPED in lines:
+                rest = [ln for ln in lines[lines.index(STOPPED) + 1 :] if ln.strip() and not ln.startswith("---")]
+                return rest[0] if rest else None
+    return None
 
 
 def new_run_dir(runs: Path, preset: str) -> Path:

@@ -51,8 +51,33 @@ def test_build_corpus_streams_decode_to_the_documents(model_and_tok):
             start = end + 1
     assert sorted(pieces) == sorted(docs)
     assert c.stats["n_blocks"] == len(c.train) // 16
-    w = window_crossing_eos(c.train, 16, eos)
+    assert c.blocks.shape == (len(c.train) // 16, 16) and (c.blocks.ravel() == c.train[: c.blocks.size]).all()
+    w = window_crossing_eos(c.blocks, eos)
     assert w is not None and eos in w.tolist()
+
+
+def test_build_corpus_uses_the_given_split_and_blocks_and_refuses_bad_ones(model_and_tok):
+    _, tok = model_and_tok
+    docs = [f"{CODE}\n# file {i}\n" for i in range(30)]
+    calls = []
+
+    def split(doc_ids, eos, frac, seed):
+        calls.append((len(doc_ids), eos, frac, seed))
+        return pack(doc_ids[:-3], eos), pack(doc_ids[-3:], eos)
+
+    c = build_corpus(docs, tok, 0.1, seed=5, block_size=16, split_fn=split)
+    assert calls == [(30, tok.eos_token_id, 0.1, 5)] and c.stats["val_docs"] == 3
+    with pytest.raises(CorpusError, match="should be \\[n_blocks, 16\\]"):
+        build_corpus(docs, tok, 0.1, seed=5, block_size=16, blocks_fn=lambda s, b: s[: len(s) // b * b].reshape(b, -1))
+    with pytest.raises(CorpusError, match="1-D stream"):
+        build_corpus(docs, tok, 0.1, seed=5, block_size=16, split_fn=lambda d, e, f, s: (np.zeros((2, 2), int), pack(d, e)))
+
+
+def test_sample_windows_draws_whole_blocks_from_a_2d_corpus():
+    blocks = np.arange(40).reshape(10, 4)
+    x = sample_windows(blocks, 4, 6, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 4) and all(row.tolist() in blocks.tolist() for row in x)
+    assert (x == sample_windows(blocks, 4, 6, torch.Generator().manual_seed(0))).all()
 
 
 def test_token_cache_round_trip_and_corrupt_entry(model_and_tok):

@@ -163,20 +163,6 @@ def test_results_from_another_run_are_caught(lab_run, tmp_path):
     assert "s3.same_run" in {c.id for c in check_step3(run).failures}
 
 
-def test_notebook_shows_the_message_not_a_traceback(tmp_path):
-    from cptlab.notebooks import NOTEBOOK_DIR, execute_notebook
-
-    dst = tmp_path / "02.ipynb"
-    params = {"PRESET": "smoke", "RUN_DIR": str(tmp_path / "empty"), "SEED": 1, "OVERRIDES": {}}
-    with pytest.raises(RuntimeError, match="02_corpus.ipynb stopped"):
-        execute_notebook(NOTEBOOK_DIR / "02_corpus.ipynb", dst, params)
-    nb = json.loads(dst.read_text())
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    text = json.dumps(nb["cells"])
-    assert "run step 1 first" in text and "01_baseline.ipynb" in text
-    assert all(len(e.get("traceback", [])) <= 1 for e in errors)
-
-
 def test_a_retention_floor_stop_is_graded_as_such(lab_run, tmp_path):
     def stop(d):
         d["log"] = d["log"][:20]

@@ -1,0 +1,366 @@
+"""The checks of the learner's code, tested with right and wrong implementations: every typical
+mistake is a mutant here, and its check must fail it with that mistake's name in a hint."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkers import (check_blocks, check_choice, check_optimizer_step, check_pack, check_perplexity,
+                      check_production_choices, check_schedule, check_split, check_tradeoff)
+from checkers.questions import QUESTIONS
+
+
+def hints(report) -> str:
+    return " | ".join(c.hint for c in report.failures)
+
+
+def assert_full(report):
+    assert report.passed, str(report)
+    assert report.points == pytest.approx(QUESTIONS[report.question].points)
+
+
+def assert_named(report, mistake: str):
+    assert not report.passed, str(report)
+    assert f"mistake: {mistake}" in hints(report), str(report)
+    assert report.points < report.max_points
+
+
+# ----------------------------------------------------------------------------- perplexity
+def _windows(ids, block):
+    for b in range(0, len(ids), block):
+        x = ids[b : b + block]
+        if len(x) >= 2:
+            yield x
+
+
+def ppl_ok(model, ids, block):
+    with torch.no_grad():
+        s, n = 0.0, 0
+        for x in _windows(ids, block):
+            s += F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item()
+            n += len(x) - 1
+    return math.exp(s / n), s, n
+
+
+def ppl_mean_of_ppl(model, ids, block):
+    with torch.no_grad():
+        per = [(F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1) for x in _windows(ids, block)]
+    s, n = sum(a for a, _ in per), sum(b for _, b in per)
+    return float(np.mean([math.exp(a / b) for a, b in per])), s, n
+
+
+def ppl_mean_of_losses(model, ids, block):
+    with torch.no_grad():
+        per = [(F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1) for x in _windows(ids, block)]
+    s, n = sum(a for a, _ in per), sum(b for _, b in per)
+    return math.exp(float(np.mean([a / b for a, b in per]))), s, n
+
+
+def ppl_first_token(model, ids, block):
+    ppl, s, n = ppl_ok(model, ids, block)
+    n = len(ids)  # counts every token of every window as scored
+    return math.exp(s / n), s, n
+
+
+def ppl_padded(model, ids, block):
+    with torch.no_grad():
+        s, n = 0.0, 0
+        for x in _windows(ids, block):
+            x = torch.cat([x, torch.zeros(block - len(x), dtype=x.dtype)])
+            s += F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item()
+            n += block - 1
+    return math.exp(s / n), s, n
+
+
+def ppl_with_grad(model, ids, block):
+    s, n = 0.0, 0
+    for x in _windows(ids, block):
+        s += F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item()
+        n += len(x) - 1
+    return math.exp(s / n), s, n
+
+
+def stub(*args):
+    raise NotImplementedError("corpus_perplexity: write it")
+
+
+def test_perplexity_check_passes_a_right_function_on_fresh_cases():
+    for _ in range(3):
+        assert_full(check_perplexity(ppl_ok))
+
+
+@pytest.mark.parametrize("fn, mistake", [
+    (ppl_mean_of_ppl, "a mean of per-window perplexities"),
+    (ppl_mean_of_losses, "an unweighted mean of window losses"),
+    (ppl_first_token, "scoring the first token of a window"),
+    (ppl_padded, "scoring padding"),
+    (ppl_with_grad, "gradients enabled"),
+])
+def test_perplexity_mistakes_are_named(fn, mistake):
+    assert_named(check_perplexity(fn), mistake)
+
+
+def test_a_stub_reports_not_implemented_yet_with_no_points():
+    report = check_perplexity(stub)
+    assert report.status == "not implemented yet" and report.points == 0 and report.max_points == 14
+    assert "not implemented yet" in report._repr_html_() and "Traceback" not in str(report)
+
+
+def test_a_crash_is_a_failed_check_with_the_line():
+    def broken(model, ids, block):
+        return 1 / 0
+
+    report = check_perplexity(broken)
+    assert not report.passed and "ZeroDivisionError" in report.failures[0].got and "line" in report.failures[0].got
+
+
+# ----------------------------------------------------------------------------- packing, split, blocks
+def pack_ok(docs, eos):
+    return np.concatenate([np.append(d, eos) for d in docs])
+
+
+def pack_no_eos(docs, eos):
+    return np.concatenate(docs)
+
+
+def pack_eos_before(docs, eos):
+    return np.concatenate([np.r_[eos, d] for d in docs])
+
+
+def split_ok(docs, eos, frac, seed):
+    order = np.random.default_rng(seed).permutation(len(docs)).tolist()
+    target, val, held = frac * sum(len(d) + 1 for d in docs), set(), 0
+    for i in reversed(order):
+        if held >= target:
+            break
+        val.add(i)
+        held += len(docs[i]) + 1
+    return pack_ok([docs[i] for i in order if i not in val], eos), pack_ok([docs[i] for i in order if i in val], eos)
+
+
+def split_cut_stream(docs, eos, frac, seed):
+    order = np.random.default_rng(seed).permutation(len(docs))
+    stream = pack_ok([docs[i] for i in order], eos)
+    cut = int(len(stream) * (1 - frac))
+    return stream[:cut], stream[cut:]
+
+
+def split_from_the_start(docs, eos, frac, seed):
+    order = np.random.default_rng(seed).permutation(len(docs)).tolist()
+    target, val, held = frac * sum(len(d) + 1 for d in docs), set(), 0
+    for i in order:
+        if held >= target:
+            break
+        val.add(i)
+        held += len(docs[i]) + 1
+    return pack_ok([docs[i] for i in order if i not in val], eos), pack_ok([docs[i] for i in order if i in val], eos)
+
+
+def blocks_ok(stream, block):
+    n = len(stream) // block * block
+    return np.asarray(stream[:n]).reshape(-1, block)
+
+
+def blocks_keep_tail(stream, block):
+    pad = (-len(stream)) % block
+    return np.concatenate([stream, np.zeros(pad, dtype=stream.dtype)]).reshape(-1, block)
+
+
+def test_corpus_checks_pass_right_functions():
+    assert_full(check_pack(pack_ok))
+    assert_full(check_split(split_ok))
+    assert_full(check_blocks(blocks_ok))
+
+
+@pytest.mark.parametrize("check, fn, mistake", [
+    (check_pack, pack_no_eos, "no EOS"),
+    (check_pack, pack_eos_before, "EOS before each document rather than after"),
+    (check_split, split_cut_stream, "a split that cuts a document"),
+    (check_blocks, blocks_keep_tail, "the leftover tail kept"),
+])
+def test_corpus_mistakes_are_named(check, fn, mistake):
+    assert_named(check(fn), mistake)
+
+
+def test_a_split_by_another_rule_fails_the_seeded_rule():
+    failed = {c.id for c in check_split(split_from_the_start).failures}
+    assert "q2.2.seeded_rule" in failed
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_ok(step, peak, warm, total):
+    if step <= warm:
+        return peak * step / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+
+def lr_zero_first(step, peak, warm, total):
+    return peak * (step - 1) / warm if step <= warm else lr_ok(step, peak, warm, total)
+
+
+def lr_peak_late(step, peak, warm, total):
+    if step <= warm + 1:
+        return peak * step / (warm + 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm - 1) / (total - warm - 1)))
+
+
+def lr_cosine_over_all(step, peak, warm, total):
+    return peak * step / warm if step <= warm else peak * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def lr_not_to_zero(step, peak, warm, total):
+    return peak * step / warm if step <= warm else peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm + 1)))
+
+
+def test_schedule_check_passes_the_formula_and_transformers_scheduler():
+    from transformers import get_cosine_schedule_with_warmup
+
+    def lr_transformers(step, peak, warm, total):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+        sched = get_cosine_schedule_with_warmup(opt, warm, total)
+        return peak * sched.lr_lambdas[0](step)
+
+    assert_full(check_schedule(lr_ok))
+    assert_full(check_schedule(lr_transformers))
+
+
+@pytest.mark.parametrize("fn, mistake", [
+    (lr_zero_first, "warm-up off by one: lr 0 at the first update"),
+    (lr_peak_late, "warm-up off by one: the peak comes a step late"),
+    (lr_cosine_over_all, "cosine over all steps instead of the steps after warm-up"),
+    (lr_not_to_zero, "not reaching the minimum at the end"),
+])
+def test_schedule_mistakes_are_named(fn, mistake):
+    assert_named(check_schedule(fn), mistake)
+
+
+# ----------------------------------------------------------------------------- optimizer step
+def step_ok(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    opt.zero_grad()
+    return loss.item(), norm
+
+
+def step_zero_first(model, batch, opt, max_norm):  # zeroing before backward is right too
+    opt.zero_grad()
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    return loss, norm
+
+
+def step_clip_after(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    opt.step()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.zero_grad()
+    return loss, norm
+
+
+def step_no_clip(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    opt.step()
+    opt.zero_grad()
+    return loss, norm
+
+
+def step_never_zeroed(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    return loss, norm
+
+
+def step_post_clip_norm(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    opt.step()
+    opt.zero_grad()
+    return loss, norm
+
+
+def test_optimizer_step_check_passes_right_functions():
+    assert_full(check_optimizer_step(step_ok))
+    assert_full(check_optimizer_step(step_zero_first))
+
+
+@pytest.mark.parametrize("fn, mistake", [
+    (step_clip_after, "clipping after optimizer.step(), or not at all"),
+    (step_no_clip, "clipping after optimizer.step(), or not at all"),
+    (step_never_zeroed, "gradients never zeroed"),
+    (step_post_clip_norm, "the post-clip norm returned"),
+])
+def test_optimizer_step_mistakes_are_named(fn, mistake):
+    assert_named(check_optimizer_step(fn), mistake)
+
+
+# ----------------------------------------------------------------------------- trade-off
+def drop_ok(b, a):
+    return 1 - a / b
+
+
+def ratio_ok(b, a):
+    return a / b
+
+
+@pytest.mark.parametrize("drop, ratio, mistake", [
+    (lambda b, a: 1 - b / a, ratio_ok, "the ratio inverted"),
+    (lambda b, a: b - a, ratio_ok, "a difference instead of a ratio"),
+    (lambda b, a: 100 * (1 - a / b), ratio_ok, "percent instead of fraction"),
+    (drop_ok, lambda b, a: b / a, "the ratio inverted"),
+    (drop_ok, lambda b, a: a - b, "a difference instead of a ratio"),
+    (drop_ok, lambda b, a: 100 * a / b, "percent instead of fraction"),
+])
+def test_tradeoff_mistakes_are_named(drop, ratio, mistake):
+    assert_named(check_tradeoff(drop, ratio), mistake)
+
+
+def choose_ok(variants, floor):
+    under = [v for v in variants if v["forgetting_ratio"] <= floor]
+    if under:
+        return max(under, key=lambda v: v["code_ppl_drop"])["name"]
+    return min(variants, key=lambda v: v["forgetting_ratio"])["name"]
+
+
+def choose_ignoring_floor(variants, floor):
+    return max(variants, key=lambda v: v["code_ppl_drop"])["name"]
+
+
+def choices_ok(variants, floor):
+    def best(vs):
+        return max(vs, key=lambda v: v["code_ppl_drop"])["name"]
+    return {"code_only_assistant": best(variants), "english_within_floor": choose_ok(variants, floor),
+            "per_customer_adapters": best([v for v in variants if v["choice"] == "lora"]),
+            "no_training_budget": best([v for v in variants if v["choice"] == "interpolation"])}
+
+
+def choices_hard_coded(variants, floor):
+    return {"code_only_assistant": "pure CPT", "english_within_floor": "replay 5%",
+            "per_customer_adapters": "LoRA r=8", "no_training_budget": "interp a=0.5"}
+
+
+def test_tradeoff_and_choice_checks_pass_right_functions():
+    assert_full(check_tradeoff(drop_ok, ratio_ok))
+    assert_full(check_choice(choose_ok))
+    assert_full(check_production_choices(choices_ok))
+
+
+def test_a_choice_above_the_floor_is_named():
+    assert_named(check_choice(choose_ignoring_floor), "a choice above the floor")
+
+
+def test_hard_coded_production_choices_fail_on_a_random_study():
+    report = check_production_choices(choices_hard_coded)
+    assert not report.passed and any("code_only_assistant" in c.id or "english_within_floor" in c.id for c in report.failures)

@@ -1,0 +1,102 @@
+"""The notebooks as learners and CI meet them: built from their sources, the student version free
+of solutions and runnable to its end, the solution version worth every automatic point."""
+import json
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+from checkers.questions import AUTO_POINTS, QUESTIONS
+from checkers.score import answers_in, reports_in, score_notebooks
+from cptlab.notebooks import NOTEBOOK_DIR, execute_notebook, run_lab
+from cptlab.results import STEP_NOTEBOOKS
+
+build = runpy.run_path(str(NOTEBOOK_DIR / "build.py"))
+SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
+
+
+def code_of(path: Path) -> str:
+    """The code cells and answer cells, less the stubs' one-line hints (markdown may teach what to write)."""
+    nb = json.loads(path.read_text())
+    lines = [ln for c in nb["cells"] if c["cell_type"] == "code" or "answer" in c["metadata"].get("tags", [])
+             for ln in "".join(c["source"]).splitlines()]
+    return "\n".join(ln for ln in lines if "raise NotImplementedError(" not in ln)
+
+
+def test_committed_notebooks_match_their_sources():
+    assert len(SOURCES) == 4
+    assert build["main"](["--check"]) == 0, "run `make notebooks` and commit the result"
+
+
+def test_a_stale_notebook_is_detected(tmp_path, monkeypatch):
+    src = SOURCES[0]
+    books = build["build"](src)
+    text = build["render"](books["student"])
+    assert text == (NOTEBOOK_DIR / src.name.replace(".py", ".ipynb")).read_text()
+    edited = src.read_text().replace("Corpus perplexity", "Corpus perplexity, edited")
+    (tmp_path / src.name).write_text(edited)
+    assert build["render"](build["build"](tmp_path / src.name)["student"]) != text
+
+
+def test_no_solution_line_in_a_student_notebook():
+    for src in SOURCES:
+        text = src.read_text()
+        solution_lines = set()
+        for region in re.findall(r"### BEGIN SOLUTION.*?\n(.*?)### END SOLUTION", text, flags=re.S):
+            solution_lines |= {ln.strip().lstrip("# ").strip() for ln in region.splitlines() if len(ln.strip()) >= 12}
+        student = code_of(NOTEBOOK_DIR / f"{src.stem}.ipynb")
+        solution = code_of(NOTEBOOK_DIR / "solutions" / f"{src.stem}.ipynb")
+        assert solution_lines and all(line in solution for line in solution_lines)
+        leaked = [line for line in solution_lines if line in student]
+        assert not leaked, f"{src.stem}: {leaked[:3]}"
+        assert "BEGIN SOLUTION" not in student and "BEGIN SOLUTION" not in solution
+        assert "raise NotImplementedError(" in (NOTEBOOK_DIR / f"{src.stem}.ipynb").read_text()
+
+
+def test_every_question_has_its_cell():
+    written = {}
+    for src in SOURCES:
+        written.update(answers_in(NOTEBOOK_DIR / f"{src.stem}.ipynb"))
+        assert all(a.strip() == "YOUR ANSWER HERE" for a in answers_in(NOTEBOOK_DIR / f"{src.stem}.ipynb").values())
+    assert sorted(written) == sorted(q for q, v in QUESTIONS.items() if v.kind == "written")
+
+
+def test_solution_notebooks_score_every_automatic_point(lab_run):
+    scores = score_notebooks(lab_run)
+    assert scores["max"] == AUTO_POINTS == 88
+    assert scores["total"] == AUTO_POINTS, scores
+    assert all(r["status"] == "passed" for r in scores["questions"].values())
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory):
+    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=NOTEBOOK_DIR)
+
+
+def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
+    for name in STEP_NOTEBOOKS.values():
+        nb = json.loads((student_run / name).read_text())
+        outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], name
+        text = json.dumps(outputs)
+        assert "Traceback" not in text, name
+        reports = reports_in(student_run / name)
+        code_qs = [q for q, v in QUESTIONS.items() if v.kind == "code" and v.step == int(name[:2])]
+        for q in code_qs:
+            assert reports[q]["status"] == "not implemented yet" and reports[q]["points"] == 0, (name, reports[q])
+    scores = score_notebooks(student_run)
+    assert scores["total"] == 0 and len(scores["questions"]) == len([q for q in QUESTIONS.values() if q.kind != "written"])
+    step1 = json.dumps(json.loads((student_run / "01_baseline.ipynb").read_text())["cells"])
+    assert "[not run yet] corpus_perplexity is not written yet" in step1
+
+
+def test_a_lab_error_shows_its_message_not_a_traceback(tmp_path):
+    dst = tmp_path / "01.ipynb"
+    params = {"PRESET": "smoke", "RUN_DIR": str(tmp_path / "run"), "SEED": 1, "OVERRIDES": {"max_steps": -1}}
+    with pytest.raises(RuntimeError, match="01_baseline.ipynb stopped with an error: ConfigError: max_steps must be > 0"):
+        execute_notebook(NOTEBOOK_DIR / "solutions" / "01_baseline.ipynb", dst, params)
+    nb = json.loads(dst.read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert all(len(e.get("traceback", [])) <= 1 for e in errors)
+    assert "max_steps must be > 0" in json.dumps(nb["cells"]) and "Traceback" not in json.dumps(nb["cells"])
