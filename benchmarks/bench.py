@@ -28,7 +28,7 @@ import torch
 from cptlab.config import get_config
 from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
 from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_cpu, setup_threads
-from cptlab.lab import code_corpus, resolve_base_model
+from cptlab.measure import code_corpus, resolve_base_model
 from cptlab.perplexity import perplexity
 from cptlab.sources import load_documents, load_model, load_tokenizer
 from cptlab.train import train

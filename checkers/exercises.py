@@ -8,9 +8,11 @@ that says "not implemented yet" (0 points), never a traceback.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import secrets
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from cptlab.corpus import pack, split_streams, to_blocks
 from cptlab.lab import code_ppl_drop, forgetting_ratio
 from cptlab.perplexity import perplexity, plan_windows
+from cptlab.results import STEP_FILES
 from cptlab.tradeoff import recommend
 from cptlab.train import lr_multiplier
 
@@ -504,10 +507,7 @@ def check_production_choices(fn: Callable, run_dir: str | None = None) -> Report
         floor = float(ex.rng.uniform(1.02, 1.1))
         judge(ex, "a random study", _random_variants(ex.rng, floor), floor)
         if run_dir is not None:
-            import json
-            from pathlib import Path
-
-            path = Path(run_dir) / "step4_tradeoff.json"
+            path = Path(run_dir) / STEP_FILES[4]
             study = json.loads(path.read_text()).get("study") if path.is_file() else None
             if ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
                       "run the study cell above first: the decisions are checked against your own numbers"):

@@ -14,7 +14,7 @@ from cptlab.results import STEP_FILES, STEP_NOTEBOOKS, STEP_TITLES as TITLES
 
 from .questions import QUESTIONS, RESULTS_QUESTION
 from .report import Check, Report
-from .thresholds import thresholds_for
+from .thresholds import UnknownPreset, thresholds_for
 
 NOTEBOOKS = {k: f"notebooks/{v}" for k, v in STEP_NOTEBOOKS.items()}
 
@@ -95,12 +95,19 @@ def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
     ck.add(f"s{step}.results", f"{STEP_FILES[step]} in the run folder", lambda: (data is not None, why),
            f"run {NOTEBOOKS[step]} first; it writes {STEP_FILES[step]}")
     if data is not None and step != 1:
-        ck.add(f"s{step}.same_run", "the same run (run_id and preset) as step1_baseline.json",
+        ck.add(f"s{step}.same_run", f"the same run (run_id and preset) as {STEP_FILES[1]}",
                lambda: (s1 is not None and get(data, "run_id") == get(s1, "run_id") and get(data, "preset") == get(s1, "preset"),
                         f"run_id {str(get(data, 'run_id'))[:8]}.. preset {get(data, 'preset')} vs step 1 "
                         + (f"{str(get(s1, 'run_id'))[:8]}.. preset {get(s1, 'preset')}" if s1 else "missing")),
                "results from another run or preset are mixed into this folder: re-run the steps in order in one run folder")
-    return report, ck, data, thresholds_for(preset)
+    try:
+        T = thresholds_for(preset)
+    except UnknownPreset as exc:
+        if data is not None:
+            ck.add(f"s{step}.preset", "a preset the lab knows (its thresholds apply)", lambda: (False, str(exc).strip("'\"")),
+                   "re-run the step with --preset tiny, gpt2 or smoke")
+        return report, ck, None, {}
+    return report, ck, data, T
 
 
 def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: dict) -> None:
@@ -303,7 +310,7 @@ def _check_step4(run_dir: str | Path) -> Report:
     if d is None:
         return report
     s1, why1 = load(run_dir, 1)
-    ck.add("s4.step1_present", "step1_baseline.json to compare against", lambda: (s1 is not None, why1),
+    ck.add("s4.step1_present", f"{STEP_FILES[1]} to compare against", lambda: (s1 is not None, why1),
            f"run {NOTEBOOKS[1]} first")
     for name in ("code", "general"):
         _ppl_from_raw(ck, f"s4.adapted_{name}_ppl_from_raw", d, f"adapted_{name}_ppl", name, T)

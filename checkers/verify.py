@@ -51,7 +51,7 @@ def verify(run_dir: str | Path) -> Report:
 
     from cptlab.config import LabConfig
     from cptlab.device import pick_device, setup_cpu
-    from cptlab.lab import code_corpus, eval_tokens_sha, evaluate, general_stream
+    from cptlab.measure import code_corpus, eval_tokens_sha, evaluate, general_stream
     from cptlab.sources import load_model, load_tokenizer
 
     setup_cpu()

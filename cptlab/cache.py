@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .distributed import is_main
+
 ENV_VAR = "CPTLAB_CACHE"
 
 
@@ -36,8 +38,6 @@ def atomic_dir(final: Path):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    from .distributed import is_main
-
     try:
         yield tmp
         if not is_main():  # under torchrun only rank 0 writes; the others computed the same in memory

@@ -7,10 +7,24 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, DataSource, get_config
+from checkers.grade import grade
+from checkers.score import format_scores, score_notebooks
+
+from .config import ConfigError, DataSource, LabConfig, get_config
+from .corpus import encode_documents
+from .device import pick_device, setup_cpu
+from .distributed import init_from_env, is_main
+from .lab import format_table, summary_rows
+from .measure import resolve_base_model
+from .notebooks import run_lab
+from .perplexity import perplexity
+from .pipeline import run_all
+from .plots import save_all
+from .sources import load_model, load_tokenizer
+from .tradeoff import run_study, study_table
 
 
-def _config_from_args(args) -> "LabConfig":  # noqa: F821
+def _config_from_args(args) -> LabConfig:
     overrides = {}
     for name in ("seed", "max_steps", "block_size", "cpt_lr", "batch_size", "device", "eval_max_tokens"):
         value = getattr(args, name, None)
@@ -34,9 +48,6 @@ def _config_from_args(args) -> "LabConfig":  # noqa: F821
 
 
 def cmd_run(args) -> int:
-    from .distributed import init_from_env, is_main
-    from .lab import format_table, run_all, summary_rows
-
     init_from_env()  # under torchrun: one process per GPU (NCCL) or CPU share (gloo)
     args.quiet = args.quiet or not is_main()
     if args.quiet:
@@ -52,19 +63,12 @@ def cmd_run(args) -> int:
     if not is_main():
         return 0
     if args.plots:
-        from .plots import save_all
-
         save_all(out)
     print(format_table(summary_rows(out) + [("run folder", str(out)), ("wall seconds", f"{time.perf_counter() - t0:.1f}")]))
     return 0
 
 
 def cmd_perplexity(args) -> int:
-    from .corpus import encode_documents
-    from .device import pick_device, setup_cpu
-    from .perplexity import perplexity
-    from .sources import load_model, load_tokenizer
-
     setup_cpu()
     text_path = Path(args.text)
     if not text_path.is_file():
@@ -82,37 +86,23 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_tradeoff(args) -> int:
-    from .tradeoff import run_study, study_table
-
     study = run_study(args.run, progress=not args.quiet)
     if args.plots:
-        from .plots import save_all
-
         save_all(args.run)
     print(study_table(study))
     return 0
 
 
 def cmd_base(args) -> int:
-    from .lab import resolve_base_model
-
     cfg = get_config(args.preset, **({"seed": args.seed} if args.seed is not None else {}))
     print(resolve_base_model(cfg, progress=True))
     return 0
 
 
 def cmd_lab(args) -> int:
-    from checkers.grade import grade
-
-    from .lab import format_table, summary_rows
-    from .notebooks import run_lab
-    from .plots import save_all
-
     t0 = time.perf_counter()
     run = run_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
     save_all(run)
-    from checkers.score import format_scores, score_notebooks
-
     rows, text = grade([str(run)])
     scores = score_notebooks(run)
     print("\n" + format_table(summary_rows(run)))

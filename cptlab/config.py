@@ -213,13 +213,14 @@ PRESETS = {"tiny": _tiny, "gpt2": _gpt2, "smoke": _smoke}
 
 
 def get_config(preset: str = "tiny", **overrides: Any) -> LabConfig:
-    """The preset's config with ``overrides`` applied (unknown names are an error, not ignored)."""
+    """The preset's config with ``overrides`` applied through the same normalisation as a stored
+    config (``from_dict``: lists to tuples, dicts to ``DataSource``), then validated; unknown names
+    are an error, not ignored."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)} (tiny runs anywhere, gpt2 wants a GPU)")
-    cfg = PRESETS[preset]()
     known = {f.name for f in dataclasses.fields(LabConfig)}
     bad = set(overrides) - known
     if bad:
         raise ConfigError(f"unknown config keys {sorted(bad)}; known: {sorted(known)}")
-    cfg = dataclasses.replace(cfg, **overrides)
-    return cfg.validate()
+    base = {f.name: getattr(PRESETS[preset](), f.name) for f in dataclasses.fields(LabConfig)}
+    return LabConfig.from_dict({**base, **overrides}).validate()

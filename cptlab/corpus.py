@@ -2,6 +2,7 @@
 boundary, cut into ``block_size`` windows (run_clm's ``group_texts`` idea, nanoGPT's uint16 stream)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,8 +184,6 @@ def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, bl
     folder = cache_root() / "tokens" / key
     if is_complete(folder):
         try:
-            import json
-
             stats = json.loads((folder / "stats.json").read_text())
             train = np.load(folder / "train.npy", allow_pickle=False)
             val = np.load(folder / "val.npy", allow_pickle=False)
@@ -194,8 +193,6 @@ def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, bl
         except (OSError, ValueError, KeyError):
             pass  # corrupt cache entry: rebuild it
     corpus = build_corpus(docs, tokenizer, val_fraction, seed, block_size)
-    import json
-
     with atomic_dir(folder) as tmp:
         np.save(tmp / "train.npy", corpus.train, allow_pickle=False)
         np.save(tmp / "val.npy", corpus.val, allow_pickle=False)
@@ -207,3 +204,25 @@ def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, bl
 def eos_join_stream(docs: list[str], tokenizer) -> np.ndarray:
     """Documents as one EOS-joined stream, no split (evaluation sets, the tiny base's pre-training data)."""
     return pack(encode_documents(tokenizer, docs), tokenizer.eos_token_id, stream_dtype(len(tokenizer)))
+
+
+def replay_counts(fraction: float, batch_size: int, steps: int) -> list[int]:
+    """Replay windows per step so that the running share tracks ``fraction`` exactly (error
+    diffusion): with 4 windows a step, 5% means one replay window every 5 steps, not zero."""
+    total = [int(np.floor(fraction * batch_size * k + 1e-9)) for k in range(steps + 1)]
+    return [min(batch_size, total[k] - total[k - 1]) for k in range(1, steps + 1)]
+
+
+def replay_batches(code: np.ndarray, english: np.ndarray, cfg, fraction: float, record: list[int]):
+    """``batch_fn`` for ``train``: each step's windows, ``replay_counts`` of them from ``english``."""
+    counts = replay_counts(fraction, cfg.batch_size * cfg.grad_accum, cfg.max_steps)
+
+    def batch_fn(step: int, gen: torch.Generator) -> list[torch.Tensor]:
+        n_rep = counts[step - 1]
+        x = sample_windows(code, cfg.block_size, cfg.batch_size * cfg.grad_accum - n_rep, gen)
+        if n_rep:
+            x = torch.cat([x, sample_windows(english, cfg.block_size, n_rep, gen)])
+        record.append(n_rep)
+        return list(x.split(cfg.batch_size))
+
+    return batch_fn

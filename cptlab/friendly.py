@@ -1,14 +1,14 @@
 """In a notebook, the lab's own errors show as one clear message, not a wall of traceback."""
 from __future__ import annotations
 
+from .config import ConfigError
+from .corpus import CorpusError
+from .results import MissingStepError
+from .sources import AssetNotFoundError
+from .train import TrainingDivergedError
+
 
 def lab_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .corpus import CorpusError
-    from .results import MissingStepError
-    from .sources import AssetNotFoundError
-    from .train import TrainingDivergedError
-
     return (ConfigError, CorpusError, MissingStepError, AssetNotFoundError, TrainingDivergedError)
 
 

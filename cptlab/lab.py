@@ -2,6 +2,7 @@
 call. Each step reads the earlier steps' results files, never hidden state."""
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -11,108 +12,12 @@ import torch
 
 from .cache import atomic_dir, fingerprint
 from .config import LabConfig
-from .corpus import Corpus, build_corpus, cached_corpus, eos_join_stream, split_streams, to_blocks
-from .device import autocast_dtype, describe, pick_device, seed_everything, setup_cpu
-from .perplexity import PerplexityResult, learner_perplexity, perplexity
-from .results import MissingStepError, read_step, sha256_file, versions, write_step
-from .sources import load_documents, load_model, load_tokenizer
-from .train import train
-
-
-def resolve_base_model(cfg: LabConfig, progress: bool = True) -> str:
-    """A hub id or folder for ``from_pretrained``; the tiny presets build (once) their own."""
-    if cfg.base_model is not None:
-        return cfg.base_model
-    from .tiny import ensure_base_model
-
-    return str(ensure_base_model(cfg, progress=progress))
-
-
-def model_path(run_dir: str | Path, p: str) -> Path:
-    """A model path from a results file: relative ones are inside the run folder."""
-    q = Path(p)
-    return q if q.is_absolute() else Path(run_dir) / q
-
-
-def config_of(run_dir: str | Path) -> LabConfig:
-    return LabConfig.from_dict(read_step(run_dir, 1)["config"])
-
-
-def code_documents(cfg: LabConfig, tokenizer) -> tuple[list[str], dict]:
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-    return load_documents(cfg.code_source, cfg.code_token_budget, count)
-
-
-def code_corpus(cfg: LabConfig, tokenizer) -> tuple[Corpus, dict]:
-    """The reference CPT corpus (cached): what step 1 scores before the learner builds step 2's."""
-    docs, info = code_documents(cfg, tokenizer)
-    return cached_corpus(docs, tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size), info
-
-
-CORPUS_FILES = {"train_blocks": "corpus/train_blocks.npy", "val": "corpus/val.npy"}
-
-
-def run_corpus(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Step 2's corpus as the run folder holds it: the training blocks and the validation stream."""
-    out = []
-    for name, rel in CORPUS_FILES.items():
-        path = Path(run_dir) / rel
-        if not path.is_file():
-            raise MissingStepError(f"{path} does not exist: run step 2 first (notebooks/02_corpus.ipynb or `cptlab run --out {run_dir}`)")
-        out.append(np.load(path, allow_pickle=False))
-    return out[0], out[1]
-
-
-def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
-    docs, info = load_documents(cfg.general_source)
-    return eos_join_stream(docs, tokenizer), info
-
-
-def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True, fn=None) -> PerplexityResult:
-    """Corpus perplexity under the lab's protocol; ``fn`` is a learner's ``corpus_perplexity``."""
-    if fn is not None:
-        return learner_perplexity(fn, model, stream, cfg.block_size, cfg.eval_max_tokens, device, autocast_dtype(device, cfg.precision))
-    return perplexity(
-        model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,
-        max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=autocast_dtype(device, cfg.precision),
-        progress=progress, desc=desc,
-    )
-
-
-def eval_tokens_sha(stream: np.ndarray, cfg: LabConfig) -> str:
-    """Fingerprint of the tokens an evaluation really scored (after the max-tokens cap)."""
-    used = np.asarray(stream[: cfg.eval_max_tokens] if cfg.eval_max_tokens else stream)
-    return fingerprint(used.astype(np.int64).tobytes())
-
-
-def _eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, source: dict) -> dict:
-    return {**res.to_dict(), "tokens_sha": eval_tokens_sha(stream, cfg), "source": source}
-
-
-class Session:
-    """Shared set-up of a step: threads, seed, device, the base model and its tokenizer."""
-
-    def __init__(self, cfg: LabConfig, base_model: str):
-        setup_cpu()
-        seed_everything(cfg.seed)
-        self.cfg = cfg
-        from .distributed import device_for_rank
-
-        self.device = device_for_rank(pick_device(cfg.device))
-        self.amp = autocast_dtype(self.device, cfg.precision)
-        self.base_model = base_model
-        self.tokenizer = load_tokenizer(base_model)
-
-    def model(self, path: str | None = None):
-        m = load_model(path or self.base_model)
-        if getattr(m.config, "loss_type", None) is None:
-            m.config.loss_type = "ForCausalLM"  # what transformers picks anyway, without a warning in every notebook
-        ctx = getattr(m.config, "n_positions", None)
-        if ctx is not None and self.cfg.block_size > ctx:
-            raise ValueError(f"block_size={self.cfg.block_size} is above the model's context of {ctx} tokens: set block_size <= {ctx}")
-        return m.to(self.device).eval()
+from .corpus import build_corpus, split_streams, to_blocks, window_crossing_eos
+from .device import describe, seed_everything
+from .measure import (CORPUS_FILES, Session, code_corpus, code_documents, config_of, curve_point, eval_record, eval_tokens_sha,
+                      evaluate, floor_crossing, general_stream, model_path, resolve_base_model, run_corpus)
+from .results import read_step, sha256_file, versions, write_step
+from .train import Checkpointing, train
 
 
 def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perplexity_fn=None) -> dict:
@@ -142,8 +47,8 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perple
         "vocab_size": len(s.tokenizer),
         "baseline_code_ppl": code.ppl,
         "baseline_general_ppl": general.ppl,
-        "code": _eval_record(code, corpus.val, cfg, {**code_info, "split": "val"}),
-        "general": _eval_record(general, gen, cfg, gen_info),
+        "code": eval_record(code, corpus.val, cfg, {**code_info, "split": "val"}),
+        "general": eval_record(general, gen, cfg, gen_info),
         "seconds": time.perf_counter() - t0,
     }
     write_step(run_dir, 1, out)
@@ -192,11 +97,6 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
     blocks, val = run_corpus(run_dir)
     gen, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
-    import shutil
-
-    from .tradeoff import curve_point, floor_crossing
-    from .train import Checkpointing
-
     ckpt = Checkpointing(Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"]))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
@@ -271,8 +171,8 @@ def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
     code = evaluate(model, val, cfg, s.device, "adapted code ppl", progress)
     general = evaluate(model, gen, cfg, s.device, "adapted English ppl", progress)
-    code_rec = _eval_record(code, val, cfg, {"split": "val"})
-    gen_rec = _eval_record(general, gen, cfg, {})
+    code_rec = eval_record(code, val, cfg, {"split": "val"})
+    gen_rec = eval_record(general, gen, cfg, {})
     for name, rec in (("code", code_rec), ("general", gen_rec)):
         if rec["tokens_sha"] != s1[name]["tokens_sha"]:
             raise RuntimeError(f"the {name} evaluation tokens differ from step 1's: re-run the lab from step 1 in a new run folder")
@@ -314,32 +214,6 @@ def _number(fn, *args) -> float:
     return float(v)
 
 
-def run_all(cfg: LabConfig, run_dir: str | Path, progress: bool = True, study: bool = True, resume: bool = False) -> dict:
-    """All four steps. With ``resume``, steps already done in ``run_dir`` (with this same
-    configuration) are kept and an interrupted CPT run continues from its last checkpoint."""
-    from .distributed import barrier  # under torchrun, rank 0 writes each step before the others read it
-
-    done = resume and (Path(run_dir) / "step1_baseline.json").exists()
-    if done and config_of(run_dir) != cfg:
-        raise ValueError(f"{run_dir} holds a run with another configuration: resume it with the same options, or use a new --out")
-    if not done:
-        run_step1(cfg, run_dir, progress)
-    barrier()
-    if not (resume and (Path(run_dir) / "step2_corpus.json").exists()):
-        run_step2(run_dir)
-    barrier()
-    run_step3(run_dir, progress, resume=resume)
-    barrier()
-    out = run_step4(run_dir, progress)
-    barrier()
-    if study:
-        from .tradeoff import run_study
-
-        out["study"] = run_study(run_dir, progress)
-    barrier()
-    return out
-
-
 def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
     s4 = read_step(run_dir, 4)
     s3 = read_step(run_dir, 3)
@@ -365,8 +239,6 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 def eos_window(run_dir: str | Path) -> dict:
     """A training block that crosses a document seam, decoded, with the EOS shown: what the model
     sees when one file ends and the next begins."""
-    from .corpus import window_crossing_eos
-
     cfg = config_of(run_dir)
     s = Session(cfg, read_step(run_dir, 1)["base_model"])
     blocks, _ = run_corpus(run_dir)

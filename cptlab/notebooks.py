@@ -5,6 +5,11 @@ import os
 import time
 from pathlib import Path
 
+import nbformat
+import papermill as pm
+from papermill.exceptions import PapermillExecutionError
+
+from .friendly import STOPPED
 from .results import STEP_NOTEBOOKS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -14,9 +19,6 @@ SOLUTION_DIR = NOTEBOOK_DIR / "solutions"
 def execute_notebook(src: Path, dst: Path, params: dict, timeout: int | None = 3600, cwd: Path | None = None) -> float:
     """Run ``src`` headless with papermill (parameters injected after the ``parameters`` cell)
     into ``dst``; a failing cell leaves ``dst`` with the error and raises one clear line."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3", progress_bar=False,
@@ -29,10 +31,6 @@ def execute_notebook(src: Path, dst: Path, params: dict, timeout: int | None = 3
 
 def _lab_message(executed: Path) -> str | None:
     """The one-line message ``cptlab.friendly`` printed for a lab error, if a cell shows one."""
-    import nbformat
-
-    from .friendly import STOPPED
-
     for cell in nbformat.read(executed, as_version=4).cells:
         for out in cell.get("outputs", []):
             lines = out.get("text", "").splitlines() if out.get("output_type") == "stream" else []
@@ -43,13 +41,21 @@ def _lab_message(executed: Path) -> str | None:
 
 
 def new_run_dir(runs: Path, preset: str) -> Path:
+    """A new ``runs/<time>-<preset>`` folder (``-2``, ``-3`` ... within the same second), and
+    ``runs/latest`` pointing at it, replaced atomically."""
     runs.mkdir(parents=True, exist_ok=True)
-    run = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
-    run.mkdir()
-    latest = runs / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(run.name)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
+    for i in range(1, 1000):
+        run = runs / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            continue
+    tmp = runs / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    os.replace(tmp, runs / "latest")
     return run
 
 

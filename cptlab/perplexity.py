@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .attention import cpu_attention
-from .device import autocast
-from .fused import CausalLMLoss, fast_gelu, inference_mlp
+from .distributed import all_reduce_sum, rank, world_size
+from .fastpath import fast_paths
+from .fused import CausalLMLoss
 
 
 @dataclass
@@ -60,8 +61,18 @@ def _check_context(model, block_size: int) -> None:
         raise ValueError(f"block_size={block_size} is above the model's context of {ctx} tokens: use --block-size {ctx} or less")
 
 
+def _batches(windows: list[tuple[int, int, int]], batch_size: int):
+    """Windows of one shape (length, scored) together, ``batch_size`` at a time: no padding."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for begin, end, scored in windows:
+        groups[(end - begin, scored)].append(begin)
+    for (length, scored), begins in groups.items():
+        for i in range(0, len(begins), batch_size):
+            yield length, scored, begins[i : i + batch_size]
+
+
 # no_grad, not inference_mode: under inference_mode autocast does not cache its bf16 copies of the
-# weights, so the tied lm_head was cast again for every chunk of rows (a third of the evaluation time).
+# weights, and the tied lm_head would be cast again for every chunk of rows.
 @torch.no_grad()
 def perplexity(
     model,
@@ -87,35 +98,22 @@ def perplexity(
     windows = plan_windows(len(ids), block_size, stride)
     if not windows:
         raise ValueError(f"nothing to score: {len(ids)} tokens give no window with at least 2 tokens")
-    from .distributed import all_reduce_sum, rank, world_size
-
     n_windows = len(windows)
     windows = windows[rank() :: world_size()]  # under torchrun each rank scores its share; sums are all-reduced
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for begin, end, scored in windows:
-        groups[(end - begin, scored)].append(begin)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_scored = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(windows), desc=desc, leave=False)
-    # chunked cross-entropy: memory never grows with batch x block x vocab
-    loss = CausalLMLoss(model, fused=False)
-    # one autocast, so the weights are cast once; c_fc + GELU as one kernel on the CPU
-    with fast_gelu(model), inference_mlp(model, amp_dtype), cpu_attention(model, amp_dtype), autocast(device, amp_dtype):
-        for (length, scored), begins in groups.items():
-            for i in range(0, len(begins), batch_size):
-                chunk = begins[i : i + batch_size]
-                x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
-                total += loss(x, scored).double()
-                n_scored += scored * len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
+    bar = tqdm(total=len(windows), desc=desc, leave=False) if progress else None
+    loss = CausalLMLoss(model, fused=False)  # chunked cross-entropy: memory never grows with batch x block x vocab
+    with fast_paths(model, device, amp_dtype, evaluation=True):
+        for length, scored, chunk in _batches(windows, batch_size):
+            x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
+            total += loss(x, scored).double()
+            n_scored += scored * len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
     if bar is not None:
         bar.close()
     model.train(was_training)
@@ -155,7 +153,7 @@ def learner_perplexity(fn, model, ids, block_size: int, max_tokens: int | None =
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with fast_gelu(model), cpu_attention(model, amp_dtype), autocast(device, amp_dtype):
+    with fast_paths(model, device, amp_dtype, evaluation=True, fused_mlp=False):
         out = fn(model, ids, block_size)
     model.train(was_training)
     name = getattr(fn, "__name__", "the perplexity function")

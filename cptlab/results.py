@@ -2,22 +2,36 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import math
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STEP_FILES = {
-    1: "step1_baseline.json",
-    2: "step2_corpus.json",
-    3: "step3_cpt.json",
-    4: "step4_tradeoff.json",
+from .distributed import is_main
+
+@dataclass(frozen=True)
+class Step:
+    """The contract of one step: the results file it writes, the notebook that runs it, its title."""
+
+    file: str
+    notebook: str
+    title: str
+
+
+STEPS = {
+    1: Step("step1_baseline.json", "01_baseline.ipynb", "baseline perplexity"),
+    2: Step("step2_corpus.json", "02_corpus.ipynb", "the CPT corpus"),
+    3: Step("step3_cpt.json", "03_cpt.ipynb", "the CPT run"),
+    4: Step("step4_tradeoff.json", "04_tradeoff.ipynb", "the trade-off"),
 }
-STEP_NOTEBOOKS = {1: "01_baseline.ipynb", 2: "02_corpus.ipynb", 3: "03_cpt.ipynb", 4: "04_tradeoff.ipynb"}
-STEP_TITLES = {1: "baseline perplexity", 2: "the CPT corpus", 3: "the CPT run", 4: "the trade-off"}
+STEP_FILES = {n: s.file for n, s in STEPS.items()}
+STEP_NOTEBOOKS = {n: s.notebook for n, s in STEPS.items()}
+STEP_TITLES = {n: s.title for n, s in STEPS.items()}
 
 
 class MissingStepError(FileNotFoundError):
@@ -40,8 +54,6 @@ def _clean(obj: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
     path = Path(path)
-    from .distributed import is_main
-
     if not is_main():  # under torchrun only rank 0 writes results
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,8 +113,6 @@ def read_step(run_dir: str | os.PathLike, step: int) -> dict:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "tokenizers", "datasets", "numpy", "cptlab"):
         try:

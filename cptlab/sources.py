@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .config import DataSource
+from .wiki_sample import english_eval_source, english_train_source
 
 
 def _quiet_datasets() -> None:
@@ -165,12 +166,8 @@ def load_documents(src: DataSource, token_budget: int | None = None, count_token
             raise ValueError(f"English text file {p} holds no text: pass a file with English prose")
         docs = [text]
     elif src.kind == "tiny_english":
-        from .tiny import english_eval_source
-
         return load_documents(english_eval_source(), token_budget, count_tokens)
     elif src.kind == "tiny_english_train":
-        from .tiny import english_train_source
-
         return load_documents(english_train_source(), token_budget, count_tokens)
     elif src.kind == "hf":
         if src.join is not None:

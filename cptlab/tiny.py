@@ -8,87 +8,26 @@ corpus, as WebText held some code), built once and cached under ``$CPTLAB_CACHE`
 """
 from __future__ import annotations
 
-import bz2
-import glob
-import json
-import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from .cache import atomic_dir, cache_root, fingerprint, is_complete
-from .config import DataSource, LabConfig, TinyBaseConfig
-from .results import write_json_atomic
+from .config import LabConfig, TinyBaseConfig
+from .corpus import eos_join_stream, replay_batches
+from .device import pick_device, seed_everything, setup_cpu
+from .results import sha256_file, write_json_atomic
+from .sources import load_documents, python_files, stdlib_dir
+from .train import train
+from .wiki_sample import data_dir, english_train_source
 
 EOS = "<|endoftext|>"
-HELDOUT_EVERY = 10  # article i is held out for evaluation when i % 10 == 9
-
-
-def gensim_wiki_sample() -> Path:
-    try:
-        import gensim
-    except ImportError:
-        raise ImportError("the tiny preset reads its English from the gensim wheel: pip install gensim") from None
-    pattern = os.path.join(os.path.dirname(gensim.__file__), "test", "test_data", "enwiki-latest-pages-articles1*.bz2")
-    found = sorted(glob.glob(pattern))
-    if not found:
-        raise FileNotFoundError(f"no Wikipedia sample matches {pattern}: reinstall gensim (pip install --force-reinstall gensim)")
-    return Path(found[0])
-
-
-def _clean(text: str) -> str:
-    text = text.replace("'''", "").replace("''", "")
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
-def english_articles() -> list[dict]:
-    """Cleaned articles of the sample, redirects and stubs dropped, in file order."""
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
-
-    out = []
-    with bz2.open(gensim_wiki_sample()) as fh:
-        for title, text, _pageid in extract_pages(fh):
-            if text.lstrip().upper().startswith("#REDIRECT"):
-                continue
-            clean = _clean(filter_wiki(text))
-            if len(clean) >= 500:
-                out.append({"title": title, "text": clean})
-    return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def data_dir() -> Path:
-    """The tiny preset's English as JSON-lines files, so they load with ``load_dataset('json')``."""
-    sample = gensim_wiki_sample()
-    folder = cache_root() / f"tiny-data-{fingerprint(sample.name, sample.stat().st_size, HELDOUT_EVERY, 'v1')}"
-    if not is_complete(folder):
-        arts = english_articles()
-        with atomic_dir(folder) as tmp:
-            _write_jsonl(tmp / "english_train.jsonl", [a for i, a in enumerate(arts) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1])
-            _write_jsonl(tmp / "english_eval.jsonl", [a for i, a in enumerate(arts) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1])
-    return folder
-
-
-def english_eval_source() -> DataSource:
-    return DataSource(kind="hf", path="json", data_files=str(data_dir() / "english_eval.jsonl"), split="train", field="text")
-
-
-def english_train_source() -> DataSource:
-    return DataSource(kind="hf", path="json", data_files=str(data_dir() / "english_train.jsonl"), split="train", field="text")
-
 
 def base_code_documents(tcfg: TinyBaseConfig, seed: int) -> list[str]:
     """A little Python for the base mix, from the stdlib's ``test`` package (never in the CPT corpus)."""
-    from .sources import python_files, stdlib_dir
-
     files = python_files(stdlib_dir() / "test", exclude_tests=False)
     rng = np.random.default_rng(seed)
     picked = sorted(rng.permutation(len(files))[: tcfg.max_code_test_files].tolist())
@@ -105,9 +44,6 @@ def base_code_documents(tcfg: TinyBaseConfig, seed: int) -> list[str]:
 
 def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     """A GPT-2-style byte-level BPE with ``<|endoftext|>`` as EOS, wrapped as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -124,8 +60,6 @@ def base_model_dir(cfg: LabConfig) -> Path:
 
 
 def _weights_digest(folder: Path) -> str:
-    from .results import sha256_file
-
     return " ".join(f"{f.name}:{sha256_file(f)}" for f in sorted(folder.glob("*.safetensors")))
 
 
@@ -140,14 +74,6 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     folder = base_model_dir(cfg)
     if is_complete(folder) and _weights_intact(folder):
         return folder
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from .corpus import eos_join_stream, sample_windows
-    from .device import pick_device, seed_everything, setup_cpu
-    from .tradeoff import replay_counts
-    from .sources import load_documents
-    from .train import train
-
     setup_cpu()
     tcfg = cfg.tiny
     english, _ = load_documents(english_train_source())
@@ -163,22 +89,14 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
         )
     )
     block = tcfg.n_positions
-    # code windows per step, spread so the share is exact over the run (5% of 8 is not 0)
-    code_counts = replay_counts(tcfg.code_fraction, tcfg.pretrain_batch_size, tcfg.pretrain_steps)
-
-    def mixed_batch(step: int, gen: torch.Generator) -> list[torch.Tensor]:
-        n_code = code_counts[step - 1]
-        parts = [sample_windows(eng_stream, block, tcfg.pretrain_batch_size - n_code, gen)]
-        if n_code:
-            parts.append(sample_windows(code_stream, block, n_code, gen))
-        return [torch.cat(parts)]
-
     pre_cfg = cfg.replace(
         cpt_lr=tcfg.pretrain_lr, warmup_steps=tcfg.pretrain_warmup_steps, max_steps=tcfg.pretrain_steps,
         batch_size=tcfg.pretrain_batch_size, grad_accum=1, block_size=block, min_lr_ratio=0.1,
     )
     device = pick_device(cfg.device)
-    result = train(model, eng_stream, pre_cfg, device, None, progress=progress, desc="tiny base pre-training", batch_fn=mixed_batch)
+    # a code share mixed into every batch, spread so it is exact over the run (5% of 8 is not 0)
+    mixed = replay_batches(eng_stream, code_stream, pre_cfg, tcfg.code_fraction, record=[])
+    result = train(model, eng_stream, pre_cfg, device, None, progress=progress, desc="tiny base pre-training", batch_fn=mixed)
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

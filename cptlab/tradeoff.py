@@ -11,60 +11,12 @@ import numpy as np
 import torch
 
 from .config import LabConfig
-from .corpus import eos_join_stream, sample_windows
+from .corpus import eos_join_stream, replay_batches
 from .device import seed_everything
-from .perplexity import perplexity
+from .measure import Session, config_of, evaluate, floor_crossing, general_stream, model_path, run_corpus
 from .results import read_step, write_step
 from .sources import load_documents
 from .train import train
-
-
-# ----------------------------------------------------------------------------- the curve
-def curve_point(model, step: int, code: np.ndarray, general: np.ndarray, cfg: LabConfig, device, amp, base: dict | None) -> dict:
-    c = perplexity(model, code, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
-    g = perplexity(model, general, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
-    point = {"step": step, "code_ppl": c.ppl, "general_ppl": g.ppl, "code_nll_sum": c.nll_sum, "code_tokens": c.tokens,
-             "general_nll_sum": g.nll_sum, "general_tokens": g.tokens}
-    ref = base or point
-    point["forgetting_ratio"] = g.ppl / ref["general_ppl"]
-    point["code_ppl_drop"] = 1.0 - c.ppl / ref["code_ppl"]
-    return point
-
-
-def floor_crossing(curve: list[dict], floor: float) -> dict:
-    """The first curve point whose forgetting ratio is above the floor, and the best point under it."""
-    above = next((p for p in curve if p["forgetting_ratio"] > floor), None)
-    under = [p for p in curve if p["forgetting_ratio"] <= floor]
-    best = max(under, key=lambda p: p["code_ppl_drop"]) if under else None
-    return {
-        "retention_floor": floor,
-        "first_step_above": above["step"] if above else None,
-        "code_ppl_drop_at_crossing": above["code_ppl_drop"] if above else None,
-        "best_step_under_floor": best["step"] if best else None,
-        "best_code_ppl_drop_under_floor": best["code_ppl_drop"] if best else None,
-    }
-
-
-# ----------------------------------------------------------------------------- replay
-def replay_counts(fraction: float, batch_size: int, steps: int) -> list[int]:
-    """Replay windows per step so that the running share tracks ``fraction`` exactly (error
-    diffusion): with 4 windows a step, 5% means one replay window every 5 steps, not zero."""
-    total = [int(np.floor(fraction * batch_size * k + 1e-9)) for k in range(steps + 1)]
-    return [min(batch_size, total[k] - total[k - 1]) for k in range(1, steps + 1)]
-
-
-def replay_batches(code: np.ndarray, english: np.ndarray, cfg: LabConfig, fraction: float, record: list[int]):
-    counts = replay_counts(fraction, cfg.batch_size * cfg.grad_accum, cfg.max_steps)
-
-    def batch_fn(step: int, gen: torch.Generator) -> list[torch.Tensor]:
-        n_rep = counts[step - 1]
-        x = sample_windows(code, cfg.block_size, cfg.batch_size * cfg.grad_accum - n_rep, gen)
-        if n_rep:
-            x = torch.cat([x, sample_windows(english, cfg.block_size, n_rep, gen)])
-        record.append(n_rep)
-        return list(x.split(cfg.batch_size))
-
-    return batch_fn
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -146,8 +98,6 @@ def pareto_front(variants: list[dict]) -> list[str]:
 def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dict:
     """Measure every variant, add the study to ``step4_tradeoff.json``, return it. ``choose_fn(variants,
     floor) -> name`` is the learner's decision rule (notebook 4); ``recommend`` is the reference."""
-    from .lab import Session, config_of, evaluate, general_stream, model_path, run_corpus
-
     cfg = config_of(run_dir)
     s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)
     s = Session(cfg, s1["base_model"])

@@ -6,18 +6,22 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
 
-from .attention import cpu_attention
+from .cache import atomic_dir, is_complete
 from .config import LabConfig
 from .corpus import sample_windows
 from .device import autocast
-from .fused import CausalLMLoss, fast_gelu
+from .distributed import all_reduce_sum, is_distributed, rank, world_size
+from .fastpath import fast_paths
+from .fused import CausalLMLoss
 
 
 class TrainingDivergedError(RuntimeError):
@@ -57,15 +61,9 @@ class Checkpointing:
     extra: dict = field(default_factory=dict)
 
     def exists(self) -> bool:
-        from .cache import is_complete
-
         return is_complete(self.folder)
 
     def save(self, step: int, model, opt, gen: torch.Generator, result: "TrainResult") -> None:
-        from safetensors.torch import save_model
-
-        from .cache import atomic_dir
-
         with atomic_dir(Path(self.folder)) as tmp:
             save_model(model, str(tmp / "model.safetensors"))
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
@@ -79,8 +77,6 @@ class Checkpointing:
     def load(self, model, opt, gen: torch.Generator, result: "TrainResult") -> int:
         """Restore everything; return the last completed step. Only tensors are unpickled
         (``weights_only=True``), and the weights come from safetensors."""
-        from safetensors.torch import load_model
-
         folder = Path(self.folder)
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("key") != self.key:
@@ -98,26 +94,53 @@ class Checkpointing:
         return int(meta["step"])
 
 
-def _flush(pending: list[tuple], result: "TrainResult", all_reduce_sum, cfg: LabConfig) -> None:
+@dataclass
+class LogRow:
+    """One optimizer step as the results file logs it."""
+
+    step: int
+    loss: float  # mean next-token loss of the step's tokens
+    lr: float
+    grad_norm: float  # global gradient norm before clipping
+    tokens: int  # tokens seen so far
+    step_tokens: int
+
+
+@dataclass
+class _Pending:
+    """A step whose loss and norm are still on the device (read at the next log point)."""
+
+    step: int
+    lr: float
+    step_tokens: int
+    tokens: int
+    loss_sum: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def _flush(pending: list[_Pending], result: "TrainResult", cfg: LabConfig) -> None:
     """Bring the pending steps' losses and norms to the host in one sync and append their log rows;
     stop the run at the first non-finite loss."""
     if not pending:
         return
-    values = torch.stack([torch.stack([p[4].float(), p[5].float()]) for p in pending])
+    values = torch.stack([torch.stack([p.loss_sum.float(), p.grad_norm.float()]) for p in pending])
     values[:, 0] = all_reduce_sum(values[:, 0].contiguous())
-    for (step, lr, step_tokens, tokens, _, _), (loss_sum, grad_norm) in zip(pending, values.tolist()):
-        loss_value = loss_sum / step_tokens
-        if not math.isfinite(loss_value):
+    for p, (loss_sum, grad_norm) in zip(pending, values.tolist()):
+        loss = loss_sum / p.step_tokens
+        if not math.isfinite(loss):
             pending.clear()
             raise TrainingDivergedError(
-                f"loss became {loss_value} at step {step} (lr {lr:.3g}): the run was stopped. "
+                f"loss became {loss} at step {p.step} (lr {p.lr:.3g}): the run was stopped. "
                 f"Lower the learning rate (cpt_lr={cfg.cpt_lr}) or check the data for broken documents."
             )
-        result.log.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "step_tokens": step_tokens})
+        result.log.append(asdict(LogRow(p.step, loss, p.lr, grad_norm, p.tokens, p.step_tokens)))
     pending.clear()
 
 
 def learning_rate(lr_fn, step: int, cfg: LabConfig) -> float:
+    """The rate of optimizer step ``step``: the recipe's schedule, or the learner's ``lr_fn``."""
+    if lr_fn is None:
+        return cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     lr = lr_fn(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"{getattr(lr_fn, '__name__', 'lr_fn')}({step}, ...) returned {lr!r}: a learning rate is a finite number >= 0; run its check cell")
@@ -140,6 +163,65 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+
+
+class ReferenceStep:
+    """cptlab's optimizer step: micro-batches through the loss module (so DDP and torch.compile see
+    model and loss whole), gradients normalised by the tokens of the whole step, clip, AdamW."""
+
+    def __init__(self, model: torch.nn.Module, cfg: LabConfig, device: torch.device, amp_dtype: torch.dtype | None):
+        self.ddp, self.world, self.rank = is_distributed(), world_size(), rank()
+        if self.ddp and cfg.batch_size < self.world:
+            raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {self.world} processes: each needs a share of every micro-batch")
+        loss_module = CausalLMLoss(model, cfg.fused_ce)
+        ids = [device.index] if device.type == "cuda" else None
+        self.wrapped = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=ids) if self.ddp else loss_module
+        self.forward = torch.compile(self.wrapped) if cfg.torch_compile else self.wrapped
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device, self.amp_dtype, self.clip = device, amp_dtype, cfg.grad_clip
+
+    def __call__(self, micro: list[torch.Tensor], opt, step_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
+            micro = [x[self.rank :: self.world] for x in micro]
+        loss_sum = torch.zeros((), device=self.device)
+        for i, x in enumerate(micro):
+            x = x.to(self.device, non_blocking=True)
+            # gradients are all-reduced once per step, on the last micro-batch only
+            sync = self.wrapped.no_sync() if self.ddp and i < len(micro) - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    loss = self.forward(x)
+                # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
+                # equals one large batch exactly; DDP averages over ranks, the world factor undoes it.
+                (loss * self.world / step_tokens).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
+
+class LearnerStep:
+    """A learner's ``optimizer_step(model, batch, optimizer, max_norm) -> (loss, pre-clip norm)``
+    (notebook 3) as the loop's step: one micro-batch, one process."""
+
+    def __init__(self, step_fn: Callable, model: torch.nn.Module, cfg: LabConfig, device: torch.device, amp_dtype):
+        if is_distributed() or cfg.grad_accum != 1 or cfg.torch_compile:
+            raise ValueError("a learner's optimizer step runs one micro-batch per step in one process: "
+                             "set grad_accum=1 and torch_compile=false, and run without torchrun")
+        self.step_fn, self.model, self.device, self.amp_dtype, self.clip = step_fn, model, device, amp_dtype, cfg.grad_clip
+
+    def __call__(self, micro: list[torch.Tensor], opt, step_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.amp_dtype):
+            loss, grad_norm = learner_step(self.step_fn, self.model, micro[0].to(self.device), opt, self.clip)
+        return loss * step_tokens, grad_norm
+
+
+def window_batches(stream: np.ndarray, cfg: LabConfig, device: torch.device) -> Callable[[int, torch.Generator], list[torch.Tensor]]:
+    """Each step's micro-batches of random windows; on a GPU the stream lives on the device, so a
+    batch is one gather, not B host copies."""
+    device_stream = torch.from_numpy(stream.astype(np.int64)).to(device) if device.type == "cuda" else None
+    return lambda step, gen: [sample_windows(stream, cfg.block_size, cfg.batch_size, gen, device_stream) for _ in range(cfg.grad_accum)]
 
 
 def train(
@@ -166,79 +248,32 @@ def train(
     max_norm) -> (loss, pre-clip norm)`` are the learner's schedule and optimizer step (notebook 3):
     the loop keeps its data, logging, checkpoints and fast paths around them.
     """
-    from .distributed import all_reduce_sum, is_distributed, rank, world_size
-
     model.to(device)
     model.train()
-    ddp = is_distributed()
-    world, me = world_size(), rank()
-    if step_fn is not None and (ddp or cfg.grad_accum != 1 or cfg.torch_compile):
-        raise ValueError("a learner's optimizer step runs one micro-batch per step in one process: "
-                         "set grad_accum=1 and torch_compile=false, and run without torchrun")
-    if ddp and cfg.batch_size < world:
-        raise ValueError(f"batch_size={cfg.batch_size} is smaller than the {world} processes: each needs a share of every micro-batch")
-    # The loss is a module around the model, so DDP synchronises it and torch.compile sees it whole.
-    # Under torchrun, DDP averages gradients across ranks; the loss below is scaled to undo that.
-    loss_module = CausalLMLoss(model, cfg.fused_ce)
-    wrapped = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None) if ddp else loss_module
-    forward = torch.compile(wrapped) if cfg.torch_compile else wrapped
-    # On a GPU the token stream lives on the device: a batch is one gather, not B host copies.
-    device_stream = torch.from_numpy(train_stream.astype(np.int64)).to(device) if device.type == "cuda" and batch_fn is None else None
+    take_step = LearnerStep(step_fn, model, cfg, device, amp_dtype) if step_fn else ReferenceStep(model, cfg, device, amp_dtype)
+    draw = batch_fn or window_batches(train_stream, cfg, device)
     opt = make_optimizer(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult()
-    start = 1
-    if checkpointing is not None and checkpointing.exists():
-        start = checkpointing.load(model, opt, gen, result) + 1
+    start = checkpointing.load(model, opt, gen, result) + 1 if checkpointing is not None and checkpointing.exists() else 1
     t0 = time.perf_counter() - result.seconds
     log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
-    pending: list[tuple] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc)
-    # the same tanh-GELU as one fused kernel; bf16 attention on the CPU as two matrix products
-    with fast_gelu(model), cpu_attention(model, amp_dtype):
+    pending: list[_Pending] = []
+    bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc) if progress else None
+    with fast_paths(model, device, amp_dtype, evaluation=False):
         for step in range(start, cfg.max_steps + 1):
-            lr = (learning_rate(lr_fn, step, cfg) if lr_fn is not None
-                  else cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+            lr = learning_rate(lr_fn, step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if batch_fn is not None:
-                micro = batch_fn(step, gen)
-            else:
-                micro = [sample_windows(train_stream, cfg.block_size, cfg.batch_size, gen, device_stream) for _ in range(cfg.grad_accum)]
-            # Normalise by the tokens of the whole step, not per micro-batch: accumulation then
-            # equals one large batch exactly (transformers PR #34191's lesson).
+            micro = draw(step, gen)
             step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
-            if ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
-                micro = [x[me::world] for x in micro]
-            if step_fn is not None:  # the learner's: forward, backward, clip, update, zero the gradients
-                with autocast(device, amp_dtype):
-                    loss, grad_norm = learner_step(step_fn, model, micro[0].to(device), opt, cfg.grad_clip)
-                loss_sum = loss * step_tokens
-            else:
-                loss_sum = torch.zeros((), device=device)
-                for i, x in enumerate(micro):
-                    x = x.to(device, non_blocking=True)
-                    # gradients are all-reduced once per step, on the last micro-batch only
-                    sync = wrapped.no_sync() if ddp and i < len(micro) - 1 else contextlib.nullcontext()
-                    with sync:
-                        with autocast(device, amp_dtype):
-                            loss = forward(x)
-                        (loss * world / step_tokens).backward()
-                    loss_sum += loss.detach()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            loss_sum, grad_norm = take_step(micro, opt, step_tokens)
             result.tokens += step_tokens
-            pending.append((step, lr, step_tokens, result.tokens, loss_sum, grad_norm))
+            pending.append(_Pending(step, lr, step_tokens, result.tokens, loss_sum, grad_norm))
             # The host waits for the device only at log points: the loss and norm stay tensors until then.
             at_checkpoint = checkpointing is not None and step % checkpointing.every == 0
             if step % log_every == 0 or step == cfg.max_steps or at_checkpoint:
-                _flush(pending, result, all_reduce_sum, cfg)
+                _flush(pending, result, cfg)
             stop = bool(on_step(step, model)) if on_step is not None else False
             if at_checkpoint and step < cfg.max_steps and not stop:
                 result.seconds = time.perf_counter() - t0
@@ -249,7 +284,7 @@ def train(
                 bar.update(1)
             if stop:
                 break
-    _flush(pending, result, all_reduce_sum, cfg)
+    _flush(pending, result, cfg)
     if bar is not None:
         bar.close()
     result.seconds = time.perf_counter() - t0

@@ -53,3 +53,13 @@ def lab_run(tmp_path_factory) -> Path:
     from cptlab.notebooks import run_lab
 
     return run_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
+
+
+SLOW_FIXTURES = {"lab_run", "student_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

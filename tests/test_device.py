@@ -40,7 +40,6 @@ def test_unknown_precision_is_refused():
 
 
 def test_threads_never_exceed_the_cpus_available():
-    assert dev.available_cpus() >= 1
     assert dev.setup_threads() == dev.available_cpus() == torch.get_num_threads()
 
 

@@ -16,6 +16,7 @@ from cptlab.train import train
 
 
 # the plain chunked loss with a log row synced every step; the fused loss with syncs every 3 steps
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"fused_ce": True, "log_every": 3}])
 def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, overrides):
     out = tmp_path / "ddp.json"

@@ -5,7 +5,7 @@ import dataclasses
 import json
 
 from cptlab.config import get_config
-from cptlab.lab import run_all
+from cptlab.pipeline import run_all
 from conftest import CODE, ENGLISH
 
 

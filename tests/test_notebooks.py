@@ -91,6 +91,7 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
     assert "[not run yet] corpus_perplexity is not written yet" in step1
 
 
+@pytest.mark.slow
 def test_a_lab_error_shows_its_message_not_a_traceback(tmp_path):
     dst = tmp_path / "01.ipynb"
     params = {"PRESET": "smoke", "RUN_DIR": str(tmp_path / "run"), "SEED": 1, "OVERRIDES": {"max_steps": -1}}

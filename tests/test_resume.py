@@ -65,10 +65,13 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
 
 
 def _cli(out, *extra):
-    sets = ["--set", "max_steps=300", "--set", "checkpoint_every=20", "--set", "curve_every=100", "--set", "warmup_steps=3"]
+    # a list-valued --set: the resumed run must rebuild the very config it stored
+    sets = ["--set", "max_steps=300", "--set", "checkpoint_every=20", "--set", "curve_every=100", "--set", "warmup_steps=3",
+            "--set", "replay_fractions=[0.1,0.2]"]
     return [sys.executable, "-m", "cptlab", "run", "--preset", "smoke", "--out", str(out), "--quiet", "--no-study", *sets, *extra]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     full = tmp_path / "full"
     subprocess.run(_cli(full), check=True, capture_output=True, timeout=600)

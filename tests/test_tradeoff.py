@@ -7,8 +7,9 @@ import torch
 
 from cptlab.config import get_config
 from cptlab.perplexity import perplexity
-from cptlab.tradeoff import (base_weights_digest, floor_crossing, interpolate_, lora_model, params_of, pareto_front,
-                             recommend, replay_batches, replay_counts)
+from cptlab.corpus import replay_batches, replay_counts
+from cptlab.measure import floor_crossing
+from cptlab.tradeoff import base_weights_digest, interpolate_, lora_model, params_of, pareto_front, recommend
 from cptlab.train import train
 
 
