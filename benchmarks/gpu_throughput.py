@@ -76,7 +76,7 @@ def main():
     peak = next((v for k, v in PEAK.items() if k in name), None)
     stream = np.random.default_rng(0).integers(0, 50257, 4_000_000).astype(np.uint16)
     rows = {}
-    variants = {  # the first is the loop as it was: plain cross-entropy, a host sync every step
+    variants = {  # the first: plain cross-entropy and a host sync every step, the slow reference
         "cptlab_eager_unfused_sync_every_step": (False, {"fused_ce": False, "log_every": 1}),
         "cptlab_eager": (False, {}),
         "cptlab_compiled_unfused": (True, {"fused_ce": False}),

@@ -14,7 +14,7 @@ from .cache import atomic_dir, fingerprint
 from .config import LabConfig
 from .corpus import build_corpus, split_streams, to_blocks, window_crossing_eos
 from .device import describe, seed_everything
-from .measure import (CORPUS_FILES, Session, code_corpus, code_documents, config_of, curve_point, eval_record, eval_tokens_sha,
+from .measure import (CORPUS_FILES, StepSetup, code_corpus, code_documents, config_of, curve_point, eval_record, eval_tokens_sha,
                       evaluate, floor_crossing, general_stream, model_path, resolve_base_model, run_corpus)
 from .results import read_step, sha256_file, versions, write_step
 from .train import Checkpointing, train
@@ -27,12 +27,12 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perple
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    s = Session(cfg, resolve_base_model(cfg, progress))
+    s = StepSetup(cfg, resolve_base_model(cfg, progress))
     model = s.model()
     corpus, code_info = code_corpus(cfg, s.tokenizer)
-    gen, gen_info = general_stream(cfg, s.tokenizer)
+    english, english_info = general_stream(cfg, s.tokenizer)
     code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress, perplexity_fn)
-    general = evaluate(model, gen, cfg, s.device, "baseline English ppl", progress, perplexity_fn)
+    general = evaluate(model, english, cfg, s.device, "baseline English ppl", progress, perplexity_fn)
 
     out = {
         "step": 1,
@@ -48,7 +48,7 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perple
         "baseline_code_ppl": code.ppl,
         "baseline_general_ppl": general.ppl,
         "code": eval_record(code, corpus.val, cfg, {**code_info, "split": "val"}),
-        "general": eval_record(general, gen, cfg, gen_info),
+        "general": eval_record(general, english, cfg, english_info),
         "seconds": time.perf_counter() - t0,
     }
     write_step(run_dir, 1, out)
@@ -61,7 +61,7 @@ def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
     The blocks and the validation stream are saved in the run folder: steps 3 and 4 use them."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
-    s = Session(cfg, s1["base_model"])
+    s = StepSetup(cfg, s1["base_model"])
     docs, info = code_documents(cfg, s.tokenizer)
     corpus = build_corpus(docs, s.tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size,
                           split_fn=split_fn or split_streams, blocks_fn=blocks_fn or to_blocks)
@@ -93,16 +93,16 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     read_step(run_dir, 2)
-    s = Session(cfg, s1["base_model"])
+    s = StepSetup(cfg, s1["base_model"])
     blocks, val = run_corpus(run_dir)
-    gen, _ = general_stream(cfg, s.tokenizer)
+    english, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
     ckpt = Checkpointing(Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"]))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
     # The forgetting curve: both sets every curve_every steps, on capped sets, same protocol.
     # It lives in the checkpoint's extra state, so a resumed run keeps the points it had.
-    start = [] if ckpt.exists() else [curve_point(model, 0, val, gen, cfg, s.device, s.amp, None)]
+    start = [] if ckpt.exists() else [curve_point(model, 0, val, english, cfg, s.device, s.amp, None)]
     ckpt.extra.update(curve=start, stopped={"at": None, "eval_seconds": 0.0})
 
     def on_step(step: int, m) -> bool:
@@ -110,7 +110,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
             return False
         curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
         t = time.perf_counter()
-        point = curve_point(m, step, val, gen, cfg, s.device, s.amp, curve[0])
+        point = curve_point(m, step, val, english, cfg, s.device, s.amp, curve[0])
         m.train()
         stopped["eval_seconds"] += time.perf_counter() - t
         curve.append(point)
@@ -165,15 +165,15 @@ def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     s3 = read_step(run_dir, 3)
-    s = Session(cfg, s1["base_model"])
+    s = StepSetup(cfg, s1["base_model"])
     _, val = run_corpus(run_dir)
-    gen, _ = general_stream(cfg, s.tokenizer)
+    english, _ = general_stream(cfg, s.tokenizer)
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
     code = evaluate(model, val, cfg, s.device, "adapted code ppl", progress)
-    general = evaluate(model, gen, cfg, s.device, "adapted English ppl", progress)
+    general = evaluate(model, english, cfg, s.device, "adapted English ppl", progress)
     code_rec = eval_record(code, val, cfg, {"split": "val"})
-    gen_rec = eval_record(general, gen, cfg, {})
-    for name, rec in (("code", code_rec), ("general", gen_rec)):
+    english_rec = eval_record(general, english, cfg, {})
+    for name, rec in (("code", code_rec), ("general", english_rec)):
         if rec["tokens_sha"] != s1[name]["tokens_sha"]:
             raise RuntimeError(f"the {name} evaluation tokens differ from step 1's: re-run the lab from step 1 in a new run folder")
     out = {
@@ -190,7 +190,7 @@ def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn
         "code_ppl_drop": _number(drop_fn or code_ppl_drop, s1["baseline_code_ppl"], code.ppl),
         "forgetting_ratio": _number(ratio_fn or forgetting_ratio, s1["baseline_general_ppl"], general.ppl),
         "code": code_rec,
-        "general": gen_rec,
+        "general": english_rec,
         "baseline": {"code": s1["code"], "general": s1["general"]},
     }
     write_step(run_dir, 4, out)
@@ -240,7 +240,7 @@ def eos_window(run_dir: str | Path) -> dict:
     """A training block that crosses a document seam, decoded, with the EOS shown: what the model
     sees when one file ends and the next begins."""
     cfg = config_of(run_dir)
-    s = Session(cfg, read_step(run_dir, 1)["base_model"])
+    s = StepSetup(cfg, read_step(run_dir, 1)["base_model"])
     blocks, _ = run_corpus(run_dir)
     eos = s.tokenizer.eos_token_id
     block = window_crossing_eos(blocks, eos)

@@ -89,8 +89,8 @@ def eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, sourc
     return {**res.to_dict(), "tokens_sha": eval_tokens_sha(stream, cfg), "source": source}
 
 
-class Session:
-    """Shared set-up of a step: threads, seed, device, the base model and its tokenizer."""
+class StepSetup:
+    """What every step sets up first: threads, seed, device, the base model and its tokenizer."""
 
     def __init__(self, cfg: LabConfig, base_model: str):
         setup_cpu()

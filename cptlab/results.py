@@ -38,16 +38,16 @@ class MissingStepError(FileNotFoundError):
     """A step's results are not in the run folder yet."""
 
 
-def _clean(obj: Any) -> Any:
+def _json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: store them as strings so that a reader sees them, not a parse error."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [_json_safe(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _clean(obj.item())
+        return _json_safe(obj.item())
     return obj
 
 
@@ -60,7 +60,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(_clean(obj), fh, indent=2, sort_keys=True, allow_nan=False)
+            json.dump(_json_safe(obj), fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

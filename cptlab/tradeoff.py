@@ -13,7 +13,7 @@ import torch
 from .config import LabConfig
 from .corpus import eos_join_stream, replay_batches
 from .device import seed_everything
-from .measure import Session, config_of, evaluate, floor_crossing, general_stream, model_path, run_corpus
+from .measure import StepSetup, config_of, evaluate, floor_crossing, general_stream, model_path, run_corpus
 from .results import read_step, write_step
 from .sources import load_documents
 from .train import train
@@ -100,14 +100,14 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
     floor) -> name`` is the learner's decision rule (notebook 4); ``recommend`` is the reference."""
     cfg = config_of(run_dir)
     s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)
-    s = Session(cfg, s1["base_model"])
+    s = StepSetup(cfg, s1["base_model"])
     blocks, val = run_corpus(run_dir)
-    gen, _ = general_stream(cfg, s.tokenizer)
+    english_eval, _ = general_stream(cfg, s.tokenizer)
     b_code, b_gen = s1["baseline_code_ppl"], s1["baseline_general_ppl"]
 
     def measure(model, name: str, choice: str, **extra) -> dict:
         c = evaluate(model, val, cfg, s.device, f"{name}: code", progress)
-        g = evaluate(model, gen, cfg, s.device, f"{name}: English", progress)
+        g = evaluate(model, english_eval, cfg, s.device, f"{name}: English", progress)
         return {"name": name, "choice": choice, "code_ppl": c.ppl, "general_ppl": g.ppl,
                 "code_nll_sum": c.nll_sum, "code_tokens": c.tokens, "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
                 "code_ppl_drop": 1.0 - c.ppl / b_code, "forgetting_ratio": g.ppl / b_gen, **extra}

@@ -29,7 +29,7 @@ def gensim_wiki_sample() -> Path:
     return Path(found[0])
 
 
-def _clean(text: str) -> str:
+def _clean_wikitext(text: str) -> str:
     text = text.replace("'''", "").replace("''", "")
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
@@ -45,7 +45,7 @@ def english_articles() -> list[dict]:
         for title, text, _pageid in extract_pages(fh):
             if text.lstrip().upper().startswith("#REDIRECT"):
                 continue
-            clean = _clean(filter_wiki(text))
+            clean = _clean_wikitext(filter_wiki(text))
             if len(clean) >= 500:
                 out.append({"title": title, "text": clean})
     return out
