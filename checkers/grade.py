@@ -25,10 +25,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def grade(run_dirs: list[str], verify: bool = False) -> tuple[list[dict], str]:
+def grade(run_dirs: list[str], verify: bool = False, preset: str | None = None) -> tuple[list[dict], str]:
     rows, out = [], io.StringIO()
     for run in run_dirs:
-        reports = check_all(run)
+        reports = check_all(run, preset)
         if verify:
             from .verify import verify as verify_run
 
@@ -65,11 +65,38 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("run_dirs", nargs="+")
     g.add_argument("--csv", help="write the gradebook (one row per run folder) as CSV")
     g.add_argument("--json", help="write the gradebook with every check as JSON")
+    g.add_argument("--preset", help="the preset the runs must have been made with (its thresholds apply); "
+                   "default: the one each results file names")
     g.add_argument("--verify", action="store_true",
                    help="also re-hash the run's files and re-evaluate its saved models under the recorded protocol")
+    c = sub.add_parser("grade-class", help="re-execute each learner's answer cells in pristine notebooks; a gradebook, "
+                       "a rubric sheet and a feedback page per learner")
+    c.add_argument("submissions", help="a folder with one folder per learner (its name is the learner id) holding the notebooks")
+    c.add_argument("--preset", default="tiny", help="the instructor's preset (default tiny)")
+    c.add_argument("--out", required=True, help="where grades.csv, rubric.csv, feedback/ and the learners' runs go")
+    c.add_argument("--jobs", type=int, default=1, help="learners graded at once")
+    c.add_argument("--timeout", type=float, default=900, help="seconds each notebook may run (default 900)")
+    m = sub.add_parser("merge-rubric", help="add the filled rubric sheet's scores to the gradebook (grades_final.csv)")
+    m.add_argument("grades_dir")
+    m.add_argument("--rubric", help="the filled rubric sheet (default GRADES_DIR/rubric.csv)")
     args = p.parse_args(argv)
+    if args.command == "grade-class":
+        from .classroom import grade_class
 
-    rows, text = grade(args.run_dirs, verify=args.verify)
+        results = grade_class(Path(args.submissions), args.preset, Path(args.out), args.jobs, args.timeout)
+        for r in results:
+            print(f"{r.learner:<24} {r.auto_total:>6g}/88  {r.execution}" + (f"  [{'; '.join(r.flags)}]" if r.flags else ""))
+        print(f"\ngradebook {Path(args.out) / 'grades.csv'}; rubric sheet {Path(args.out) / 'rubric.csv'}; "
+              f"feedback pages {Path(args.out) / 'feedback'}")
+        return 0
+    if args.command == "merge-rubric":
+        from .classroom import merge_rubric
+
+        rows = merge_rubric(Path(args.grades_dir), Path(args.rubric) if args.rubric else None)
+        print(f"{len(rows)} learner(s) -> {Path(args.grades_dir) / 'grades_final.csv'}")
+        return 0
+
+    rows, text = grade(args.run_dirs, verify=args.verify, preset=args.preset)
     print(text.strip("\n"))
     print(f"\n{sum(r['passed'] for r in rows)}/{len(rows)} run(s) passed every check")
     if args.csv:

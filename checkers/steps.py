@@ -82,7 +82,9 @@ class Checker:
         return bool(ok)
 
 
-def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
+def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Checker, dict | None, dict]:
+    """The step's report, checker, results and thresholds. ``expected``: the instructor's preset,
+    whose thresholds apply whatever preset the results file names."""
     s1, _ = load(run_dir, 1) if step != 1 else (None, "")
     data, why = load(run_dir, step)
     preset = None
@@ -100,6 +102,10 @@ def _start(run_dir, step: int) -> tuple[Report, Checker, dict | None, dict]:
                         f"run_id {str(get(data, 'run_id'))[:8]}.. preset {get(data, 'preset')} vs step 1 "
                         + (f"{str(get(s1, 'run_id'))[:8]}.. preset {get(s1, 'preset')}" if s1 else "missing")),
                "results from another run or preset are mixed into this folder: re-run the steps in order in one run folder")
+    if expected is not None and data is not None:
+        ck.add(f"s{step}.preset", f"results made with the {expected!r} preset", lambda: (preset == expected, f"made with {preset!r}, graded for {expected!r}"),
+               f"run the lab with --preset {expected} (PRESET = \"{expected}\" in the parameters cell): another preset's numbers do not count")
+        preset = expected
     try:
         T = thresholds_for(preset)
     except UnknownPreset as exc:
@@ -120,8 +126,8 @@ def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: di
            "perplexity is exp(total NLL / scored tokens); the reported number must come from its own raw sums")
 
 
-def _check_step1(run_dir: str | Path) -> Report:
-    report, ck, d, T = _start(run_dir, 1)
+def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
+    report, ck, d, T = _start(run_dir, 1, preset)
     if d is None:
         return report
     for name in ("code", "general"):
@@ -147,8 +153,8 @@ def _check_step1(run_dir: str | Path) -> Report:
     return report
 
 
-def _check_step2(run_dir: str | Path) -> Report:
-    report, ck, d, T = _start(run_dir, 2)
+def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
+    report, ck, d, T = _start(run_dir, 2, preset)
     if d is None:
         return report
     ck.add("s2.eos_count", "one EOS per document (eos_count == n_docs)",
@@ -193,8 +199,8 @@ def schedule(step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
-def _check_step3(run_dir: str | Path) -> Report:
-    report, ck, d, T = _start(run_dir, 3)
+def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
+    report, ck, d, T = _start(run_dir, 3, preset)
     if d is None:
         return report
 
@@ -305,8 +311,8 @@ def _check_step3(run_dir: str | Path) -> Report:
     return report
 
 
-def _check_step4(run_dir: str | Path) -> Report:
-    report, ck, d, T = _start(run_dir, 4)
+def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
+    report, ck, d, T = _start(run_dir, 4, preset)
     if d is None:
         return report
     s1, why1 = load(run_dir, 1)
@@ -433,8 +439,8 @@ def _check_study(ck: Checker, d: dict, T: dict) -> None:
 
 
 def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Report]:
-    def run(run_dir: str | Path) -> Report:
-        report = check(run_dir)
+    def run(run_dir: str | Path, preset: str | None = None) -> Report:
+        report = check(run_dir, preset)
         return report.share_points(QUESTIONS[report.question].points)
 
     run.__name__ = check.__name__.lstrip("_")
@@ -446,5 +452,6 @@ check_step1, check_step2, check_step3, check_step4 = (_scored(c) for c in (_chec
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}
 
 
-def check_all(run_dir: str | Path) -> list[Report]:
-    return [CHECKS[s](run_dir) for s in (1, 2, 3, 4)]
+def check_all(run_dir: str | Path, preset: str | None = None) -> list[Report]:
+    """Every step's checks; ``preset``: the instructor's, whose thresholds apply."""
+    return [CHECKS[s](run_dir, preset) for s in (1, 2, 3, 4)]

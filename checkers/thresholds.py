@@ -4,11 +4,14 @@ recipe itself (steps, warm-up, learning rate, block size, clip, split) is read f
 
 - gpt2: the real lab. GPT-2 124M drops code perplexity by well over 30% in 150 steps at 5e-5;
   both corpus splits hold >= 50k tokens (the validation split by construction: 2% of 3M).
-- tiny: the embedded default, the same 30% / >1 bars. Splits: stdlib code gives ~70k validation
-  tokens, so 50k holds with margin; evaluation sets are capped at 40k tokens, so >= 20k scored
-  tokens is asked.
-- smoke: seconds-long CI configuration; its bars are lower and say so (20% drop), since 30 steps
-  on a barely trained base are noisier.
+- tiny: the embedded default. Over 10 learner seeds (`benchmarks/seed_spread.py`, one base model)
+  the drop spans 35.0% to 59.0% (median 46.8%) and the forgetting ratio 1.047 to 1.064: the seed
+  picks which ~18 files form the validation split. The drop bar is 25%, 10 points under the lowest
+  seed, so every learner's honest run passes; forgetting must stay above 1. Splits: stdlib code
+  gives ~70k validation tokens, so 50k holds with margin; evaluation sets are capped at 40k tokens,
+  so >= 20k scored tokens is asked.
+- smoke: seconds-long CI configuration; 30 steps on a barely trained base are noisy: over 10
+  learner seeds the drop spans 20.0% to 55.0% (`benchmarks/seed_spread.py`), so its bar is 10%.
 Relative tolerances for recomputed values are 1e-6 (floating point only, no modelling slack).
 """
 from __future__ import annotations
@@ -23,8 +26,8 @@ COMMON = {
 
 MARGINS: dict[str, dict] = {
     "gpt2": {"min_split_tokens": 50_000, "split_tolerance": 0.005, "min_eval_tokens": 50_000, "min_code_ppl_drop": 0.30},
-    "tiny": {"min_split_tokens": 50_000, "split_tolerance": 0.01, "min_eval_tokens": 20_000, "min_code_ppl_drop": 0.30},
-    "smoke": {"min_split_tokens": 2_000, "split_tolerance": 0.03, "min_eval_tokens": 2_000, "min_code_ppl_drop": 0.20},
+    "tiny": {"min_split_tokens": 50_000, "split_tolerance": 0.01, "min_eval_tokens": 20_000, "min_code_ppl_drop": 0.25},
+    "smoke": {"min_split_tokens": 2_000, "split_tolerance": 0.03, "min_eval_tokens": 2_000, "min_code_ppl_drop": 0.10},
 }
 
 

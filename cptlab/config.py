@@ -42,8 +42,10 @@ class DataSource:
 
 @dataclass
 class TinyBaseConfig:
-    """The embedded default's own base model: a small GPT-2 pre-trained on English once, then cached."""
+    """The embedded default's own base model: a small GPT-2 pre-trained on English once, then cached.
+    Its seed is its own: learners who run the lab with different seeds share one base model."""
 
+    seed: int = 1234
     vocab_size: int = 8192
     n_layer: int = 4
     n_head: int = 4

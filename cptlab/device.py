@@ -30,6 +30,8 @@ def available_cpus() -> int:
 def setup_threads() -> int:
     """Match torch's threads to the CPUs really available; returns the count."""
     n = available_cpus()
+    if os.environ.get("CPTLAB_THREADS", "").isdigit():  # a grader running several learners at once
+        n = max(1, min(n, int(os.environ["CPTLAB_THREADS"])))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -55,7 +55,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def base_model_dir(cfg: LabConfig) -> Path:
-    key = fingerprint(asdict(cfg.tiny), cfg.seed, data_dir().name, "v3")
+    shape = asdict(cfg.tiny)
+    seed = shape.pop("seed")
+    key = fingerprint(shape, seed, data_dir().name, "v3")
     return cache_root() / f"tiny-base-{key}"
 
 
@@ -77,11 +79,11 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     setup_cpu()
     tcfg = cfg.tiny
     english, _ = load_documents(english_train_source())
-    code = base_code_documents(tcfg, cfg.seed)
+    code = base_code_documents(tcfg, tcfg.seed)
     tokenizer = train_tokenizer(english + code, tcfg.vocab_size, tcfg.n_positions)
     eng_stream = eos_join_stream(english, tokenizer)
     code_stream = eos_join_stream(code, tokenizer)
-    seed_everything(cfg.seed)
+    seed_everything(tcfg.seed)
     model = GPT2LMHeadModel(
         GPT2Config(
             vocab_size=len(tokenizer), n_positions=tcfg.n_positions, n_embd=tcfg.n_embd, n_layer=tcfg.n_layer,
@@ -91,7 +93,7 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     block = tcfg.n_positions
     pre_cfg = cfg.replace(
         cpt_lr=tcfg.pretrain_lr, warmup_steps=tcfg.pretrain_warmup_steps, max_steps=tcfg.pretrain_steps,
-        batch_size=tcfg.pretrain_batch_size, grad_accum=1, block_size=block, min_lr_ratio=0.1,
+        batch_size=tcfg.pretrain_batch_size, grad_accum=1, block_size=block, min_lr_ratio=0.1, seed=tcfg.seed,
     )
     device = pick_device(cfg.device)
     # a code share mixed into every batch, spread so it is exact over the run (5% of 8 is not 0)
@@ -104,7 +106,7 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
         write_json_atomic(
             tmp / "pretraining.json",
             {
-                "tiny": asdict(tcfg), "seed": cfg.seed, "seconds": result.seconds, "tokens": result.tokens,
+                "tiny": asdict(tcfg), "seed": tcfg.seed, "seconds": result.seconds, "tokens": result.tokens,
                 "english_docs": len(english), "english_tokens": int(len(eng_stream)),
                 "code_docs": len(code), "code_tokens": int(len(code_stream)), "final_loss": result.log[-1]["loss"],
                 "log": result.log,

@@ -50,3 +50,16 @@ def test_new_run_folders_are_distinct_and_latest_points_at_the_newest(tmp_path):
     b = new_run_dir(tmp_path, "smoke")  # within the same second
     assert a != b and a.is_dir() and b.is_dir()
     assert os.readlink(tmp_path / "latest") == b.name and (tmp_path / "latest").resolve() == b.resolve()
+
+
+@pytest.mark.slow
+def test_a_smoke_run_graded_for_tiny_fails_naming_both(tmp_path):
+    cfg = get_config("smoke")
+    run_all(cfg, tmp_path / "run", progress=False, study=False)
+    from checkers.steps import check_all
+
+    assert all(r.passed for r in check_all(tmp_path / "run")[:3])
+    for report in check_all(tmp_path / "run", "tiny"):
+        failed = {c.id: c for c in report.failures}
+        assert f"s{report.step}.preset" in failed and "made with 'smoke', graded for 'tiny'" in failed[f"s{report.step}.preset"].got
+    assert "s3.steps" in {c.id for c in check_all(tmp_path / "run", "tiny")[2].failures}  # tiny's 150 steps apply
