@@ -4,7 +4,7 @@ VENV   ?= .venv
 PRESET ?= tiny
 BIN    := $(VENV)/bin
 
-.PHONY: setup lab test bench clean-runs notebooks
+.PHONY: setup lab test bench clean-runs notebooks jupyter
 
 # --system-site-packages lets a GPU sandbox's own torch (a CUDA build) be seen and kept;
 # torch==2.13.0 (CPU wheel) is installed only where no torch is importable at all.
@@ -31,3 +31,8 @@ clean-runs:
 # The student and solution notebooks, built from notebooks/src (commit the result).
 notebooks: setup
 	$(BIN)/python notebooks/build.py
+
+# JupyterLab (an optional extra) on the student notebooks, with the project's environment as kernel.
+jupyter: setup
+	$(BIN)/python -m pip install -q -e ".[jupyter]"
+	$(BIN)/jupyter lab notebooks/

@@ -98,7 +98,7 @@ def tiny_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, sharp: float = 
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         model.transformer.wte.weight.mul_(sharp)

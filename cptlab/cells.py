@@ -5,10 +5,22 @@ every check cell reports its points."""
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
+
+from huggingface_hub.utils import disable_progress_bars
+from transformers.utils import logging as hf_logging
 
 from . import lab, plots, tradeoff
 from .results import MissingStepError, read_step
+
+# A notebook shows the lab's own output: no loading bars or deprecation notices from the libraries.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+disable_progress_bars()
+for module in ("transformers", "peft", "torch", "huggingface_hub", "datasets"):
+    warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
 def _say(text: str) -> None:

@@ -20,6 +20,7 @@ from .notebooks import run_lab
 from .perplexity import perplexity
 from .pipeline import run_all
 from .plots import save_all
+from .report_page import write_index
 from .sources import load_model, load_tokenizer
 from .tradeoff import run_study, study_table
 
@@ -107,11 +108,15 @@ def cmd_lab(args) -> int:
     scores = score_notebooks(run)
     print("\n" + format_table(summary_rows(run)))
     print(text.rstrip())
-    print("\nPoints from the executed notebooks:\n" + format_scores(scores))
+    points = format_scores(scores)
+    print("\nPoints from the executed notebooks:\n" + points)
+    summary = format_table(summary_rows(run))
+    page = write_index(run, summary, text.strip(), points)
     print(f"\nrun folder:  {run}")
     print(f"notebooks:   {', '.join(sorted(p.name for p in run.glob('*.ipynb')))}")
     print(f"plots:       {', '.join(sorted(p.name for p in (run / 'plots').glob('*.png')))}")
     print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}")
+    print(f"one page:    {page} (the notebooks, plots and grades, for a browser)")
     print(f"grade again: python -m checkers grade {run}")
     print(f"lab wall time: {time.perf_counter() - t0:.0f} s")
     return 0 if rows[0]["passed"] and scores["total"] == scores["max"] else 1

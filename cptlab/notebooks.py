@@ -10,6 +10,7 @@ import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
 from .friendly import STOPPED
+from .progress import HEADLESS
 from .results import STEP_NOTEBOOKS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -20,12 +21,20 @@ def execute_notebook(src: Path, dst: Path, params: dict, timeout: int | None = 3
     """Run ``src`` headless with papermill (parameters injected after the ``parameters`` cell)
     into ``dst``; a failing cell leaves ``dst`` with the error and raises one clear line."""
     t0 = time.perf_counter()
+    headless = os.environ.get(HEADLESS)
+    os.environ[HEADLESS] = "1"  # the kernel inherits it: text progress bars whose last state, 100%, is saved
     try:
         pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3", progress_bar=False,
-                            cwd=str(cwd or src.parent), execution_timeout=timeout, log_output=False)
+                            cwd=str(cwd or src.parent), execution_timeout=timeout, log_output=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no transport notice on every run
     except PapermillExecutionError as exc:
         raise RuntimeError(f"notebooks/{src.name} stopped with an error: {_lab_message(dst) or f'{exc.ename}: {exc.evalue}'}\n"
                            f"  the executed notebook, with the failing cell, is at {dst}") from None
+    finally:
+        if headless is None:
+            os.environ.pop(HEADLESS, None)
+        else:
+            os.environ[HEADLESS] = headless
     return time.perf_counter() - t0
 
 

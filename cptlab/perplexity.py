@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum, rank, world_size
 from .fastpath import fast_paths
 from .fused import CausalLMLoss
+from .progress import progress_bar
 
 
 @dataclass
@@ -105,7 +105,7 @@ def perplexity(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_scored = 0
-    bar = tqdm(total=len(windows), desc=desc, leave=False) if progress else None
+    bar = progress_bar(len(windows), desc, leave=False) if progress else None
     loss = CausalLMLoss(model, fused=False)  # chunked cross-entropy: memory never grows with batch x block x vocab
     with fast_paths(model, device, amp_dtype, evaluation=True):
         for length, scored, chunk in _batches(windows, batch_size):

@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
-from tqdm.auto import tqdm
 
 from .cache import atomic_dir, is_complete
 from .config import LabConfig
@@ -22,6 +21,7 @@ from .device import autocast
 from .distributed import all_reduce_sum, is_distributed, rank, world_size
 from .fastpath import fast_paths
 from .fused import CausalLMLoss
+from .progress import progress_bar
 
 
 class TrainingDivergedError(RuntimeError):
@@ -259,7 +259,7 @@ def train(
     t0 = time.perf_counter() - result.seconds
     log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
     pending: list[_Pending] = []
-    bar = tqdm(total=cfg.max_steps, initial=start - 1, desc=desc) if progress else None
+    bar = progress_bar(cfg.max_steps, desc, initial=start - 1) if progress else None
     with fast_paths(model, device, amp_dtype, evaluation=False):
         for step in range(start, cfg.max_steps + 1):
             lr = learning_rate(lr_fn, step, cfg)
@@ -280,7 +280,7 @@ def train(
                 checkpointing.save(step, model, opt, gen, result)
             if bar is not None:
                 if not pending:
-                    bar.set_postfix(loss=f"{result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
             if stop:
                 break

@@ -116,7 +116,7 @@ check_step3(RUN_DIR)
 
 # %% [markdown] tags=["answer", "W3"]
 # ### BEGIN SOLUTION
-# In this run the pre-clip norm sat above 1.0 at nearly every step, so nearly every update was
+# On the tiny preset the pre-clip norm sat above 1.0 at nearly every step, so nearly every update was
 # rescaled to norm 1.0: clipping acted as gradient normalisation, the update's size was set by the
 # schedule (lr times a unit vector), and the raw norm's size told the optimizer nothing. AdamW
 # normalises per parameter anyway, so this mainly changes the relative weight of the steps. It is not
