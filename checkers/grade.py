@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .report import Check, Report
 from .steps import check_all
 
 
@@ -28,11 +29,18 @@ def _write_atomic(path: Path, text: str) -> None:
 def grade(run_dirs: list[str], verify: bool = False, preset: str | None = None) -> tuple[list[dict], str]:
     rows, out = [], io.StringIO()
     for run in run_dirs:
-        reports = check_all(run, preset)
-        if verify:
-            from .verify import verify as verify_run
+        try:
+            if not Path(run).is_dir() or Path(run).is_symlink():
+                raise NotADirectoryError(f"{run} is not a run folder")
+            reports = check_all(run, preset)
+            if verify:
+                from .verify import verify as verify_run
 
-            reports.append(verify_run(run))
+                reports.append(verify_run(run))
+        except Exception as exc:  # one broken folder is that folder's failed row, never the class's end
+            reports = [Report(0, "grading", str(run), None, [Check("grade.error", False, "a gradable run folder",
+                                                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                                                   "hand in the run folder the lab wrote, unchanged")])]
         out.write(f"\n== {run} (preset {next((r.preset for r in reports if r.preset), 'unknown')})\n")
         out.write(f"{'step':<28}{'points':>10}  status\n")
         for r in reports:

@@ -14,6 +14,7 @@ from cptlab.results import STEP_FILES, STEP_NOTEBOOKS, STEP_TITLES as TITLES
 
 from .questions import QUESTIONS, RESULTS_QUESTION
 from .report import Check, Report
+from .safe_files import Unsafe, inside, read_json, safetensors_header
 from .thresholds import UnknownPreset, thresholds_for
 
 NOTEBOOKS = {k: f"notebooks/{v}" for k, v in STEP_NOTEBOOKS.items()}
@@ -24,13 +25,16 @@ class Missing(Exception):
 
 
 def load(run_dir: str | Path, step: int) -> tuple[dict | None, str]:
-    path = Path(run_dir) / STEP_FILES[step]
-    if not path.exists():
-        return None, f"{path.name} not found in {run_dir}"
+    """A step's results as plain JSON, read only if it is a regular file inside the folder."""
+    name = STEP_FILES[step]
     try:
-        data = json.loads(path.read_text())
+        data = read_json(run_dir, name)
+    except FileNotFoundError:
+        return None, f"{name} not found in {run_dir}"
+    except Unsafe as exc:
+        return None, f"refused: {exc}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path.name} is not valid JSON ({type(exc).__name__}: {exc})"
+        return None, f"{name} is not valid JSON ({type(exc).__name__}: {exc})"
     if not isinstance(data, dict):
         return None, f"{path.name} holds a {type(data).__name__}, not a JSON object"
     return data, "valid JSON object"
@@ -300,11 +304,16 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
            "evaluate both sets every curve_every steps during the run (the forgetting curve)")
 
     def model_folder():
-        p = Path(str(get(d, "adapted_model")))
-        if not p.is_absolute():
-            p = Path(run_dir) / p
-        ok = p.is_dir() and (p / "config.json").exists() and any(p.glob("*.safetensors"))
-        return ok, f"{p} ({'config + safetensors' if ok else 'missing or incomplete'})"
+        rel = Path(str(get(d, "adapted_model")))
+        try:
+            inside(run_dir, rel / "config.json")
+            weights = sorted(p.name for p in (Path(run_dir) / rel).glob("*.safetensors"))
+            if not weights:
+                return False, f"{rel}: no safetensors weights"
+            tensors = sum(len(safetensors_header(run_dir, rel / w)) for w in weights)
+        except (Unsafe, FileNotFoundError, OSError) as exc:
+            return False, f"refused: {exc}" if isinstance(exc, Unsafe) else f"{rel}: {exc}"
+        return True, f"{rel}: config.json and {len(weights)} safetensors file(s), {tensors} header entries"
 
     ck.add("s3.adapted_model", "a model folder with config.json and safetensors weights", model_folder,
            "save the adapted model with save_pretrained(folder, safe_serialization=True) and the tokenizer beside it")

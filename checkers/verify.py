@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .report import Check, Report
+from .safe_files import Unsafe, read_json, sha256
 from .steps import Missing, close, get, load, num
 
 # Same device type: only summation order differs. Another device type (a GPU run verified on a
@@ -16,8 +17,6 @@ TOL_OTHER_DEVICE = 2e-2
 
 
 def verify(run_dir: str | Path) -> Report:
-    from cptlab.results import sha256_file as _sha
-
     run = Path(run_dir)
     report = Report(5, "verify: files and models re-checked", str(run))
 
@@ -36,11 +35,28 @@ def verify(run_dir: str | Path) -> Report:
     report.preset = s1.get("preset") if s1 else None
 
     def manifest():
-        m = json.loads((run / "manifest.json").read_text())
+        try:
+            m = read_json(run, "manifest.json")
+        except (Unsafe, FileNotFoundError, ValueError) as exc:
+            return False, f"manifest.json: {exc}"
         if s1 is None or m.get("run_id") != s1.get("run_id"):
             return False, "manifest.json belongs to another run (run_id differs from step 1's)"
-        bad = [name for name, digest in m["files"].items() if not (run / name).exists() or _sha(run / name) != digest]
-        return not bad, f"{len(m['files'])} files, changed since the run: {bad or 'none'}"
+        files = m.get("files")
+        if not isinstance(files, dict) or not files:
+            return False, "manifest.json lists no files"
+        unlisted = sorted(p.name for p in run.glob("step*_*.json") if p.name not in files)
+        if unlisted:
+            return False, f"results files missing from the manifest: {unlisted}"
+        bad = []
+        for name, digest in files.items():
+            try:
+                if sha256(run, name) != digest:
+                    bad.append(name)
+            except FileNotFoundError:
+                bad.append(name)
+            except Unsafe as exc:
+                return False, f"refused: {exc}"
+        return not bad, f"{len(files)} files, changed since the run: {bad or 'none'}"
 
     add("v.manifest", "every results and model file hashes as the run recorded it (manifest.json)", manifest,
         "a results file was edited, or a model folder replaced or copied from another run, after the run ended")

@@ -144,6 +144,7 @@ def split_cut_stream(docs, eos, frac, seed):
     order = np.random.default_rng(seed).permutation(len(docs))
     stream = pack_ok([docs[i] for i in order], eos)
     cut = int(len(stream) * (1 - frac))
+    cut += int(stream[cut - 1] == eos)  # the 98% position, which lands inside a document
     return stream[:cut], stream[cut:]
 
 

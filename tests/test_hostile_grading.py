@@ -1,0 +1,88 @@
+"""Grading trusts nothing it is handed: hostile or broken run folders fail with a named check or
+are refused, one bad folder never stops the others, and the gradebook is always written."""
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from checkers import check_step1, check_step3
+from checkers.grade import main as grade_main
+from checkers.safe_files import Unsafe, inside, read_json, safetensors_header
+
+
+def _copy(lab_run, tmp_path, name="run"):
+    run = tmp_path / name
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb"))
+    return run
+
+
+def test_a_deeply_nested_results_file_fails_its_check(lab_run, tmp_path):
+    run = _copy(lab_run, tmp_path)
+    (run / "step1_baseline.json").write_text("[" * 100_000 + "]" * 100_000)
+    report = check_step1(run)
+    assert report.failures[0].id == "s1.results" and "nested too deeply" in report.failures[0].got
+
+
+def test_a_results_file_that_is_a_symlink_a_fifo_or_a_device_is_refused_unread(lab_run, tmp_path):
+    for i, make in enumerate([lambda p: p.symlink_to("/dev/zero"), lambda p: os.mkfifo(p),
+                              lambda p: p.symlink_to(lab_run / "step1_baseline.json")]):
+        run = _copy(lab_run, tmp_path, f"run{i}")
+        target = run / "step1_baseline.json"
+        target.unlink()
+        make(target)
+        failed = check_step1(run).failures
+        assert failed[0].id == "s1.results" and ("symbolic link" in failed[0].got or "FIFO" in failed[0].got), failed[0].got
+
+
+def test_a_symlinked_weights_file_fails_the_model_check(lab_run, tmp_path):
+    run = _copy(lab_run, tmp_path)
+    w = run / "models" / "adapted" / "model.safetensors"
+    w.unlink()
+    w.symlink_to("/etc/passwd")
+    failed = {c.id: c for c in check_step3(run).failures}
+    assert "s3.adapted_model" in failed and "symbolic link" in failed["s3.adapted_model"].got
+    run2 = _copy(lab_run, tmp_path, "run2")
+    (run2 / "models" / "adapted" / "model.safetensors").write_text("not weights")
+    failed = {c.id: c for c in check_step3(run2).failures}
+    assert "s3.adapted_model" in failed and "not a safetensors file" in failed["s3.adapted_model"].got
+
+
+def test_one_hostile_folder_does_not_stop_the_class(lab_run, tmp_path, capsys):
+    good = _copy(lab_run, tmp_path, "good")
+    bad = _copy(lab_run, tmp_path, "bad")
+    (bad / "step2_corpus.json").unlink()
+    os.mkfifo(bad / "step2_corpus.json")
+    (bad / "step4_tradeoff.json").write_text("[" * 50_000)
+    gone = tmp_path / "not-a-folder"
+    code = grade_main(["grade", str(good), str(bad), str(gone), "--csv", str(tmp_path / "g.csv")])
+    assert code == 1
+    rows = {r["run_dir"]: r for r in csv.DictReader(open(tmp_path / "g.csv"))}
+    assert rows[str(good)]["passed"] == "True"
+    assert rows[str(bad)]["passed"] == "False" and "s2.results" in rows[str(bad)]["failed_checks"]
+    assert rows[str(gone)]["passed"] == "False"
+
+
+def test_the_manifest_never_hashes_outside_the_folder(lab_run, tmp_path):
+    from checkers.verify import verify
+
+    run = _copy(lab_run, tmp_path)
+    m = json.loads((run / "manifest.json").read_text())
+    m["files"]["/dev/zero"] = "0" * 64
+    m["files"]["../../etc/passwd"] = "0" * 64
+    (run / "manifest.json").write_text(json.dumps(m))
+    failed = {c.id: c for c in verify(run).failures}
+    assert "v.manifest" in failed and "outside the run folder" in failed["v.manifest"].got
+
+
+def test_safe_file_helpers(tmp_path):
+    (tmp_path / "a.json").write_text('{"x": 1}')
+    assert read_json(tmp_path, "a.json") == {"x": 1}
+    with pytest.raises(Unsafe, match="outside"):
+        inside(tmp_path, "../a.json")
+    with pytest.raises(Unsafe, match="larger than"):
+        read_json(tmp_path, "a.json", max_bytes=3)
+    (tmp_path / "w.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(Unsafe, match="not a safetensors file"):
+        safetensors_header(tmp_path, "w.safetensors")
