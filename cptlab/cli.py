@@ -11,7 +11,6 @@ from checkers.grade import grade
 from checkers.score import format_scores, score_notebooks
 
 from .config import ConfigError, DataSource, LabConfig, get_config
-from .corpus import encode_documents
 from .device import pick_device, setup_cpu
 from .distributed import init_from_env, is_main
 from .lab import format_table, summary_rows
@@ -69,16 +68,49 @@ def cmd_run(args) -> int:
     return 0
 
 
+MAX_WHOLE_TEXT = 64 << 20  # without --max-tokens, a text file larger than this is refused
+
+
+def read_tokens(path: Path, tokenizer, max_tokens: int | None, chunk_chars: int = 1 << 20) -> list[int]:
+    """The file's token ids, read a chunk at a time (cut after a newline) and only as far as
+    ``max_tokens`` needs: memory follows what is scored, not the file's size."""
+    if max_tokens is None and path.stat().st_size > MAX_WHOLE_TEXT:
+        raise ValueError(f"--text {path} is larger than {MAX_WHOLE_TEXT >> 20} MB: pass --max-tokens N to score its first N tokens")
+    ids: list[int] = []
+    rest = ""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            while max_tokens is None or len(ids) < max_tokens:
+                chunk = fh.read(chunk_chars)
+                text = rest + chunk
+                cut = text.rfind("\n") + 1 if chunk else len(text)
+                if chunk and cut == 0:
+                    cut = len(text) if len(text) > 8 * chunk_chars else 0  # one huge line: cut anyway
+                part, rest = text[:cut], text[cut:]
+                if part:
+                    ids += tokenizer(part, add_special_tokens=False, verbose=False)["input_ids"]
+                if not chunk:
+                    break
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--text {path} is not UTF-8 text (byte {exc.start}): pass a UTF-8 text file") from None
+    return ids if max_tokens is None else ids[:max_tokens]
+
+
 def cmd_perplexity(args) -> int:
     setup_cpu()
     text_path = Path(args.text)
+    if text_path.is_dir():
+        raise ValueError(f"--text {text_path} is a folder: pass one UTF-8 text file")
     if not text_path.is_file():
         raise FileNotFoundError(f"--text {text_path} does not exist: pass a UTF-8 text file")
-    text = text_path.read_text(encoding="utf-8")
+    for name, value, low in (("--block-size", args.block_size, 2), ("--stride", args.stride, 1), ("--max-tokens", args.max_tokens, 2),
+                             ("--batch-size", args.batch_size, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
     tok = load_tokenizer(args.model)
     device = pick_device(args.device)
     model = load_model(args.model).to(device)
-    ids = encode_documents(tok, [text])[0]
+    ids = read_tokens(text_path, tok, args.max_tokens)
     block = args.block_size or getattr(model.config, "n_positions", 1024)
     res = perplexity(model, ids, block, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, device=device)
     print(json.dumps({"ppl": res.ppl, "nll_sum": res.nll_sum, "tokens": res.tokens, "block_size": block,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,6 +139,23 @@ class LabConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every} (e.g. --set checkpoint_every=25)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay} (e.g. --set weight_decay=0.1)")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must lie in [0, 1), got {list(self.betas)} (e.g. --set betas=[0.9,0.95])")
+        if self.eval_max_tokens is not None and self.eval_max_tokens < self.block_size:
+            raise ConfigError(f"eval_max_tokens must be at least block_size={self.block_size} (or null for no cap), "
+                              f"got {self.eval_max_tokens} (e.g. --set eval_max_tokens=40000)")
+        if self.curve_max_tokens < self.block_size:
+            raise ConfigError(f"curve_max_tokens must be at least block_size={self.block_size}, got {self.curve_max_tokens}")
+        if not 0 <= self.min_lr_ratio < 1:
+            raise ConfigError(f"min_lr_ratio must lie in [0, 1), got {self.min_lr_ratio}")
+        if self.lora_r < 1 or self.lora_alpha < 1 or self.lora_lr <= 0:
+            raise ConfigError("lora_r and lora_alpha must be >= 1 and lora_lr > 0")
+        if self.retention_floor <= 0 or not all(0 <= a <= 1 for a in self.interp_alphas):
+            raise ConfigError("retention_floor must be > 0 and interp_alphas must lie in [0, 1]")
         return self
 
     @property
@@ -149,25 +167,71 @@ class LabConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LabConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        """A config from plain values (a stored results file, ``--set`` overrides): each value is
+        parsed to its field's type, or refused with the field's name and a valid example."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
         if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}")
-        for key, sub in (("code_source", DataSource), ("general_source", DataSource), ("replay_source", DataSource),
-                         ("tiny", TinyBaseConfig)):
-            if isinstance(d.get(key), dict):
-                d[key] = sub(**d[key])
-        for key in ("betas", "replay_fractions", "interp_alphas"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
+        return cls(**{k: typed(k, fields[k].type, v, getattr(cls(), k)) for k, v in d.items()})
 
     def replace(self, **changes: Any) -> "LabConfig":
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _sub_config(name: str, kind: type, value: Any):
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object of {kind.__name__} fields, got {value!r}")
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    bad = set(value) - set(known)
+    if bad:
+        raise ConfigError(f"{name} has unknown keys {sorted(bad)}; known: {sorted(known)}")
+    return kind(**{k: typed(f"{name}.{k}", known[k].type, v, getattr(kind(), k)) for k, v in value.items()})
+
+
+def typed(name: str, annotation: str, value: Any, example: Any) -> Any:
+    """``value`` as the field's type (``annotation`` as written in the dataclass): ints stay ints,
+    numbers are finite, tuples are tuples of numbers, sources are ``DataSource``."""
+    hint = f"(e.g. --set {name}={json.dumps(example, separators=(',', ':'), default=lambda o: '{...}')})"
+    kinds = [a.strip() for a in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{name} cannot be empty {hint}")
+    kind = next(k for k in kinds if k != "None")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r} {hint}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number, got {value!r} {hint}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r} {hint}")
+        return float(value)
+    if kind == "str":
+        if isinstance(value, list) and "list[str]" in kinds and all(isinstance(x, str) for x in value):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r} {hint}")
+        return value
+    if kind.startswith("tuple["):
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+            raise ConfigError(f"{name} must be a list of finite numbers, got {value!r} {hint}")
+        if "..." not in kind and len(value) != kind.count(",") + 1:
+            raise ConfigError(f"{name} must hold {kind.count(',') + 1} numbers, got {len(value)} {hint}")
+        return tuple(float(x) for x in value)
+    if kind in ("DataSource", "TinyBaseConfig"):
+        return _sub_config(name, DataSource if kind == "DataSource" else TinyBaseConfig, value)
+    raise ConfigError(f"{name}: cannot read a {kind} from {value!r}")
 
 
 def _tiny() -> LabConfig:
