@@ -17,7 +17,7 @@ from .lab import format_table, summary_rows
 from .measure import resolve_base_model
 from .notebooks import run_lab
 from .perplexity import perplexity
-from .pipeline import run_all
+from .pipeline import RunFinished, run_all
 from .plots import save_all
 from .report_page import write_index
 from .sources import load_model, load_tokenizer
@@ -59,7 +59,18 @@ def cmd_run(args) -> int:
         raise ConfigError("--resume needs --out RUN_DIR: the run folder to continue")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}")
     t0 = time.perf_counter()
-    run_all(cfg, out, progress=not args.quiet, study=not args.no_study, resume=args.resume)
+    if args.resume and args.force:
+        raise ConfigError("--resume continues a run and --force starts it over: pass one of them")
+    try:
+        run_all(cfg, out, progress=not args.quiet, study=not args.no_study, resume=args.resume, force=args.force)
+    except RunFinished as done:
+        print(done)
+        print(format_table(summary_rows(out)))
+        return 0
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: `cptlab run --out {out} --resume` (with the same options) continues from the last checkpoint",
+              file=sys.stderr)
+        return 130
     if not is_main():
         return 0
     if args.plots:
@@ -174,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plots", action="store_true", help="also save the PNG plots in the run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    r.add_argument("--force", action="store_true", help="start over in an --out that already holds a run")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any LabConfig field, e.g. --set curve_every=5 (repeatable)")
     r.add_argument("--no-study", action="store_true", help="skip the trade-off study (replay, LoRA, interpolation)")
     r.set_defaults(func=cmd_run)

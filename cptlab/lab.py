@@ -127,7 +127,6 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         s.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(ckpt.folder, ignore_errors=True)
     out = {
         "step": 3,
         "run_id": s1["run_id"],
@@ -156,6 +155,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
         "device": describe(s.device),
     }
     write_step(run_dir, 3, out)
+    shutil.rmtree(ckpt.folder, ignore_errors=True)  # only now: the results that replace it are safely written
     return out
 
 

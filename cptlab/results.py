@@ -91,6 +91,7 @@ def update_manifest(run_dir: str | os.PathLike) -> Path:
     run = Path(run_dir)
     files = (sorted(run.glob("step*_*.json")) + sorted((run / "corpus").glob("*.npy"))
              + sorted((run / "models").glob("*/*.safetensors")) + sorted((run / "models").glob("*/config.json")))
+    files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(run).parts)]
     run_id = None
     s1 = run / STEP_FILES[1]
     if s1.exists():
