@@ -26,17 +26,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def grade(run_dirs: list[str], verify: bool = False, preset: str | None = None) -> tuple[list[dict], str]:
+def grade(run_dirs: list[str], verify: bool = False, preset: str | None = None, retrain: bool = False) -> tuple[list[dict], str]:
     rows, out = [], io.StringIO()
     for run in run_dirs:
         try:
-            if not Path(run).is_dir() or Path(run).is_symlink():
+            if not Path(run).is_dir():  # the folder named on the command line; what it holds is not trusted
                 raise NotADirectoryError(f"{run} is not a run folder")
             reports = check_all(run, preset)
             if verify:
                 from .verify import verify as verify_run
 
-                reports.append(verify_run(run))
+                reports.append(verify_run(run, preset, retrain))
         except Exception as exc:  # one broken folder is that folder's failed row, never the class's end
             reports = [Report(0, "grading", str(run), None, [Check("grade.error", False, "a gradable run folder",
                                                                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--preset", help="the preset the runs must have been made with (its thresholds apply); "
                    "default: the one each results file names")
     g.add_argument("--verify", action="store_true",
-                   help="also re-hash the run's files and re-evaluate its saved models under the recorded protocol")
+                   help="also re-hash the run's files and re-evaluate with the preset's base model and data")
+    g.add_argument("--retrain", action="store_true", help="with --verify: also re-run the CPT step from the preset's recipe "
+                   "and the recorded seed, and compare the log and the perplexities")
     c = sub.add_parser("grade-class", help="re-execute each learner's answer cells in pristine notebooks; a gradebook, "
                        "a rubric sheet and a feedback page per learner")
     c.add_argument("submissions", help="a folder with one folder per learner (its name is the learner id) holding the notebooks")
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rows)} learner(s) -> {Path(args.grades_dir) / 'grades_final.csv'}")
         return 0
 
-    rows, text = grade(args.run_dirs, verify=args.verify, preset=args.preset)
+    rows, text = grade(args.run_dirs, verify=args.verify or args.retrain, preset=args.preset, retrain=args.retrain)
     print(text.strip("\n"))
     print(f"\n{sum(r['passed'] for r in rows)}/{len(rows)} run(s) passed every check")
     if args.csv:

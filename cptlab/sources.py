@@ -2,6 +2,7 @@
 same Hugging Face calls (``from_pretrained``, ``load_dataset``) for every preset."""
 from __future__ import annotations
 
+import json
 import os
 import sysconfig
 from pathlib import Path
@@ -42,14 +43,42 @@ def _missing(what: str, exc: Exception) -> AssetNotFoundError:
     )
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_unsafe_model_folder(p: Path) -> None:
+    """A local model folder is loaded only if it is a plain GPT-2 in safetensors: no custom code
+    (``auto_map`` or Python files), no pickles, no symlinked files."""
+    config = p / "config.json"
+    if not config.is_file() or config.is_symlink():
+        raise AssetNotFoundError(f"model folder {p} has no config.json: pass a folder written by save_pretrained")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError(f"model folder {p}: config.json is not valid JSON") from None
+    if not isinstance(cfg, dict) or cfg.get("auto_map") or any(p.glob("*.py")):
+        raise ValueError(f"model folder {p} asks to run custom code (auto_map or .py files): refused, only GPT-2 folders load")
+    if cfg.get("model_type") != "gpt2":
+        raise ValueError(f"model folder {p} is a {cfg.get('model_type')!r} model: the lab loads GPT-2 models only")
+    if any(f.suffix in PICKLE_SUFFIXES for f in p.iterdir()):
+        raise ValueError(f"model folder {p} holds pickled files: refused, weights must be safetensors")
+    if any(f.is_symlink() for f in p.iterdir()):
+        raise ValueError(f"model folder {p} holds symbolic links: refused")
+
+
 def load_model(name_or_path: str):
     from transformers import AutoModelForCausalLM
 
     p = Path(name_or_path)
     if p.exists() and p.is_dir() and not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise AssetNotFoundError(f"model folder {p} holds no weights (*.safetensors): re-create it or point at another folder")
+    if p.is_dir():
+        refuse_unsafe_model_folder(p)
+    elif p.is_absolute() or name_or_path.startswith("."):
+        raise AssetNotFoundError(f"model folder {p} does not exist: pass a folder written by save_pretrained, or a hub id in the cache")
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True)  # never a pickle
+        # never a pickle, never the folder's own code
+        return AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _missing(f"model {name_or_path!r}", exc) from None
 
@@ -58,7 +87,7 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _missing(f"tokenizer {name_or_path!r}", exc) from None
     if tok.eos_token_id is None:

@@ -86,3 +86,75 @@ def test_safe_file_helpers(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(Unsafe, match="not a safetensors file"):
         safetensors_header(tmp_path, "w.safetensors")
+
+
+def _rehash(run):
+    from cptlab.results import update_manifest
+
+    update_manifest(run)
+
+
+def _edit(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+def test_a_fake_base_model_in_the_folder_is_not_believed(lab_run, tmp_path):
+    from checkers.verify import verify
+
+    run = _copy(lab_run, tmp_path)
+    fake = run / "models" / "base"
+    shutil.copytree(run / "models" / "adapted", fake)  # a "base" that already knows code: a bigger drop
+    _edit(run / "step1_baseline.json", lambda d: d.update(base_model=str(fake)))
+    _rehash(run)
+    failed = {c.id for c in verify(run).failures}
+    assert failed == set(), failed  # the preset's own base model is used: the honest numbers still hold
+    _edit(run / "step1_baseline.json", lambda d: (d.update(baseline_code_ppl=d["baseline_code_ppl"] * 1.3),
+                                                   d["code"].update(nll_sum=__import__("math").log(d["baseline_code_ppl"]) * d["code"]["tokens"])))
+    _rehash(run)
+    assert "v.base_model" in {c.id for c in verify(run).failures}
+
+
+def test_custom_code_models_and_a_root_crawl_are_refused(lab_run, tmp_path):
+    from checkers.verify import verify
+
+    run = _copy(lab_run, tmp_path)
+    cfg_path = run / "models" / "adapted" / "config.json"
+    _edit(cfg_path, lambda d: d.update(auto_map={"AutoModelForCausalLM": "evil.Model"}))
+    (run / "models" / "adapted" / "evil.py").write_text("open('/tmp/cptlab-evil-ran', 'w').write('x')\n")
+    _edit(run / "step1_baseline.json", lambda d: d["config"]["code_source"].update(path="/"))
+    _rehash(run)
+    failed = {c.id: c for c in verify(run).failures}
+    assert "custom code" in failed["v.adapted_model"].got
+    assert "code_source" in failed["v.config"].got
+    assert not os.path.exists("/tmp/cptlab-evil-ran")
+
+
+def test_an_empty_manifest_fails(lab_run, tmp_path):
+    from checkers.verify import verify
+
+    run = _copy(lab_run, tmp_path)
+    _edit(run / "manifest.json", lambda d: d.update(files={}))
+    failed = {c.id: c for c in verify(run).failures}
+    assert "lists no files" in failed["v.manifest"].got
+
+
+def test_retraining_catches_a_rewritten_log_and_another_recipe(lab_run, tmp_path):
+    from checkers.verify import verify
+    from cptlab.config import get_config
+    from cptlab.pipeline import run_all
+
+    assert verify(lab_run, retrain=True).passed
+    run = _copy(lab_run, tmp_path)
+    _edit(run / "step3_cpt.json", lambda d: [r.update(loss=r["loss"] * 0.97) for r in d["log"]])
+    _rehash(run)
+    assert {c.id for c in verify(run, retrain=True).failures} == {"v.retrain_log"}
+    other = tmp_path / "hot"
+    cfg = get_config("smoke", cpt_lr=3 * get_config("smoke").cpt_lr, max_steps=20)
+    run_all(cfg, other, progress=False, study=False)
+    honest = get_config("smoke").to_dict()
+    _edit(other / "step1_baseline.json", lambda d: d.update(config={**honest, "seed": d["config"]["seed"]}))
+    _rehash(other)
+    failed = {c.id for c in verify(other, retrain=True).failures}
+    assert "v.retrain" in failed and "v.retrain_log" in failed
