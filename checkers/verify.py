@@ -142,9 +142,11 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
     tol = TOL_RETRAIN_SAME_DEVICE if same_device else TOL_RETRAIN_OTHER_DEVICE
     state: dict = {}
 
+    with_study = isinstance(s4.get("study"), dict)
+
     def rerun():
         with tempfile.TemporaryDirectory(prefix="cptlab-verify-") as tmp:
-            state["s4"] = run_all(cfg, Path(tmp) / "run", progress=False, study=False)
+            state["s4"] = run_all(cfg, Path(tmp) / "run", progress=False, study=with_study)
             state["log"] = json.loads((Path(tmp) / "run" / "step3_cpt.json").read_text())["log"]
         parts, ok = [], True
         for key in ("adapted_code_ppl", "adapted_general_ppl"):
@@ -166,3 +168,17 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
     if "log" in state:
         add("v.retrain_log", f"every logged loss within {tol:g} of the re-run's", log,
             "the training log was edited, or comes from another run")
+
+    def study():
+        mine = {v["name"]: v for v in state["s4"]["study"]["variants"]}
+        theirs = {str(v.get("name")): v for v in get(s4, "study.variants") if isinstance(v, dict)}
+        if set(mine) != set(theirs):
+            return False, f"variants {sorted(theirs)}, the re-run has {sorted(mine)}"
+        off = [n for n, v in mine.items() if not (close(num(theirs[n], "code_ppl"), v["code_ppl"], tol)
+                                                  and close(num(theirs[n], "general_ppl"), v["general_ppl"], tol))]
+        rec = get(s4, "study.recommendation.name"), state["s4"]["study"]["recommendation"]["name"]
+        return not off and rec[0] == rec[1], f"variants off: {off or 'none'}; recommended {rec[0]}, re-run {rec[1]}"
+
+    if with_study and "s4" in state:
+        add("v.retrain_study", f"every variant of the study within {tol:g} of the re-run's, and the same recommendation", study,
+            "the study's rows were edited, or come from another run")

@@ -158,3 +158,30 @@ def test_retraining_catches_a_rewritten_log_and_another_recipe(lab_run, tmp_path
     _rehash(other)
     failed = {c.id for c in verify(other, retrain=True).failures}
     assert "v.retrain" in failed and "v.retrain_log" in failed
+
+
+def test_retraining_catches_a_consistently_edited_study(lab_run, tmp_path):
+    import math
+
+    from checkers import check_step4
+    from checkers.verify import verify
+
+    run = _copy(lab_run, tmp_path)
+
+    def lora_wins(d):
+        study = d["study"]
+        lora = next(v for v in study["variants"] if v["choice"] == "lora")
+        lora["code_ppl"] = d["adapted_code_ppl"] * 0.9  # better than pure CPT, with its raw sums to match
+        lora["general_ppl"] = d["baseline_general_ppl"]
+        for k in ("code", "general"):
+            lora[f"{k}_nll_sum"] = math.log(lora[f"{k}_ppl"]) * lora[f"{k}_tokens"]
+        lora["code_ppl_drop"] = 1 - lora["code_ppl"] / d["baseline_code_ppl"]
+        lora["forgetting_ratio"] = lora["general_ppl"] / d["baseline_general_ppl"]
+        study["recommendation"]["name"] = lora["name"]
+        study["pareto_front"] = [lora["name"]]
+
+    _edit(run / "step4_tradeoff.json", lora_wins)
+    _rehash(run)
+    assert check_step4(run).passed  # consistent with itself: only a re-run tells
+    failed = {c.id: c for c in verify(run, retrain=True).failures}
+    assert set(failed) == {"v.retrain_study"} and "LoRA" in failed["v.retrain_study"].got
