@@ -105,11 +105,11 @@ class Sandbox:
     bwrap: str | None = shutil.which("bwrap")
 
     def wrap(self, cmd: list[str], run_dir: Path, shared: Path) -> list[str]:
-        """``shared`` (the cache with the base model and data) is readable, ``run_dir`` writable,
-        everything else read-only; /tmp is the sandbox's own."""
+        """``run_dir`` writable, everything else read-only (``shared``, the cache with the base model
+        and data, included; the lab's own files may live under /tmp, so /tmp stays visible)."""
         if not self.bwrap:
             return cmd
-        return [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        return [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--ro-bind", str(shared), str(shared), "--bind", str(run_dir), str(run_dir),
                 "--unshare-net", "--unshare-pid", "--die-with-parent", "--chdir", str(run_dir), *cmd]
 
@@ -152,7 +152,10 @@ def execute(src: Path, dst: Path, params: dict, run_dir: Path, env: dict, timeou
     if proc.returncode == 0:
         return "ok"
     lines = [ln for ln in (out + "\n" + err).splitlines() if ln.startswith("error: ")]
-    return lines[-1] if lines else f"error: exit status {proc.returncode}"
+    if lines:
+        return lines[-1]
+    last = [ln.strip() for ln in err.splitlines() if ln.strip()]
+    return f"error: exit status {proc.returncode}" + (f" ({last[-1][:160]})" if last else "")
 
 
 # ----------------------------------------------------------------------------- scoring
