@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as exc:
         print(f"cptlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

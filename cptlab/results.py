@@ -1,12 +1,14 @@
 """The run folder and its JSON results files: the contract between notebooks, checkers and CLI."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata as md
 import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +67,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, disk_message(path.parent, exc)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def disk_message(folder: Path, exc: OSError) -> str:
+    """What to do when a run folder cannot be written: full disk, read-only or forbidden folder."""
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(folder).free
+        return f"the disk holding {folder} is full ({free / 2**20:.0f} MB free): free space or use another --out, then --resume"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{folder} cannot be written ({os.strerror(exc.errno)}): pass an --out you can write to"
+    return f"writing in {folder} failed: {exc.strerror or exc}"
 
 
 def write_step(run_dir: str | os.PathLike, step: int, obj: dict) -> Path:

@@ -188,9 +188,14 @@ def load_documents(src: DataSource, token_budget: int | None = None, count_token
         info.update(extra)
     elif src.kind == "text_file":
         p = Path(src.path or "")
+        if p.is_dir():
+            raise ValueError(f"English text file {p} is a folder: pass --general-file with one UTF-8 text file")
         if not p.is_file():
             raise AssetNotFoundError(f"English text file {p} does not exist: pass --general-file with a UTF-8 text file")
-        text = p.read_text(encoding="utf-8", errors="strict")
+        try:
+            text = p.read_text(encoding="utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"English text file {p} is not UTF-8 text (byte {exc.start}): convert it, or pass another file") from None
         if not text.strip():
             raise ValueError(f"English text file {p} holds no text: pass a file with English prose")
         docs = [text]

@@ -78,12 +78,20 @@ class Checkpointing:
         """Restore everything; return the last completed step. Only tensors are unpickled
         (``weights_only=True``), and the weights come from safetensors."""
         folder = Path(self.folder)
-        meta = json.loads((folder / "meta.json").read_text())
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"the checkpoint in {folder} is unreadable ({type(exc).__name__}): delete that folder, or "
+                               "run with --force to start over") from None
         if meta.get("key") != self.key:
             raise RuntimeError(f"the checkpoint in {folder} belongs to another configuration: delete it or start a new run folder")
-        load_model(model, str(folder / "model.safetensors"))
-        opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
+        try:
+            load_model(model, str(folder / "model.safetensors"))
+            opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+            rng = torch.load(folder / "rng.pt", weights_only=True)
+        except Exception as exc:  # a torn or tampered checkpoint: say how to go on, not torch's internals
+            raise RuntimeError(f"the checkpoint in {folder} is corrupt ({type(exc).__name__}): delete that folder to redo "
+                               "step 3 from its start, or run with --force to start the whole run over") from None
         torch.set_rng_state(rng["torch"])
         gen.set_state(rng["generator"])
         if "cuda" in rng and torch.cuda.is_available():

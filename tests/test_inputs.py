@@ -69,3 +69,43 @@ def test_max_tokens_reads_only_what_it_scores(tmp_path, tiny_model_dir):
     peak_kib = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")).split()[1])
     assert result["protocol"]["used_tokens"] == 1000
     assert peak_kib < 1 << 20, f"peak {peak_kib / 1024:.0f} MB"
+
+
+def test_write_failures_say_what_to_do(tmp_path):
+    import errno
+
+    from cptlab.results import disk_message
+
+    full = disk_message(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    assert "is full" in full and "MB free" in full and "--resume" in full and str(tmp_path) in full
+    assert "pass an --out you can write to" in disk_message(tmp_path, OSError(errno.EROFS, "Read-only file system"))
+
+
+def test_a_corrupt_checkpoint_says_how_to_go_on(tmp_path, model_and_tok):
+    import numpy as np
+    import torch
+
+    from cptlab.config import get_config
+    from cptlab.train import Checkpointing, train
+
+    model, _ = model_and_tok
+    cfg = get_config("smoke", block_size=16, batch_size=2, max_steps=6, warmup_steps=1, checkpoint_every=3)
+    stream = np.random.default_rng(0).integers(0, 300, 2000).astype(np.uint16)
+    ck = Checkpointing(tmp_path / "ck", every=3, key="k")
+    train(__import__("copy").deepcopy(model), stream, cfg.replace(max_steps=4), torch.device("cpu"), progress=False, checkpointing=ck)
+    (tmp_path / "ck" / "optimizer.pt").write_bytes(b"torn")
+    with pytest.raises(RuntimeError, match="is corrupt .*delete that folder"):
+        train(__import__("copy").deepcopy(model), stream, cfg.replace(max_steps=4), torch.device("cpu"), progress=False,
+              checkpointing=Checkpointing(tmp_path / "ck", every=3, key="k"))
+
+
+def test_an_english_file_that_is_not_utf8_or_a_folder_is_named(tmp_path):
+    from cptlab.config import DataSource
+    from cptlab.sources import load_documents
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait ".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match=f"{bad} is not UTF-8 text"):
+        load_documents(DataSource(kind="text_file", path=str(bad)))
+    with pytest.raises(ValueError, match="is a folder"):
+        load_documents(DataSource(kind="text_file", path=str(tmp_path)))
