@@ -82,9 +82,10 @@ def cmd_run(args) -> int:
 MAX_WHOLE_TEXT = 64 << 20  # without --max-tokens, a text file larger than this is refused
 
 
-def read_tokens(path: Path, tokenizer, max_tokens: int | None, chunk_chars: int = 1 << 20) -> list[int]:
+def read_tokens(path: Path, tokenizer, max_tokens: int | None) -> list[int]:
     """The file's token ids, read a chunk at a time (cut after a newline) and only as far as
     ``max_tokens`` needs: memory follows what is scored, not the file's size."""
+    chunk_chars = 1 << 20 if max_tokens is None else min(1 << 20, max(1 << 14, 16 * max_tokens))
     if max_tokens is None and path.stat().st_size > MAX_WHOLE_TEXT:
         raise ValueError(f"--text {path} is larger than {MAX_WHOLE_TEXT >> 20} MB: pass --max-tokens N to score its first N tokens")
     ids: list[int] = []
