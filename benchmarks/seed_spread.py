@@ -7,7 +7,6 @@ the same for everyone. Writes a JSON file and prints min / median / max.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

@@ -36,7 +36,7 @@ def load(run_dir: str | Path, step: int) -> tuple[dict | None, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"{name} is not valid JSON ({type(exc).__name__}: {exc})"
     if not isinstance(data, dict):
-        return None, f"{path.name} holds a {type(data).__name__}, not a JSON object"
+        return None, f"{name} holds a {type(data).__name__}, not a JSON object"
     return data, "valid JSON object"
 
 
@@ -113,8 +113,9 @@ def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Che
     try:
         T = thresholds_for(preset)
     except UnknownPreset as exc:
+        why = str(exc).strip("'\"")
         if data is not None:
-            ck.add(f"s{step}.preset", "a preset the lab knows (its thresholds apply)", lambda: (False, str(exc).strip("'\"")),
+            ck.add(f"s{step}.preset", "a preset the lab knows (its thresholds apply)", lambda: (False, why),
                    "re-run the step with --preset tiny, gpt2 or smoke")
         return report, ck, None, {}
     return report, ck, data, T
@@ -453,7 +454,7 @@ def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Rep
         return report.share_points(QUESTIONS[report.question].points)
 
     run.__name__ = check.__name__.lstrip("_")
-    run.__doc__ = f"Every check of the step's results file in ``run_dir``, with the question's points."
+    run.__doc__ = "Every check of the step's results file in ``run_dir``, with the question's points."
     return run
 
 

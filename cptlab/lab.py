@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .cache import atomic_dir, fingerprint
 from .config import LabConfig

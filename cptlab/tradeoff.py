@@ -3,11 +3,9 @@ choices (pure CPT, replay mixing, LoRA on frozen weights, weight interpolation) 
 same budget and the same evaluation protocol and tokens as the headline numbers."""
 from __future__ import annotations
 
-import copy
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import LabConfig

@@ -1,8 +1,6 @@
 """`cptlab perplexity` against an independent implementation of the protocol, on real text."""
 import json
 import math
-import sysconfig
-from pathlib import Path
 
 import pytest
 

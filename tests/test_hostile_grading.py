@@ -23,6 +23,9 @@ def test_a_deeply_nested_results_file_fails_its_check(lab_run, tmp_path):
     (run / "step1_baseline.json").write_text("[" * 100_000 + "]" * 100_000)
     report = check_step1(run)
     assert report.failures[0].id == "s1.results" and "nested too deeply" in report.failures[0].got
+    (run / "step1_baseline.json").write_text("[1, 2]")
+    report = check_step1(run)
+    assert report.failures[0].id == "s1.results" and "holds a list, not a JSON object" in report.failures[0].got
 
 
 def test_a_results_file_that_is_a_symlink_a_fifo_or_a_device_is_refused_unread(lab_run, tmp_path):

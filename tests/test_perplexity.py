@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cptlab.perplexity import perplexity, plan_windows
+from cptlab.perplexity import perplexity
 from conftest import CODE, ENGLISH
 
 

@@ -1,8 +1,6 @@
 """Property-based tests (hypothesis): packing, splitting and perplexity invariants, and checkers
 that never raise on malformed results."""
-import copy
 import json
-import math
 import shutil
 
 import numpy as np
