@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cptlab.results import STEP_FILES, STEP_NOTEBOOKS, STEP_TITLES as TITLES
+from cptlab.uncertainty import drop_interval, ppl_interval, ratio_interval
 
 from .questions import QUESTIONS, RESULTS_QUESTION
 from .report import Check, Report
 from .safe_files import Unsafe, inside, read_json, safetensors_header
-from .thresholds import UnknownPreset, thresholds_for
+from .thresholds import BEFORE_INTERVALS, UnknownPreset, thresholds_for
 
 NOTEBOOKS = {k: f"notebooks/{v}" for k, v in STEP_NOTEBOOKS.items()}
 
@@ -47,6 +48,14 @@ def get(d: Any, dotted: str) -> Any:
             raise Missing(f"'{dotted}' is missing")
         cur = cur[part]
     return cur
+
+
+def opt(d: Any, dotted: str) -> Any:
+    """``get``, or None where the value is missing."""
+    try:
+        return get(d, dotted)
+    except Missing:
+        return None
 
 
 def num(d: Any, dotted: str) -> float:
@@ -131,6 +140,33 @@ def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: di
            "perplexity is exp(total NLL / scored tokens); the reported number must come from its own raw sums")
 
 
+def _units(d: dict, dotted: str, nll_sum: float, tokens: float, T: dict) -> dict:
+    """Per-document sums that add up to the totals they break down."""
+    u = get(d, dotted)
+    if not isinstance(u, dict) or not isinstance(u.get("nll"), list) or not isinstance(u.get("tokens"), list):
+        raise Missing(f"'{dotted}' should hold per-document 'nll' and 'tokens' lists")
+    if not close(sum(float(x) for x in u["nll"]), nll_sum, T["rel_tol"]) or sum(int(x) for x in u["tokens"]) != tokens:
+        raise ValueError(f"'{dotted}' does not add up to the set's nll_sum and tokens")
+    return u
+
+
+def _interval(ck: "Checker", cid: str, d: dict, estimate: str, dotted: str, recompute: Callable[[], dict], T: dict) -> None:
+    """A reported interval: recomputed from the per-document sums, and holding its point estimate."""
+
+    def body():
+        got, want, est = get(d, dotted), recompute(), num(d, estimate)
+        if not isinstance(got, dict):
+            raise Missing(f"'{dotted}' should hold the 95% interval of {estimate}")
+        lo, hi = num(got, "low"), num(got, "high")
+        if not (close(lo, want["low"], T["rel_tol"]) and close(hi, want["high"], T["rel_tol"])):
+            return False, f"[{lo:.6g}, {hi:.6g}] reported, [{want['low']:.6g}, {want['high']:.6g}] recomputed from the per-document sums"
+        return lo <= est <= hi, f"{estimate}={est:.6g} in [{lo:.6g}, {hi:.6g}]"
+
+    ck.add(cid, f"{dotted}: the 95% interval recomputed from the per-document sums, holding {estimate}", body,
+           "intervals come from cptlab.uncertainty on the stored per-document sums; an interval that does not hold its "
+           "own estimate, or that the sums do not give, was edited or mixed from another run: re-run the step")
+
+
 def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
     report, ck, d, T = _start(run_dir, 1, preset)
     if d is None:
@@ -141,9 +177,14 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
                lambda key=key: ((lambda v: math.isfinite(v) and v > 1)(num(d, key)), num(d, key)),
                "perplexity is at least 1 by definition; a NaN or inf means the evaluation broke: check the model and the text")
         _ppl_from_raw(ck, f"s1.{name}_ppl_from_raw", d, key, name, T)
-        ck.add(f"s1.{name}_tokens", f">= {T['min_eval_tokens']:,} scored tokens",
-               lambda name=name: (num(d, f"{name}.tokens") >= T["min_eval_tokens"], int(num(d, f"{name}.tokens"))),
+        legacy = not isinstance(get(d, name), dict) or "units" not in get(d, name)
+        bar = {**T, **BEFORE_INTERVALS.get(str(d.get("preset")), {})}["min_eval_tokens"] if legacy else T["min_eval_tokens"]
+        ck.add(f"s1.{name}_tokens", f">= {bar:,} scored tokens",
+               lambda name=name, bar=bar: (num(d, f"{name}.tokens") >= bar, int(num(d, f"{name}.tokens"))),
                "too few tokens make a noisy perplexity: raise eval_max_tokens or use a bigger evaluation set")
+        if not legacy:
+            _interval(ck, f"s1.{name}_interval", d, key, f"{name}.interval",
+                      lambda name=name: ppl_interval(_units(d, f"{name}.units", num(d, f"{name}.nll_sum"), num(d, f"{name}.tokens"), T)), T)
 
     def same_protocol():
         pc, pg = get(d, "code.protocol"), get(d, "general.protocol")
@@ -287,22 +328,62 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
     ck.add("s3.no_loss_spike", f"no loss above {T['spike_factor']}x the first step's after warm-up", spikes,
            "a spike means the update was too large: lower the learning rate or keep clipping at 1.0")
 
-    def curve():
+    s1, _ = load(run_dir, 1)
+
+    def points() -> list[dict]:
         pts = get(d, "curve")
-        if not isinstance(pts, list) or len(pts) < 2:
+        if not isinstance(pts, list) or len(pts) < 2 or not all(isinstance(p, dict) for p in pts):
             raise Missing("'curve' should list the evaluation points of the run")
+        return pts
+
+    def legacy() -> bool:
+        return "tokens" not in (get(d, "curve_protocol") or {}) or "code_units" not in points()[-1]
+
+    def curve():
+        pts = points()
         every = int(num(d, "curve_protocol.every"))
         steps = [int(num(p, "step")) for p in pts]
         last = int(num(rows()[-1], "step"))
         want = sorted({0, *range(every, last + 1, every), last})
-        g0 = num(pts[0], "general_ppl")
+        g0 = num(pts[0], "general_ppl") if legacy() or s1 is None else num(s1, "baseline_general_ppl")
         for p in pts:
             if not close(num(p, "forgetting_ratio"), num(p, "general_ppl") / g0, T["rel_tol"]):
-                return False, f"step {int(num(p, 'step'))}: forgetting_ratio does not equal general_ppl / step-0 general_ppl"
+                return False, f"step {int(num(p, 'step'))}: forgetting_ratio does not equal general_ppl / the baseline's"
         return steps == want, f"points at steps {steps[:4]}...{steps[-2:]}"
 
     ck.add("s3.forgetting_curve", "code and English evaluated at step 0, every k steps and at the last step", curve,
            "evaluate both sets every curve_every steps during the run (the forgetting curve)")
+
+    def headline_tokens():
+        if legacy():
+            return False, (f"curve scored on {int(num(points()[-1], 'code_tokens')):,} code tokens per point, "
+                           f"the headline on {int(num(s1, 'code.tokens')) if s1 else '?':,}: made by an older cptlab")
+        for p in points():
+            if s1 is None or num(p, "code_tokens") != num(s1, "code.tokens") or num(p, "general_tokens") != num(s1, "general.tokens"):
+                return False, f"step {int(num(p, 'step'))}: {int(num(p, 'code_tokens'))}/{int(num(p, 'general_tokens'))} tokens, step 1 scored {num(s1, 'code.tokens') if s1 else '?'}"
+        same_sha = (get(d, "curve_protocol.code_tokens_sha") == get(s1, "code.tokens_sha")
+                    and get(d, "curve_protocol.general_tokens_sha") == get(s1, "general.tokens_sha"))
+        return same_sha, f"{len(points())} points on step 1's {int(num(s1, 'code.tokens')):,} code and {int(num(s1, 'general.tokens')):,} English tokens"
+
+    ck.add("s3.curve_on_headline_tokens", "every curve point scored on the headline's evaluation tokens (step 1's)", headline_tokens,
+           "this run folder's CPT run was made by an older cptlab, whose curve scored fewer tokens than the headline: "
+           "re-run step 3 (notebooks/03_cpt.ipynb), then step 4")
+
+    def curve_intervals():
+        pts = points()
+        base = opt(s1, "code.units") or pts[0].get("code_units")
+        gbase = opt(s1, "general.units") or pts[0].get("general_units")
+        for p in pts[1:]:
+            for key, fn, b, units in (("code_ppl_drop", drop_interval, base, "code_units"), ("forgetting_ratio", ratio_interval, gbase, "general_units")):
+                ci, want = get(p, f"{key}_ci"), fn(b, get(p, units))
+                if not (isinstance(ci, dict) and close(num(ci, "low"), want["low"], T["rel_tol"]) and close(num(ci, "high"), want["high"], T["rel_tol"])):
+                    return False, f"step {int(num(p, 'step'))}: {key}_ci is not the interval its per-document sums give"
+                if not num(ci, "low") <= num(p, key) <= num(ci, "high"):
+                    return False, f"step {int(num(p, 'step'))}: {key}={num(p, key):.6g} outside [{num(ci, 'low'):.6g}, {num(ci, 'high'):.6g}]"
+        return True, f"{len(pts) - 1} points, each interval recomputed and holding its estimate"
+
+    ck.add("s3.curve_intervals", "each curve point's code drop and forgetting ratio with its paired 95% interval (recomputed)",
+           curve_intervals, "re-run step 3 (notebooks/03_cpt.ipynb): the curve's intervals come from its per-document sums")
 
     def model_folder():
         rel = Path(str(get(d, "adapted_model")))
@@ -353,6 +434,38 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
 
     ck.add("s4.forgetting_ratio_consistent", "forgetting_ratio = adapted_general_ppl / baseline_general_ppl", ratio_formula,
            "recompute forgetting_ratio from the two English perplexities; do not edit it by hand")
+    s3, why3 = load(run_dir, 3)
+    if "code_ppl_drop_ci" not in d or not opt(d, "code.units"):
+        ck.add("s4.intervals", "the code drop and forgetting ratio with their 95% intervals",
+               lambda: (False, "no intervals: made by an older cptlab"),
+               "re-run step 3 (notebooks/03_cpt.ipynb), then step 4: this cptlab gives every headline number its interval")
+    else:
+        def base(name: str) -> dict:
+            if opt(s1, f"{name}.units"):
+                return get(s1, f"{name}.units")
+            curve = opt(s3, "curve")
+            if isinstance(curve, list) and curve and isinstance(curve[0], dict) and curve[0].get(f"{name}_units"):
+                return curve[0][f"{name}_units"]
+            raise Missing("no per-document sums of the baseline (step 1 or step 3's step-0 point): re-run step 3, then step 4")
+
+        units = {name: (lambda name=name: _units(d, f"{name}.units", num(d, f"{name}.nll_sum"), num(d, f"{name}.tokens"), T))
+                 for name in ("code", "general")}
+        _interval(ck, "s4.code_ppl_drop_interval", d, "code_ppl_drop", "code_ppl_drop_ci",
+                  lambda: drop_interval(base("code"), units["code"]()), T)
+        _interval(ck, "s4.forgetting_ratio_interval", d, "forgetting_ratio", "forgetting_ratio_ci",
+                  lambda: ratio_interval(base("general"), units["general"]()), T)
+
+    def curve_end():
+        curve = opt(s3, "curve")
+        last = curve[-1] if isinstance(curve, list) and curve else None
+        if not isinstance(last, dict):
+            return False, f"no forgetting curve in {STEP_FILES[3]} ({why3 or 'empty'})"
+        ok = close(num(last, "code_ppl"), num(d, "adapted_code_ppl"), T["rel_tol"]) and close(num(last, "general_ppl"), num(d, "adapted_general_ppl"), T["rel_tol"])
+        return ok, (f"curve step {int(num(last, 'step'))}: {num(last, 'code_ppl'):.6g}/{num(last, 'general_ppl'):.6g}; "
+                    f"headline {num(d, 'adapted_code_ppl'):.6g}/{num(d, 'adapted_general_ppl'):.6g}")
+
+    ck.add("s4.curve_ends_at_headline", "the forgetting curve's last point is the headline (same model, tokens and protocol)", curve_end,
+           "re-run step 3 (notebooks/03_cpt.ipynb), then step 4: the curve must be scored on the headline's tokens")
     ck.add("s4.code_ppl_drop", f"code_ppl_drop >= {T['min_code_ppl_drop']:.2f}",
            lambda: (num(d, "code_ppl_drop") >= T["min_code_ppl_drop"], f"{num(d, 'code_ppl_drop'):.4f}"),
            "CPT should cut code perplexity by at least this much: check the learning rate, the steps and that training used the code corpus")
@@ -446,6 +559,22 @@ def _check_study(ck: Checker, d: dict, T: dict) -> None:
 
     ck.add("s4.recommendation", "the recommendation is the largest code gain under the retention floor", recommendation,
            "recompute the recommendation from the variants; do not pick it by hand")
+
+    def study_intervals():
+        base = {n: opt(d, f"baseline.{n}.units") for n in ("code", "general")}
+        if not base["code"]:
+            raise Missing("no per-document sums of the baseline in 'baseline': re-run step 3, then step 4")
+        for v in variants():
+            for key, fn, n in (("code_ppl_drop", drop_interval, "code"), ("forgetting_ratio", ratio_interval, "general")):
+                ci, want = get(v, f"{key}_ci"), fn(base[n], get(v, f"{n}_units"))
+                if not (isinstance(ci, dict) and close(num(ci, "low"), want["low"], T["rel_tol"]) and close(num(ci, "high"), want["high"], T["rel_tol"])):
+                    return False, f"{v.get('name')}: {key}_ci is not the interval its per-document sums give"
+                if not num(ci, "low") <= num(v, key) <= num(ci, "high"):
+                    return False, f"{v.get('name')}: {key}={num(v, key):.6g} outside [{num(ci, 'low'):.6g}, {num(ci, 'high'):.6g}]"
+        return True, f"{len(variants())} variants, each interval recomputed and holding its estimate"
+
+    ck.add("s4.study_intervals", "every variant's code drop and forgetting ratio with its paired 95% interval (recomputed)",
+           study_intervals, "re-run the study (cptlab.tradeoff.run_study): its intervals come from the per-document sums")
 
 
 def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Report]:

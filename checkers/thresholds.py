@@ -9,7 +9,8 @@ recipe itself (steps, warm-up, learning rate, block size, clip, split) is read f
   picks which ~18 files form the validation split. The drop bar is 25%, 10 points under the lowest
   seed, so every learner's honest run passes; forgetting must stay above 1. Splits: stdlib code
   gives ~70k validation tokens, so 50k holds with margin; evaluation sets are capped at 40k tokens,
-  so >= 20k scored tokens is asked.
+  so >= 20k scored tokens was asked; since the curve and the intervals, each set is scored whole
+  (~80k code and ~64k English tokens), and >= 50k is asked.
 - smoke: seconds-long CI configuration; 30 steps on a barely trained base are noisy: over 10
   learner seeds the drop spans 20.0% to 55.0% (`benchmarks/seed_spread.py`), so its bar is 10%.
 Relative tolerances for recomputed values are 1e-6 (floating point only, no modelling slack).
@@ -23,10 +24,13 @@ COMMON = {
     "spike_factor": 1.5,  # after warm-up no loss may exceed 1.5x the first step's loss
     "rel_tol": 1e-6,
 }
+# A step 1 from before per-document intervals capped the tiny sets at 40k tokens; it still grades
+# against the bar it was made for (its steps 3 and 4 must be re-run: their checks say so).
+BEFORE_INTERVALS = {"tiny": {"min_eval_tokens": 20_000}}
 
 MARGINS: dict[str, dict] = {
     "gpt2": {"min_split_tokens": 50_000, "split_tolerance": 0.005, "min_eval_tokens": 50_000, "min_code_ppl_drop": 0.30},
-    "tiny": {"min_split_tokens": 50_000, "split_tolerance": 0.01, "min_eval_tokens": 20_000, "min_code_ppl_drop": 0.25},
+    "tiny": {"min_split_tokens": 50_000, "split_tolerance": 0.01, "min_eval_tokens": 50_000, "min_code_ppl_drop": 0.25},
     "smoke": {"min_split_tokens": 2_000, "split_tolerance": 0.03, "min_eval_tokens": 2_000, "min_code_ppl_drop": 0.10},
 }
 

@@ -17,6 +17,10 @@ class ConfigError(ValueError):
     """A bad setting, with a message that says what to do."""
 
 
+# Settings older run folders may still hold; they are read past, never applied.
+RETIRED = {"curve_max_tokens": "the forgetting curve is scored on the headline's evaluation tokens"}
+
+
 @dataclass
 class DataSource:
     """Where one corpus comes from.
@@ -73,6 +77,9 @@ class LabConfig:
     general_source: DataSource = field(default_factory=lambda: DataSource(kind="tiny_english"))
     code_token_budget: int | None = None  # stop taking code documents once this many tokens are in
     val_fraction: float = 0.02
+    # The validation documents are drawn with this seed, not ``seed``: the split is the preset's, so
+    # every learner (whatever seed they train with) and every variant is scored on the same files.
+    split_seed: int = 1234
     block_size: int = 256
     # --- the CPT run
     cpt_lr: float = 5e-5
@@ -90,10 +97,9 @@ class LabConfig:
     # --- evaluation (one protocol for every perplexity)
     eval_stride: int | None = None  # None: non-overlapping windows of block_size
     eval_batch_size: int = 8
-    eval_max_tokens: int | None = 40_000  # deterministic prefix cap per evaluation set
+    eval_max_tokens: int | None = None  # deterministic prefix cap per evaluation set (None: the whole set)
     # --- the trade-off study (step 4)
-    curve_every: int = 10  # evaluate code and English every k CPT steps (the forgetting curve)
-    curve_max_tokens: int = 8_192  # per set, for the curve only; headline numbers use eval_max_tokens
+    curve_every: int = 15  # evaluate code and English every k CPT steps, on the headline's tokens (the forgetting curve)
     retention_floor: float = 1.05  # the highest forgetting_ratio a production team would accept
     stop_at_floor: bool = False  # stop the CPT run at the first curve point above the floor
     replay_fractions: tuple[float, ...] = (0.05, 0.10, 0.25)  # 0% is the pure CPT run itself
@@ -101,6 +107,7 @@ class LabConfig:
     lora_r: int = 8
     lora_alpha: int = 16  # alpha = 2r ("LoRA Learns Less and Forgets Less")
     lora_lr: float = 5e-4  # LoRA's usual rate is ~10x full fine-tuning's; same steps and tokens
+    lora_targets: str = "all_linear"  # all_linear (c_attn, c_proj, c_fc) | attention (attn.c_attn, attn.c_proj)
     interp_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
@@ -148,12 +155,12 @@ class LabConfig:
         if self.eval_max_tokens is not None and self.eval_max_tokens < self.block_size:
             raise ConfigError(f"eval_max_tokens must be at least block_size={self.block_size} (or null for no cap), "
                               f"got {self.eval_max_tokens} (e.g. --set eval_max_tokens=40000)")
-        if self.curve_max_tokens < self.block_size:
-            raise ConfigError(f"curve_max_tokens must be at least block_size={self.block_size}, got {self.curve_max_tokens}")
         if not 0 <= self.min_lr_ratio < 1:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1), got {self.min_lr_ratio}")
         if self.lora_r < 1 or self.lora_alpha < 1 or self.lora_lr <= 0:
             raise ConfigError("lora_r and lora_alpha must be >= 1 and lora_lr > 0")
+        if self.lora_targets not in ("all_linear", "attention"):
+            raise ConfigError(f"lora_targets must be all_linear or attention, got {self.lora_targets!r} (e.g. --set lora_targets=attention)")
         if self.retention_floor <= 0 or not all(0 <= a <= 1 for a in self.interp_alphas):
             raise ConfigError("retention_floor must be > 0 and interp_alphas must lie in [0, 1]")
         return self
@@ -170,6 +177,7 @@ class LabConfig:
         """A config from plain values (a stored results file, ``--set`` overrides): each value is
         parsed to its field's type, or refused with the field's name and a valid example."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RETIRED}
         unknown = set(d) - set(fields)
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
@@ -265,7 +273,6 @@ def _smoke() -> LabConfig:
         code_token_budget=400_000,
         eval_max_tokens=6_000,
         curve_every=5,
-        curve_max_tokens=2_048,
         lora_lr=2e-2,
         tiny=TinyBaseConfig(
             vocab_size=2048, n_layer=2, n_head=2, n_embd=64, n_positions=64,
@@ -286,6 +293,8 @@ def get_config(preset: str = "tiny", **overrides: Any) -> LabConfig:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)} (tiny runs anywhere, gpt2 wants a GPU)")
     known = {f.name for f in dataclasses.fields(LabConfig)}
     bad = set(overrides) - known
+    if bad & set(RETIRED):
+        raise ConfigError("; ".join(f"{k} is no longer a setting: {RETIRED[k]}" for k in sorted(bad & set(RETIRED))))
     if bad:
         raise ConfigError(f"unknown config keys {sorted(bad)}; known: {sorted(known)}")
     base = {f.name: getattr(PRESETS[preset](), f.name) for f in dataclasses.fields(LabConfig)}

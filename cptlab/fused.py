@@ -41,14 +41,17 @@ def ce_chunk_rows(vocab: int) -> int:
     return max(64, CE_CHUNK_ELEMENTS // vocab)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Sum of ``cross_entropy(head(hidden), targets)`` made over chunks of rows: the same autograd
-    graph as one call, without whole-batch float32 logits."""
+    graph as one call, without whole-batch float32 logits. ``reduction="none"``: each row's loss."""
     rows = ce_chunk_rows(head.weight.shape[0])
-    total = None
-    for i in range(0, hidden.shape[0], rows):
-        part = F.cross_entropy(head(hidden[i : i + rows]).float(), targets[i : i + rows], reduction="sum")
-        total = part if total is None else total + part
+    parts = [F.cross_entropy(head(hidden[i : i + rows]).float(), targets[i : i + rows], reduction=reduction)
+             for i in range(0, hidden.shape[0], rows)]
+    if reduction == "none":
+        return torch.cat(parts)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
     return total
 
 
@@ -152,18 +155,23 @@ class CausalLMLoss(nn.Module):
         self.parts = split_lm_head(model)
         self.fused = fused
 
-    def forward(self, x: torch.Tensor, scored: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scored: int | None = None, per_token: bool = False) -> torch.Tensor:
         """``scored``: score only the last ``scored`` tokens of each window (evaluation's sliding
-        windows); by default every token after the first."""
+        windows); by default every token after the first. ``per_token``: the ``[rows, scored]``
+        losses (evaluation's per-document sums) instead of their sum."""
         L = x.shape[1]
         scored = L - 1 if scored is None else scored
         targets = x[:, L - scored :].reshape(-1)
+        reduction = "none" if per_token else "sum"
         if self.parts is None:
             logits = self.model(input_ids=x).logits[:, L - 1 - scored : L - 1]
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+            out = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction=reduction)
+            return out.view(x.shape[0], scored) if per_token else out
         body, head = self.parts
         hidden = body(input_ids=x, use_cache=False).last_hidden_state[:, L - 1 - scored : L - 1]
         hidden = hidden.reshape(-1, hidden.shape[-1])
+        if per_token:
+            return chunked_cross_entropy(hidden, head, targets, reduction="none").view(x.shape[0], scored)
         if self.fused if self.fused is not None else x.is_cuda:
             return linear_cross_entropy(hidden, head.weight, targets, masked=False)
         return chunked_cross_entropy(hidden, head, targets)

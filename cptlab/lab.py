@@ -13,8 +13,9 @@ from .cache import atomic_dir, fingerprint
 from .config import LabConfig
 from .corpus import build_corpus, split_streams, to_blocks, window_crossing_eos
 from .device import describe, seed_everything
-from .measure import (CORPUS_FILES, StepSetup, code_corpus, code_documents, config_of, curve_point, eval_record, eval_tokens_sha,
-                      evaluate, floor_crossing, general_stream, model_path, resolve_base_model, run_corpus)
+from .measure import (CORPUS_FILES, StepSetup, baseline_of, code_corpus, code_documents, config_of, eval_record, eval_tokens_sha,
+                      evaluate, floor_crossing, general_stream, model_path, resolve_base_model, run_corpus, scored)
+from .uncertainty import drop_interval, ratio_interval
 from .results import read_step, sha256_file, versions, write_step
 from .train import Checkpointing, train
 
@@ -30,8 +31,9 @@ def run_step1(cfg: LabConfig, run_dir: str | Path, progress: bool = True, perple
     model = s.model()
     corpus, code_info = code_corpus(cfg, s.tokenizer)
     english, english_info = general_stream(cfg, s.tokenizer)
-    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress, perplexity_fn)
-    general = evaluate(model, english, cfg, s.device, "baseline English ppl", progress, perplexity_fn)
+    eos = s.tokenizer.eos_token_id
+    code = evaluate(model, corpus.val, cfg, s.device, "baseline code ppl", progress, perplexity_fn, eos_id=eos)
+    general = evaluate(model, english, cfg, s.device, "baseline English ppl", progress, perplexity_fn, eos_id=eos)
 
     out = {
         "step": 1,
@@ -62,7 +64,7 @@ def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
     s1 = read_step(run_dir, 1)
     s = StepSetup(cfg, s1["base_model"])
     docs, info = code_documents(cfg, s.tokenizer)
-    corpus = build_corpus(docs, s.tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size,
+    corpus = build_corpus(docs, s.tokenizer, cfg.val_fraction, cfg.split_seed, cfg.block_size,
                           split_fn=split_fn or split_streams, blocks_fn=blocks_fn or to_blocks)
     if eval_tokens_sha(corpus.val, cfg) != s1["code"]["tokens_sha"]:
         raise ValueError("the validation split differs from the one step 1 scored (the lab's rule with this seed): "
@@ -99,21 +101,30 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
     ckpt = Checkpointing(Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"]))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
-    # The forgetting curve: both sets every curve_every steps, on capped sets, same protocol.
-    # It lives in the checkpoint's extra state, so a resumed run keeps the points it had.
-    start = [] if ckpt.exists() else [curve_point(model, 0, val, english, cfg, s.device, s.amp, None)]
-    ckpt.extra.update(curve=start, stopped={"at": None, "eval_seconds": 0.0})
+    # The forgetting curve: both sets every curve_every steps, on the headline's tokens and protocol
+    # (its last point is step 4's number). It lives in the checkpoint's extra state, so a resumed
+    # run keeps the points it had.
+    eos = s.tokenizer.eos_token_id
+    baseline = baseline_of(s1)
+
+    def point(m, step: int) -> dict:
+        p = scored(m, f"step {step}", val, english, cfg, s.device, eos, baseline_of(s1, ckpt.extra["curve"]) if step else baseline)
+        return {"step": step, **{k: v for k, v in p.items() if k != "name"}}
+
+    ckpt.extra.update(curve=[], stopped={"at": None, "eval_seconds": 0.0})
+    if not ckpt.exists():
+        ckpt.extra["curve"].append(point(model, 0))
 
     def on_step(step: int, m) -> bool:
         if step % cfg.curve_every and step != cfg.max_steps:
             return False
         curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
         t = time.perf_counter()
-        point = curve_point(m, step, val, english, cfg, s.device, s.amp, curve[0])
+        p = point(m, step)
         m.train()
         stopped["eval_seconds"] += time.perf_counter() - t
-        curve.append(point)
-        if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+        curve.append(p)
+        if cfg.stop_at_floor and p["forgetting_ratio"] > cfg.retention_floor:
             stopped["at"] = step
             return True
         return False
@@ -143,7 +154,9 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
         },
         "log": result.log,
         "curve": curve,
-        "curve_protocol": {"every": cfg.curve_every, "max_tokens": cfg.curve_max_tokens, "block_size": cfg.block_size},
+        "curve_protocol": {"every": cfg.curve_every, "max_tokens": cfg.eval_max_tokens, "block_size": cfg.block_size,
+                           "tokens": "the headline's: the same evaluation tokens and protocol as steps 1 and 4",
+                           "code_tokens_sha": eval_tokens_sha(val, cfg), "general_tokens_sha": eval_tokens_sha(english, cfg)},
         "floor": {**floor_crossing(curve, cfg.retention_floor), "stopped_at_step": stopped["at"]},
         "seconds": result.seconds,
         "curve_eval_seconds": stopped["eval_seconds"],
@@ -168,8 +181,13 @@ def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn
     _, val = run_corpus(run_dir)
     english, _ = general_stream(cfg, s.tokenizer)
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
-    code = evaluate(model, val, cfg, s.device, "adapted code ppl", progress)
-    general = evaluate(model, english, cfg, s.device, "adapted English ppl", progress)
+    eos = s.tokenizer.eos_token_id
+    code = evaluate(model, val, cfg, s.device, "adapted code ppl", progress, eos_id=eos)
+    general = evaluate(model, english, cfg, s.device, "adapted English ppl", progress, eos_id=eos)
+    base = baseline_of(s1, s3.get("curve"))
+    if not base["code_units"]:
+        raise RuntimeError("this run folder's step 3 was made by an older cptlab, without per-document sums for the "
+                           "confidence intervals: re-run step 3 (notebooks/03_cpt.ipynb), then this step")
     code_rec = eval_record(code, val, cfg, {"split": "val"})
     english_rec = eval_record(general, english, cfg, {})
     for name, rec in (("code", code_rec), ("general", english_rec)):
@@ -191,6 +209,9 @@ def run_step4(run_dir: str | Path, progress: bool = True, drop_fn=None, ratio_fn
         "code": code_rec,
         "general": english_rec,
         "baseline": {"code": s1["code"], "general": s1["general"]},
+        # paired over the documents of each set: the same resampled documents for the base and the adapted model
+        "code_ppl_drop_ci": drop_interval(base["code_units"], code.units),
+        "forgetting_ratio_ci": ratio_interval(base["general_units"], general.units),
     }
     write_step(run_dir, 4, out)
     return out

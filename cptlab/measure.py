@@ -14,6 +14,7 @@ from .corpus import Corpus, cached_corpus, eos_join_stream
 from .device import autocast_dtype, pick_device, seed_everything, setup_cpu
 from .distributed import device_for_rank
 from .perplexity import PerplexityResult, learner_perplexity, perplexity
+from .uncertainty import drop_interval, ppl_interval, ratio_interval
 from .results import STEP_NOTEBOOKS, MissingStepError, read_step
 from .sources import load_documents, load_model, load_tokenizer
 from .tiny import ensure_base_model
@@ -33,7 +34,10 @@ def model_path(run_dir: str | Path, p: str) -> Path:
 
 
 def config_of(run_dir: str | Path) -> LabConfig:
-    return LabConfig.from_dict(read_step(run_dir, 1)["config"])
+    stored = dict(read_step(run_dir, 1)["config"])
+    if isinstance(stored, dict) and "split_seed" not in stored and "seed" in stored:
+        stored["split_seed"] = stored["seed"]  # folders from before the preset's own split seed drew it with the run's
+    return LabConfig.from_dict(stored)
 
 
 def code_documents(cfg: LabConfig, tokenizer) -> tuple[list[str], dict]:
@@ -46,7 +50,7 @@ def code_documents(cfg: LabConfig, tokenizer) -> tuple[list[str], dict]:
 def code_corpus(cfg: LabConfig, tokenizer) -> tuple[Corpus, dict]:
     """The reference CPT corpus (cached): what step 1 scores before the learner builds step 2's."""
     docs, info = code_documents(cfg, tokenizer)
-    return cached_corpus(docs, tokenizer, cfg.val_fraction, cfg.seed, cfg.block_size), info
+    return cached_corpus(docs, tokenizer, cfg.val_fraction, cfg.split_seed, cfg.block_size), info
 
 
 CORPUS_FILES = {"train_blocks": "corpus/train_blocks.npy", "val": "corpus/val.npy"}
@@ -68,14 +72,20 @@ def general_stream(cfg: LabConfig, tokenizer) -> tuple[np.ndarray, dict]:
     return eos_join_stream(docs, tokenizer), info
 
 
-def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True, fn=None) -> PerplexityResult:
-    """Corpus perplexity under the lab's protocol; ``fn`` is a learner's ``corpus_perplexity``."""
+def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progress: bool = True, fn=None,
+             eos_id: int | None = None) -> PerplexityResult:
+    """Corpus perplexity under the lab's protocol; ``fn`` is a learner's ``corpus_perplexity``.
+    With ``eos_id`` the result holds per-document sums for its confidence interval (for a learner's
+    function, from the reference run on the same tokens: the learner's returns totals only)."""
+    amp = autocast_dtype(device, cfg.precision)
     if fn is not None:
-        return learner_perplexity(fn, model, stream, cfg.block_size, cfg.eval_max_tokens, device, autocast_dtype(device, cfg.precision))
+        res = learner_perplexity(fn, model, stream, cfg.block_size, cfg.eval_max_tokens, device, amp)
+        if eos_id is not None:
+            res.units = evaluate(model, stream, cfg, device, desc, progress, eos_id=eos_id).units
+        return res
     return perplexity(
         model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,
-        max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=autocast_dtype(device, cfg.precision),
-        progress=progress, desc=desc,
+        max_tokens=cfg.eval_max_tokens, device=device, amp_dtype=amp, progress=progress, desc=desc, eos_id=eos_id,
     )
 
 
@@ -86,7 +96,12 @@ def eval_tokens_sha(stream: np.ndarray, cfg: LabConfig) -> str:
 
 
 def eval_record(res: PerplexityResult, stream: np.ndarray, cfg: LabConfig, source: dict) -> dict:
-    return {**res.to_dict(), "tokens_sha": eval_tokens_sha(stream, cfg), "source": source}
+    """A perplexity as a results file stores it: raw sums, protocol, the tokens' fingerprint, and
+    (with per-document sums) its confidence interval."""
+    rec = {**res.to_dict(), "tokens_sha": eval_tokens_sha(stream, cfg), "source": source}
+    if res.units:
+        rec["interval"] = ppl_interval(res.units)
+    return rec
 
 
 class StepSetup:
@@ -111,15 +126,32 @@ class StepSetup:
         return m.to(self.device).eval()
 
 
-def curve_point(model, step: int, code: np.ndarray, general: np.ndarray, cfg: LabConfig, device, amp, base: dict | None) -> dict:
-    c = perplexity(model, code, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
-    g = perplexity(model, general, cfg.block_size, cfg.eval_stride, cfg.eval_batch_size, cfg.curve_max_tokens, device, amp)
-    point = {"step": step, "code_ppl": c.ppl, "general_ppl": g.ppl, "code_nll_sum": c.nll_sum, "code_tokens": c.tokens,
-             "general_nll_sum": g.nll_sum, "general_tokens": g.tokens}
-    ref = base or point
-    point["forgetting_ratio"] = g.ppl / ref["general_ppl"]
-    point["code_ppl_drop"] = 1.0 - c.ppl / ref["code_ppl"]
-    return point
+def scored(model, name: str, code: np.ndarray, general: np.ndarray, cfg: LabConfig, device, eos_id: int,
+           baseline: dict, progress: bool = False, **extra) -> dict:
+    """A model on both evaluation sets (the headline's tokens and protocol), with its gain and
+    forgetting against ``baseline`` (step 1's perplexities and per-document sums) and their
+    paired intervals. The curve's points and the study's variants are all such records."""
+    c = evaluate(model, code, cfg, device, f"{name}: code", progress, eos_id=eos_id)
+    g = evaluate(model, general, cfg, device, f"{name}: English", progress, eos_id=eos_id)
+    rec = {"name": name, "code_ppl": c.ppl, "general_ppl": g.ppl, "code_nll_sum": c.nll_sum, "code_tokens": c.tokens,
+           "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
+           "code_ppl_drop": 1.0 - c.ppl / baseline["code_ppl"], "forgetting_ratio": g.ppl / baseline["general_ppl"],
+           "code_units": c.units, "general_units": g.units, **extra}
+    if baseline.get("code_units") and baseline.get("general_units"):
+        rec["code_ppl_drop_ci"] = drop_interval(baseline["code_units"], c.units)
+        rec["forgetting_ratio_ci"] = ratio_interval(baseline["general_units"], g.units)
+    return rec
+
+
+def baseline_of(s1: dict, curve: list[dict] | None = None) -> dict:
+    """Step 1's perplexities and per-document sums: what every later number is compared with.
+    A run folder from before per-document sums takes them from the CPT run's step-0 point (the
+    same base model on the same tokens)."""
+    base = {"code_ppl": s1["baseline_code_ppl"], "general_ppl": s1["baseline_general_ppl"],
+            "code_units": (s1.get("code") or {}).get("units"), "general_units": (s1.get("general") or {}).get("units")}
+    if not base["code_units"] and curve and curve[0].get("code_units"):
+        base.update(code_units=curve[0]["code_units"], general_units=curve[0]["general_units"])
+    return base
 
 
 def floor_crossing(curve: list[dict], floor: float) -> dict:

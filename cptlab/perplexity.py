@@ -19,6 +19,7 @@ from .distributed import all_reduce_sum, rank, world_size
 from .fastpath import fast_paths
 from .fused import CausalLMLoss
 from .progress import progress_bar
+from .uncertainty import PIECE_TOKENS, document_of
 
 
 @dataclass
@@ -27,6 +28,7 @@ class PerplexityResult:
     nll_sum: float
     tokens: int
     protocol: dict = field(default_factory=dict)
+    units: dict | None = None  # per document: summed NLL and scored tokens (cptlab.uncertainty)
 
     @property
     def mean_nll(self) -> float:
@@ -85,9 +87,11 @@ def perplexity(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "perplexity",
+    eos_id: int | None = None,
 ) -> PerplexityResult:
     """Corpus perplexity of ``ids`` (a 1-D token stream). ``max_tokens`` keeps the stream's first
-    tokens: a deterministic selection, the same for every model scored with it."""
+    tokens: a deterministic selection, the same for every model scored with it. With ``eos_id``
+    (the stream's document separator) the result also holds each document's NLL and tokens."""
     _check_context(model, block_size)
     ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     if ids.ndim != 1:
@@ -105,12 +109,26 @@ def perplexity(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_scored = 0
+    doc = n_docs = None
+    if eos_id is not None:
+        doc = torch.as_tensor(document_of(ids.numpy(), eos_id)).to(device)
+        n_docs = int(doc[-1].item()) + 1
+        doc_nll = torch.zeros(n_docs, dtype=torch.float64, device=device)
+        doc_tokens = torch.zeros(n_docs, dtype=torch.float64, device=device)
     bar = progress_bar(len(windows), desc, leave=False) if progress else None
     loss = CausalLMLoss(model, fused=False)  # chunked cross-entropy: memory never grows with batch x block x vocab
     with fast_paths(model, device, amp_dtype, evaluation=True):
         for length, scored, chunk in _batches(windows, batch_size):
             x = torch.stack([ids[b : b + length] for b in chunk]).to(device)
-            total += loss(x, scored).double()
+            if doc is None:
+                total += loss(x, scored).double()
+            else:
+                nll = loss(x, scored, per_token=True).double()
+                total += nll.sum()
+                pos = torch.as_tensor(chunk, device=device)[:, None] + torch.arange(length - scored, length, device=device)
+                d = doc[pos].reshape(-1)
+                doc_nll += torch.bincount(d, weights=nll.reshape(-1), minlength=n_docs)
+                doc_tokens += torch.bincount(d, minlength=n_docs).double()
             n_scored += scored * len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
@@ -120,7 +138,12 @@ def perplexity(
     counts = all_reduce_sum(torch.stack([total, torch.tensor(float(n_scored), dtype=torch.float64, device=device)]))
     nll_sum, n_scored = float(counts[0].item()), int(counts[1].item())
     protocol = protocol_card(block_size, stride, max_tokens, n_input, len(ids), n_windows, amp_dtype)
-    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=n_scored, protocol=protocol)
+    units = None
+    if doc is not None:
+        sums = all_reduce_sum(torch.stack([doc_nll, doc_tokens]))
+        keep = sums[1] > 0  # a document shorter than one scored token (the stream's first) has none
+        units = {"unit": f"document, or a piece of {PIECE_TOKENS} tokens of a longer one", "nll": sums[0][keep].tolist(), "tokens": [int(t) for t in sums[1][keep].tolist()]}
+    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=n_scored, protocol=protocol, units=units)
 
 
 def protocol_card(block_size: int, stride: int | None, max_tokens: int | None, n_input: int, n_used: int,

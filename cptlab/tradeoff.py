@@ -11,10 +11,11 @@ import torch
 from .config import LabConfig
 from .corpus import eos_join_stream, replay_batches
 from .device import seed_everything
-from .measure import StepSetup, config_of, evaluate, floor_crossing, general_stream, model_path, run_corpus
+from .measure import StepSetup, baseline_of, config_of, floor_crossing, general_stream, model_path, run_corpus, scored
 from .results import read_step, write_step
 from .sources import load_documents
 from .train import train
+from .uncertainty import METHOD, MIN_UNITS, describe, difference_interval
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -33,12 +34,15 @@ def base_weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+LORA_TARGETS = {"all_linear": ["c_attn", "c_proj", "c_fc"], "attention": ["attn.c_attn", "attn.c_proj"]}
+
+
 def lora_model(model, cfg: LabConfig):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
-        target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,  # GPT-2's Conv1D layers
+        target_modules=LORA_TARGETS[cfg.lora_targets], fan_in_fan_out=True,  # GPT-2's Conv1D layers
     )
     return get_peft_model(model, config)
 
@@ -79,6 +83,45 @@ def recommend(variants: list[dict], floor: float, choose_fn=None) -> dict:
             "forgetting_ratio": best["forgetting_ratio"], "reason": why}
 
 
+def within_floor(v: dict, floor: float) -> str:
+    """Where a variant's forgetting interval lies against the floor: "under", "over", or "straddles"
+    (its ratio is under or over the floor by less than the evaluation set can tell)."""
+    ci = v.get("forgetting_ratio_ci")
+    if ci is None:
+        return "under" if v["forgetting_ratio"] <= floor else "over"
+    return "under" if ci["high"] <= floor else "over" if ci["low"] > floor else "straddles"
+
+
+def noise(variants: list[dict], floor: float, base_units: dict | None, choose_fn=None) -> dict:
+    """What the evaluation set can tell about the choice: for each other variant under the floor,
+    the paired interval of the chosen variant's code-drop lead over it; leads whose interval holds
+    0 are within noise."""
+    best = recommend(variants, floor, choose_fn)["name"]
+    chosen = next(v for v in variants if v["name"] == best)
+    rows, tied = [], []
+    for v in variants:
+        if v is chosen or v["forgetting_ratio"] > floor or not v.get("code_units") or base_units is None:
+            continue
+        diff = difference_interval(base_units, chosen["code_units"], v["code_units"])
+        rows.append({"versus": v["name"], "lead": diff})
+        if diff["low"] <= 0 <= diff["high"]:
+            tied.append(v["name"])
+    if base_units is not None and len(base_units["nll"]) < MIN_UNITS:
+        return {"leads": rows, "within_noise": tied, "floor_position": chosen.get("within_floor"),
+                "noise_note": f"the code set holds {len(base_units['nll'])} document piece(s), too few for the intervals to say "
+                              f"what is noise (the smoke preset is for seconds, not conclusions)"}
+    note = (f"{best} and {', '.join(tied)} are within noise on this evaluation set (the paired 95% interval of the "
+            f"difference in code drop holds 0)" if tied else
+            f"{best}'s lead over every other variant under the floor is outside noise" if rows else "")
+    ci = chosen.get("forgetting_ratio_ci")
+    if chosen.get("within_floor") == "straddles" and ci:
+        safe = [v for v in variants if v.get("within_floor") == "under"]
+        safest = max(safe, key=lambda v: v["code_ppl_drop"])["name"] if safe else None
+        note += (f". Its forgetting ratio's interval [{ci['low']:.3f}, {ci['high']:.3f}] straddles the floor {floor}: on other "
+                 f"documents it could be over" + (f"; {safest} is the best variant whose whole interval is under it" if safest else ""))
+    return {"leads": rows, "within_noise": tied, "noise_note": note, "floor_position": chosen.get("within_floor")}
+
+
 def pareto_front(variants: list[dict]) -> list[str]:
     """Names of variants no other variant beats on both gain and forgetting."""
     front = []
@@ -101,19 +144,21 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
     s = StepSetup(cfg, s1["base_model"])
     blocks, val = run_corpus(run_dir)
     english_eval, _ = general_stream(cfg, s.tokenizer)
-    b_code, b_gen = s1["baseline_code_ppl"], s1["baseline_general_ppl"]
+    baseline = baseline_of(s1, s3.get("curve"))
+    if "code_ppl_drop_ci" not in s4:
+        raise RuntimeError("step 4's results were made by an older cptlab, without confidence intervals: "
+                           "re-run step 3 (notebooks/03_cpt.ipynb), then step 4")
 
     def measure(model, name: str, choice: str, **extra) -> dict:
-        c = evaluate(model, val, cfg, s.device, f"{name}: code", progress)
-        g = evaluate(model, english_eval, cfg, s.device, f"{name}: English", progress)
-        return {"name": name, "choice": choice, "code_ppl": c.ppl, "general_ppl": g.ppl,
-                "code_nll_sum": c.nll_sum, "code_tokens": c.tokens, "general_nll_sum": g.nll_sum, "general_tokens": g.tokens,
-                "code_ppl_drop": 1.0 - c.ppl / b_code, "forgetting_ratio": g.ppl / b_gen, **extra}
+        return scored(model, name, val, english_eval, cfg, s.device, s.tokenizer.eos_token_id, baseline, progress,
+                      choice=choice, **extra)
 
     variants = [{"name": "pure CPT", "choice": "pure_cpt", "code_ppl": s4["adapted_code_ppl"], "general_ppl": s4["adapted_general_ppl"],
                  "code_nll_sum": s4["code"]["nll_sum"], "code_tokens": s4["code"]["tokens"],
                  "general_nll_sum": s4["general"]["nll_sum"], "general_tokens": s4["general"]["tokens"],
-                 "code_ppl_drop": s4["code_ppl_drop"], "forgetting_ratio": s4["forgetting_ratio"], "replay_fraction": 0.0}]
+                 "code_ppl_drop": s4["code_ppl_drop"], "forgetting_ratio": s4["forgetting_ratio"], "replay_fraction": 0.0,
+                 "code_units": s4["code"]["units"], "general_units": s4["general"]["units"],
+                 "code_ppl_drop_ci": s4["code_ppl_drop_ci"], "forgetting_ratio_ci": s4["forgetting_ratio_ci"]}]
 
     # replay mixing: English the base model was pre-trained on, never the English evaluation set
     notes = []
@@ -144,6 +189,7 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
     after = base_weights_digest(peft_model)
     merged = peft_model.merge_and_unload()
     variants.append(measure(merged, f"LoRA r={cfg.lora_r}", "lora", lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_lr=cfg.lora_lr,
+                            lora_targets=cfg.lora_targets,
                             trainable_params=trainable, total_params=total, base_sha256_before=before, base_sha256_after=after,
                             base_unchanged=before == after, final_loss=res.log[-1]["loss"]))
 
@@ -154,13 +200,15 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
     for alpha in cfg.interp_alphas:
         interpolate_(base_model, base_params, tuned_params, alpha)
         variants.append(measure(base_model, f"interp a={alpha:g}", "interpolation", alpha=alpha))
+    for v in variants:
+        v["within_floor"] = within_floor(v, cfg.retention_floor)
 
     curve = s3.get("curve", [])
     study = {
         "retention_floor": cfg.retention_floor,
         "variants": variants,
         "pareto_front": pareto_front(variants),
-        "recommendation": recommend(variants, cfg.retention_floor, choose_fn),
+        "recommendation": {**recommend(variants, cfg.retention_floor, choose_fn), **noise(variants, cfg.retention_floor, baseline["code_units"], choose_fn)},
         "curve": curve,
         "floor": floor_crossing(curve, cfg.retention_floor) if curve else None,
         "budget": {"steps": cfg.max_steps, "tokens_per_step": cfg.tokens_per_step, "protocol": s4["code"]["protocol"]},
@@ -172,12 +220,17 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
 
 
 def study_table(study: dict) -> str:
-    rows = [f"{'variant':<16}{'code ppl':>10}{'drop':>8}{'English ppl':>13}{'forgetting':>12}"]
+    """Every variant with its code drop and forgetting ratio and their paired 95% intervals."""
+    rows = [f"{'variant':<15}{'code ppl':>9}  {'code drop [95% CI]':<22}{'English ppl':>11}  {'forgetting [95% CI]':<22}floor"]
     front = set(study["pareto_front"])
     for v in study["variants"]:
         mark = " *" if v["name"] in front else ""
-        rows.append(f"{v['name']:<16}{v['code_ppl']:>10.2f}{100 * v['code_ppl_drop']:>7.1f}%{v['general_ppl']:>13.2f}"
-                    f"{v['forgetting_ratio']:>12.3f}{mark}")
+        drop = describe(v["code_ppl_drop_ci"], percent=True) if v.get("code_ppl_drop_ci") else f"{100 * v['code_ppl_drop']:.1f}%"
+        ratio = describe(v["forgetting_ratio_ci"]) if v.get("forgetting_ratio_ci") else f"{v['forgetting_ratio']:.3f}"
+        rows.append(f"{v['name'] + mark:<15}{v['code_ppl']:>9.1f}  {drop:<22}{v['general_ppl']:>11.2f}  {ratio:<22}{v.get('within_floor', '')}")
     rec = study["recommendation"]
-    rows.append(f"(* on the Pareto front)  retention floor {study['retention_floor']}: choose {rec['name']}: {rec['reason']}")
+    rows.append(f"(* on the Pareto front; intervals: paired {METHOD}) retention floor {study['retention_floor']}: "
+                f"choose {rec['name']}: {rec['reason']}")
+    if rec.get("noise_note"):
+        rows.append(rec["noise_note"])
     return "\n".join(rows)
