@@ -99,16 +99,20 @@ step1 = cells.run_step1(cfg, RUN_DIR, perplexity_fn=corpus_perplexity)
 cells.baseline_bars(RUN_DIR);
 
 # %% [markdown]
-# **Code against English.** GPT-2 was trained on WebText, pages linked from Reddit, and a fair share
-# of them hold code (GitHub pages, Stack Overflow answers, tutorials), so it is no stranger to
-# Python: its code perplexity starts in the range of its English one. Your model's ratio is printed
-# above (`code / English perplexity`): on the `tiny` preset the small base saw only 3% code, and its
-# code perplexity starts a few times its English one. Either way, code is far more predictable than
-# prose once a model knows its idioms, which is the room CPT has to improve.
+# **Code against English, in your run.** The line above the plot gives your model's own ratio,
+# `code / English perplexity`, and each number's 95% interval (a bootstrap over the documents of
+# the set: how much the number would move on another draw of files and articles of the same kind).
+# On the `tiny` preset the small base saw only 3% code in pre-training, and its code perplexity
+# starts at about twice its English one. GPT-2 124M is a different starting point: WebText held
+# code (GitHub pages, Stack Overflow answers, tutorials), and the GPT-2 paper reports a WikiText-2
+# perplexity of 29.4 for it (1,024-token context, detokenised text; this lab's 256-token windows
+# on raw text give a higher number). Either way, code is far more predictable than prose once a
+# model knows its idioms, which is the room CPT has to improve.
 #
 # ### Check step 1 (5 points)
-# The check recomputes both perplexities from their raw sums, asks for enough scored tokens, and
-# one protocol for both sets. It asserts no direction between code and English.
+# The check recomputes both perplexities from their raw sums and both intervals from the
+# per-document sums, asks for enough scored tokens (50k per set on `tiny` and `gpt2`), and one
+# protocol for both sets. It asserts no direction between code and English.
 
 # %%
 check_step1(RUN_DIR)

@@ -99,10 +99,18 @@ step3 = cells.run_step3(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
 cells.loss_curve(RUN_DIR);
 
 # %% [markdown]
-# Read the plot and the line above it: the loss of one step is one batch of 4 windows, so it is
-# noisy; the trend is what to read. Also read the pre-clip gradient norm: when it sits above the
-# clip threshold, every update has the same length (`lr` times a unit-norm direction) and the
-# schedule alone decides how far each step moves.
+# Read the three panels with the lines printed under the run cell, which give your run's numbers:
+#
+# - **Loss.** One step's loss is one batch of a few windows, so it scatters around the trend (the
+#   printed `+-` figure); the thick line is an exponential moving average, the trend to read. Where
+#   it falls fastest is printed too: on the `tiny` and `smoke` presets it is the first steps, during
+#   warm-up, when the model first adjusts to code's most frequent tokens, and it flattens as the
+#   cosine brings the rate down.
+# - **Gradient norm.** The norm before clipping, against the clip line. When it sits above the line,
+#   clipping rescales the update to norm 1.0: its length is then set by the clip and the schedule,
+#   not by the gradient. On `tiny` that is every step (the printed count says so for your run).
+# - **Perplexities.** Code and English at the curve's points, relative to the base model: code
+#   falls steeply then levels off; English rises slowly. Step 4 looks at this trade-off closely.
 #
 # ### Check step 3 (6 points)
 

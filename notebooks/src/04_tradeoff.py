@@ -59,10 +59,11 @@ cells.before_after(RUN_DIR);
 # ## The forgetting curve
 #
 # An endpoint hides the path. During the CPT run (step 3) both sets were evaluated every few steps
-# under the same protocol, on the first `curve_max_tokens` tokens of each set (to keep the run
-# fast; the headline above scores the whole sets, so the curve's last point can differ from it).
-# The curve shows *when* English starts to slip, and the retention floor marks where a production
-# team would have stopped.
+# on the same tokens and under the same protocol as the headline above, so the curve's last point
+# *is* the headline (the line under the cell says so), and where it first goes above the retention
+# floor is where a production team would have stopped. The bands are paired 95% intervals: where
+# the forgetting band straddles the floor, this evaluation set cannot tell whether that step is
+# over it or not.
 
 # %%
 cells.show_floor(RUN_DIR)
@@ -78,7 +79,8 @@ cells.forgetting_curve(RUN_DIR);
 #   and buys back much of the forgetting; Code Llama kept about 7% natural language for this reason.
 # - **LoRA on frozen weights**: train small low-rank adapters and leave the base weights
 #   bit-identical; the base stays available by switching the adapter off, and one base can serve
-#   many adapters. Whether it also forgets less is an empirical question: measure it.
+#   many adapters. Whether it also forgets less is an empirical question: measure it (below, it
+#   did not, on this model).
 # - **Weight souping / interpolation**: after training, average base and adapted weights,
 #   `theta(alpha) = (1 - alpha) theta_base + alpha theta_cpt` (WiSE-FT). No training at all; sweeping
 #   alpha traces a curve from the base model to the CPT model.
@@ -114,6 +116,50 @@ study = cells.run_study(RUN_DIR, choose_fn=choose_variant)
 
 # %%
 cells.tradeoff_plot(RUN_DIR);
+
+# %% [markdown]
+# Read the table's last lines: a variant whose forgetting interval straddles the floor could be
+# over it on other documents, and two variants whose code-drop difference has an interval holding
+# 0 are within noise on this evaluation set.
+#
+# ## What LoRA did here, and why
+#
+# "LoRA learns less and forgets less" (Biderman et al., 2024) is a finding on 7B models. On the
+# `tiny` preset an earlier version of this lab's study used LoRA at r=8, lr 5e-4 on every attention
+# and MLP projection, and it gained 11% on code while forgetting *more* than full CPT (ratio 1.09
+# against 1.05). Mis-configured, or real? The sweep below is what a practitioner would run: LoRA over
+# learning rate (1e-4, 5e-4, 1e-3) x rank (8, 64) x targets (attention only, all linear layers), and
+# full CPT over learning rate (1e-5 to 1e-4), which traces the gain/forgetting curve to compare LoRA
+# with **at matched code gain**. Same corpus, steps, tokens, seed and evaluation tokens; measured
+# once on `tiny` (`python benchmarks/lora_sweep.py --run RUN_DIR --out benchmarks/lora_sweep_tiny.json`).
+
+# %%
+cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR);
+
+# %% [markdown]
+# **The finding (tiny preset).** At every rate, rank and target, LoRA lies far below full CPT's
+# curve: at matched code gain it forgets more. Full CPT at lr 1e-5 gains 13.0% [12.4, 13.5] at a
+# forgetting ratio of 1.005 [0.997, 1.013]; LoRA's best comparable point (all linear, r=64, lr 1e-4)
+# gains 11.0% [9.9, 11.9] at 1.041 [1.024, 1.059], and at the old setting (r=8, lr 5e-4) 11.1% at
+# 1.089. Forgetting grows much faster than gain with LoRA's rate (r=8, all linear: 1.00, 1.09, 1.22
+# at 1e-4, 5e-4, 1e-3, for 5%, 11%, 14% of gain), and a higher rank at the same rate forgets more,
+# not less. So it is not one bad learning rate: no LoRA configuration here reaches full CPT's
+# trade-off.
+#
+# **Why (a mechanism the sweep supports, not a proof).** Adam moves every adapter entry by about the
+# learning rate per step whatever its gradient's size, and LoRA's product `B A` (scaled by alpha/r = 2)
+# puts that whole movement into a few directions of each weight matrix, the directions the code
+# gradient favours most. On a 4-layer, 256-wide model those few directions are not a small part of
+# the network: rank 8 is 3% of the width, rank 64 a quarter, and they carry English as much as code.
+# Full CPT at a low rate spreads a small change over all 5.3M weights, including the embeddings and
+# LayerNorms LoRA cannot touch. The 7B finding rests on the opposite regime (a rank tiny against a
+# 4,096-wide model, updates that barely touch the base's main directions); it does not transfer to a
+# model this small. On GPT-2 124M (768 wide) measure again: this is the experiment to run.
+#
+# **The study's LoRA** is therefore the configuration a practitioner would pick from this sweep: the
+# largest code gain whose forgetting ratio stays under the floor (all linear layers, r=64, alpha 128,
+# lr 1e-4; `cfg.lora_*`). It keeps LoRA's production virtues (a bit-identical base, one adapter per
+# customer) at a small gain, which is what `per_customer_adapters` buys.
 
 # %% [markdown]
 # ## ✏️ Question 4.3 · Four production scenarios (4 points)
@@ -162,14 +208,15 @@ check_step4(RUN_DIR)
 
 # %% [markdown] tags=["answer", "W4"]
 # ### BEGIN SOLUTION
-# In this run LoRA (r=8, lr 5e-4, on every attention and MLP projection) gained much less on code
-# than pure CPT and did not forget less: its forgetting ratio was above pure CPT's. "LoRA learns less
-# and forgets less" is a finding at matched training on large models; here the adapters' rate is 10x
-# the full model's and every linear layer is adapted, so the low-rank update still moves the shared
-# representation the English depends on, while its small rank limits what it can learn about code.
-# Next I would sweep its rate (1e-4 to 1e-3) and rank (8, 64), try attention-only targets, and
-# compare at matched code gain with full CPT at lower rates. For `english_within_floor` I ship the
-# recommended variant (replay at a small share in this run): it keeps most of the gain under the
-# floor. Caveat: one seed and a few validation documents; the differences between replay shares are
-# within a few points, close to the seed-to-seed spread.
+# In this run LoRA (all linear layers, r=64, lr 1e-4) gained about a third of pure CPT's code drop
+# (11% against 35%) and forgot less in absolute terms (about 1.04 against 1.05), but more than full CPT
+# at the same gain: full CPT at lr 1e-5 gains 13% at 1.005. Replay gained almost all of pure CPT's
+# drop at a lower ratio. Mechanism: Adam moves each adapter entry by about the rate per step, and the
+# low-rank product concentrates that movement in a few directions per matrix; on a 256-wide model
+# those directions are a large part of what English uses too, and LoRA cannot touch the embeddings
+# or LayerNorms that full CPT spreads its change over. Next I would run the same sweep on GPT-2 124M,
+# and try LoRA with a rank-normalised scaling (rsLoRA) or a lower rate with more steps. For
+# `english_within_floor` I ship the recommended variant (replay at a small share here): it keeps most
+# of the gain under the floor. Caveat: its forgetting interval straddles the floor on this evaluation
+# set, so with a strict floor I would take the next replay share, whose interval is under it.
 # ### END SOLUTION
