@@ -81,7 +81,8 @@ def evaluate(model, stream: np.ndarray, cfg: LabConfig, device, desc: str, progr
     if fn is not None:
         res = learner_perplexity(fn, model, stream, cfg.block_size, cfg.eval_max_tokens, device, amp)
         if eos_id is not None:
-            res.units = evaluate(model, stream, cfg, device, desc, progress, eos_id=eos_id).units
+            ref = evaluate(model, stream, cfg, device, desc, progress, eos_id=eos_id)
+            res.units = {**ref.units, "from": "the reference implementation on the same tokens", "nll_sum": ref.nll_sum}
         return res
     return perplexity(
         model, stream, cfg.block_size, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size,

@@ -63,3 +63,12 @@ def test_a_smoke_run_graded_for_tiny_fails_naming_both(tmp_path):
         failed = {c.id: c for c in report.failures}
         assert f"s{report.step}.preset" in failed and "made with 'smoke', graded for 'tiny'" in failed[f"s{report.step}.preset"].got
     assert "s3.steps" in {c.id for c in check_all(tmp_path / "run", "tiny")[2].failures}  # tiny's 150 steps apply
+
+
+def test_a_retired_setting_is_refused_with_why_and_read_past_in_old_results():
+    from cptlab.config import ConfigError, LabConfig, get_config
+
+    with pytest.raises(ConfigError, match="curve_max_tokens is no longer a setting: the forgetting curve is scored on the headline"):
+        get_config("tiny", curve_max_tokens=100)
+    old = {**get_config("tiny").to_dict(), "curve_max_tokens": 8192}
+    assert LabConfig.from_dict(old).eval_max_tokens is None  # tiny scores its whole sets (>= 50k tokens each)

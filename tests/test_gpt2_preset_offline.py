@@ -27,7 +27,7 @@ def test_gpt2_preset_runs_on_local_stand_ins(tmp_path, tiny_model_dir):
         general_source=dataclasses.replace(g.general_source, path=str(wiki), name=None),
         replay_source=dataclasses.replace(g.replay_source, path=str(wiki), name=None),
         code_token_budget=60_000, block_size=32, batch_size=4, eval_batch_size=4, max_steps=12, warmup_steps=2,
-        cpt_lr=1e-3, eval_max_tokens=2_000, curve_every=6, curve_max_tokens=500, lora_lr=1e-2, interp_alphas=(0.0, 1.0),
+        cpt_lr=1e-3, eval_max_tokens=2_000, curve_every=6, lora_lr=1e-2, interp_alphas=(0.0, 1.0),
     )
     run = tmp_path / "run"
     s4 = run_all(cfg, run, progress=False)

@@ -60,7 +60,8 @@ def _edit_json(fn):
 def test_edited_forgetting_ratio_fails_and_is_named(lab_run, tmp_path, capsys):
     run = _tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(lambda d: d.update(forgetting_ratio=d["forgetting_ratio"] * 0.9)))
     report = check_step4(run)
-    assert [c.id for c in report.failures] == ["s4.forgetting_ratio_consistent"]
+    # the edited ratio no longer follows from its perplexities, nor lies in its own interval
+    assert {c.id for c in report.failures} == {"s4.forgetting_ratio_interval", "s4.forgetting_ratio_consistent"}
     assert grade_main(["grade", str(run), "--csv", str(tmp_path / "g.csv")]) == 1
     assert "s4.forgetting_ratio_consistent" in capsys.readouterr().out
     assert "s4.forgetting_ratio_consistent" in (tmp_path / "g.csv").read_text()
@@ -172,3 +173,110 @@ def test_a_retention_floor_stop_is_graded_as_such(lab_run, tmp_path):
     assert "s3.steps" not in failed and "s3.cosine_decay" not in failed
     run2 = _tampered(lab_run, tmp_path / "b", "step3_cpt.json", _edit_json(lambda d: d.update(log=d["log"][:20])))
     assert "s3.steps" in {c.id for c in check_step3(run2).failures}  # a short log without a floor stop still fails
+
+
+def test_curve_ends_at_the_headline_and_every_number_has_its_interval(lab_run):
+    s1 = json.loads((lab_run / "step1_baseline.json").read_text())
+    s3 = json.loads((lab_run / "step3_cpt.json").read_text())
+    s4 = json.loads((lab_run / "step4_tradeoff.json").read_text())
+    last = s3["curve"][-1]
+    # the same tokens, protocol and weights (the saved model reloaded): equal to floating point
+    assert (last["code_ppl"], last["general_ppl"]) == (s4["adapted_code_ppl"], s4["adapted_general_ppl"])
+    assert (last["code_ppl_drop"], last["forgetting_ratio"]) == (s4["code_ppl_drop"], s4["forgetting_ratio"])
+    assert last["code_tokens"] == s1["code"]["tokens"] and last["general_tokens"] == s1["general"]["tokens"]
+    for rec, point in ((s1["code"]["interval"], s1["baseline_code_ppl"]), (s1["general"]["interval"], s1["baseline_general_ppl"]),
+                       (s4["code_ppl_drop_ci"], s4["code_ppl_drop"]), (s4["forgetting_ratio_ci"], s4["forgetting_ratio"])):
+        assert rec["low"] <= point <= rec["high"] and rec["n_units"] >= 2
+    for v in s4["study"]["variants"]:  # (interp a=0 is the base model: 0 against the learner's baseline, to rounding)
+        assert v["code_ppl_drop_ci"]["low"] - 1e-4 <= v["code_ppl_drop"] <= v["code_ppl_drop_ci"]["high"] + 1e-4
+
+
+@pytest.mark.parametrize("key, cid", [("code_ppl_drop_ci", "s4.code_ppl_drop_interval"),
+                                      ("forgetting_ratio_ci", "s4.forgetting_ratio_interval")])
+def test_an_interval_that_misses_its_estimate_fails(lab_run, tmp_path, key, cid):
+    def shift(d):
+        width = d[key]["high"] - d[key]["low"]
+        d[key]["low"], d[key]["high"] = d[key]["high"] + 0.01, d[key]["high"] + 0.01 + width
+
+    report = check_step4(_tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(shift)))
+    assert cid in [c.id for c in report.failures]
+
+
+def test_an_interval_that_holds_its_estimate_but_not_its_sums_fails(lab_run, tmp_path):
+    def widen(d):
+        d["code"]["interval"]["low"] *= 0.5  # still holds the estimate, but is not what the sums give
+
+    report = check_step1(_tampered(lab_run, tmp_path, "step1_baseline.json", _edit_json(widen)))
+    assert [c.id for c in report.failures] == ["s1.code_interval"]
+
+
+def test_a_run_folder_from_before_the_intervals_asks_to_rerun_step_3(lab_run, tmp_path):
+    """The format of earlier cptlab: no per-document sums, no intervals, a curve on 8,192 tokens."""
+    run = tmp_path / "old"
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb"))
+
+    def rewrite(name, fn):
+        d = json.loads((run / name).read_text())
+        fn(d)
+        (run / name).write_text(json.dumps(d))
+
+    def old1(d):
+        for k in ("code", "general"):
+            d[k].pop("units"), d[k].pop("interval")
+        d["config"].pop("split_seed")
+        d["config"]["curve_max_tokens"] = 2048
+
+    def old3(d):
+        d["curve_protocol"] = {"every": d["curve_protocol"]["every"], "max_tokens": 2048, "block_size": 64}
+        for p in d["curve"]:
+            for k in [k for k in p if k.endswith("_units") or k.endswith("_ci")]:
+                p.pop(k)
+
+    def old4(d):
+        for k in ("code", "general"):
+            d[k].pop("units"), d[k].pop("interval")
+        d.pop("code_ppl_drop_ci"), d.pop("forgetting_ratio_ci"), d.pop("study")
+
+    rewrite("step1_baseline.json", old1)
+    rewrite("step3_cpt.json", old3)
+    rewrite("step4_tradeoff.json", old4)
+    assert check_step1(run).passed and check_step2(run).passed
+    for report, cid in ((check_step3(run), "s3.curve_on_headline_tokens"), (check_step4(run), "s4.intervals")):
+        failed = {c.id: c for c in report.failures}
+        assert cid in failed and "re-run step 3" in failed[cid].hint
+    # and re-running step 3 then step 4 in that folder makes it whole again
+    from cptlab.lab import run_step3, run_step4
+
+    run_step3(run, progress=False)
+    run_step4(run, progress=False)
+    assert check_step3(run).passed, str(check_step3(run))
+    s4 = json.loads((run / "step4_tradeoff.json").read_text())
+    assert s4["code_ppl_drop_ci"]["low"] <= s4["code_ppl_drop"] <= s4["code_ppl_drop_ci"]["high"]
+    report = check_step4(run)
+    ids, failed = {c.id for c in report.checks}, {c.id for c in report.failures}
+    headline = {"s4.code_ppl_drop_interval", "s4.forgetting_ratio_interval", "s4.curve_ends_at_headline"}
+    assert headline <= ids and not headline & failed
+    assert all(c.startswith("s4.study") or c in {"s4.interp_endpoints", "s4.lora_base_frozen", "s4.replay_share", "s4.recommendation"}
+               for c in failed)  # only the study, which the notebook re-runs after step 4
+
+
+def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
+    import numpy as np
+
+    from cptlab.config import get_config
+    from cptlab.measure import StepSetup, code_corpus, resolve_base_model
+
+    a, b, c = get_config("smoke", seed=7), get_config("smoke", seed=8), get_config("smoke", seed=7, split_seed=99)
+    tok = StepSetup(a, resolve_base_model(a, progress=False)).tokenizer
+    assert np.array_equal(code_corpus(a, tok)[0].val, code_corpus(b, tok)[0].val)
+    assert not np.array_equal(code_corpus(a, tok)[0].val, code_corpus(c, tok)[0].val)
+
+
+def test_the_tradeoff_plot_labels_coinciding_variants_once(lab_run):
+    import matplotlib
+    matplotlib.use("Agg")
+    from cptlab.plots import tradeoff_plot
+
+    fig = tradeoff_plot(lab_run)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("pure CPT = interp a=1") == 1 and "interp a=1" not in texts and "pure CPT" not in texts

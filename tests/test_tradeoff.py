@@ -85,3 +85,37 @@ def test_floor_crossing():
     assert f["first_step_above"] == 20 and f["code_ppl_drop_at_crossing"] == 0.5
     assert f["best_step_under_floor"] == 10 and f["best_code_ppl_drop_under_floor"] == 0.3
     assert floor_crossing(curve, 2.0)["first_step_above"] is None
+
+
+def _u(nll, tok):
+    return {"nll": [float(x) for x in nll], "tokens": [int(t) for t in tok]}
+
+
+def test_noise_names_variants_the_evaluation_set_cannot_tell_apart():
+    import numpy as np
+
+    from cptlab.tradeoff import noise, within_floor
+    from cptlab.uncertainty import drop_interval, ratio_interval
+
+    rng = np.random.default_rng(0)
+    tok = rng.integers(500, 3000, 30)
+    hard = rng.normal(5.0, 0.8, 30)
+    base = _u(tok * hard, tok)
+
+    def variant(name, shift, eng):
+        code = _u(tok * (hard - shift + rng.normal(0, 0.05, 30)), tok)
+        gen = _u(tok * (hard + eng + rng.normal(0, 0.02, 30)), tok)
+        v = {"name": name, "choice": "x", "code_units": code, "general_units": gen,
+             "code_ppl_drop_ci": drop_interval(base, code), "forgetting_ratio_ci": ratio_interval(base, gen)}
+        v["code_ppl_drop"], v["forgetting_ratio"] = v["code_ppl_drop_ci"]["estimate"], v["forgetting_ratio_ci"]["estimate"]
+        v["within_floor"] = within_floor(v, 1.05)
+        return v
+
+    a, twin, weak, over = variant("a", 0.30, 0.01), variant("twin", 0.30, 0.01), variant("weak", 0.05, 0.0), variant("over", 0.5, 0.2)
+    out = noise([a, twin, weak, over], 1.05, base)
+    chosen = out["within_noise"] + [r["versus"] for r in out["leads"]]
+    assert "over" not in chosen  # over the floor: not a candidate
+    assert set(out["within_noise"]) == ({"twin"} if recommend([a, twin, weak, over], 1.05)["name"] == "a" else {"a"})
+    assert "within noise" in out["noise_note"]
+    assert over["within_floor"] == "over" and weak["within_floor"] == "under"
+    assert within_floor({"forgetting_ratio": 1.04, "forgetting_ratio_ci": {"low": 1.03, "high": 1.06}}, 1.05) == "straddles"
