@@ -489,11 +489,11 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
     ck.add("s4.forgetting_ratio", f"forgetting_ratio > {T['min_forgetting_ratio']}",
            lambda: (num(d, "forgetting_ratio") > T["min_forgetting_ratio"], f"{num(d, 'forgetting_ratio'):.4f}"),
            "pure CPT on code should cost some English; a ratio <= 1 suggests the English evaluation is not the baseline's")
-    _check_study(ck, d, T)
+    _check_study(ck, d, T, s3)
     return report
 
 
-def _check_study(ck: Checker, d: dict, T: dict) -> None:
+def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
     """The trade-off study: every variant, honest endpoints, frozen LoRA base, real replay shares,
     and a recommendation that follows from the numbers."""
 
@@ -578,7 +578,10 @@ def _check_study(ck: Checker, d: dict, T: dict) -> None:
            "recompute the recommendation from the variants; do not pick it by hand")
 
     def study_intervals():
-        base = {n: opt(d, f"baseline.{n}.units") for n in ("code", "general")}
+        curve = opt(s3, "curve")
+        first = curve[0] if isinstance(curve, list) and curve and isinstance(curve[0], dict) else {}
+        # step 1's sums, or (a step 1 from before the intervals) the CPT run's step-0 point
+        base = {n: opt(d, f"baseline.{n}.units") or first.get(f"{n}_units") for n in ("code", "general")}
         if not base["code"]:
             raise Missing("no per-document sums of the baseline in 'baseline': re-run step 3, then step 4")
         for v in variants():

@@ -127,7 +127,7 @@ def show_floor(run_dir) -> dict:
     else:
         above = next(p for p in curve if p["step"] == floor["first_step_above"])
         ci = above.get("forgetting_ratio_ci")
-        print(f"first point above the floor: step {above['step']}, forgetting ratio {above['forgetting_ratio']:.3f}"
+        print(f"first point above the floor: step {above['step']}, forgetting ratio {above['forgetting_ratio']:.4f}"
               + (f" (95% interval {ci['low']:.3f} to {ci['high']:.3f})" if ci else "")
               + f", code drop {100 * above['code_ppl_drop']:.1f}%")
     if floor["best_step_under_floor"] is not None:

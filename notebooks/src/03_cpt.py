@@ -103,9 +103,9 @@ cells.loss_curve(RUN_DIR);
 #
 # - **Loss.** One step's loss is one batch of a few windows, so it scatters around the trend (the
 #   printed `+-` figure); the thick line is an exponential moving average, the trend to read. Where
-#   it falls fastest is printed too: on the `tiny` and `smoke` presets it is the first steps, during
-#   warm-up, when the model first adjusts to code's most frequent tokens, and it flattens as the
-#   cosine brings the rate down.
+#   it falls fastest is printed too: on both `tiny` and `smoke` it is the first ten-odd steps (on
+#   `tiny`, the warm-up itself), when the model first adjusts to code's most frequent tokens; then it
+#   falls more and more slowly as the cosine brings the rate down.
 # - **Gradient norm.** The norm before clipping, against the clip line. When it sits above the line,
 #   clipping rescales the update to norm 1.0: its length is then set by the clip and the schedule,
 #   not by the gradient. On `tiny` that is every step (the printed count says so for your run).
