@@ -168,6 +168,7 @@ def test_retraining_catches_a_consistently_edited_study(lab_run, tmp_path):
 
     from checkers import check_step4
     from checkers.verify import verify
+    from cptlab.uncertainty import drop_interval, ratio_interval
 
     run = _copy(lab_run, tmp_path)
 
@@ -177,9 +178,14 @@ def test_retraining_catches_a_consistently_edited_study(lab_run, tmp_path):
         lora["code_ppl"] = d["adapted_code_ppl"] * 0.9  # better than pure CPT, with its raw sums to match
         lora["general_ppl"] = d["baseline_general_ppl"]
         for k in ("code", "general"):
-            lora[f"{k}_nll_sum"] = math.log(lora[f"{k}_ppl"]) * lora[f"{k}_tokens"]
+            new_sum = math.log(lora[f"{k}_ppl"]) * lora[f"{k}_tokens"]
+            scale = new_sum / lora[f"{k}_nll_sum"]
+            lora[f"{k}_units"]["nll"] = [x * scale for x in lora[f"{k}_units"]["nll"]]  # per-document sums to match
+            lora[f"{k}_nll_sum"] = new_sum
         lora["code_ppl_drop"] = 1 - lora["code_ppl"] / d["baseline_code_ppl"]
         lora["forgetting_ratio"] = lora["general_ppl"] / d["baseline_general_ppl"]
+        lora["code_ppl_drop_ci"] = drop_interval(d["baseline"]["code"]["units"], lora["code_units"])
+        lora["forgetting_ratio_ci"] = ratio_interval(d["baseline"]["general"]["units"], lora["general_units"])
         study["recommendation"]["name"] = lora["name"]
         study["pareto_front"] = [lora["name"]]
 
@@ -188,3 +194,22 @@ def test_retraining_catches_a_consistently_edited_study(lab_run, tmp_path):
     assert check_step4(run).passed  # consistent with itself: only a re-run tells
     failed = {c.id: c for c in verify(run, retrain=True).failures}
     assert set(failed) == {"v.retrain_study"} and "LoRA" in failed["v.retrain_study"].got
+
+
+def test_a_study_edit_that_leaves_the_per_document_sums_fails_their_interval(lab_run, tmp_path):
+    import math
+
+    from checkers import check_step4
+
+    run = _copy(lab_run, tmp_path)
+
+    def lora_better(d):
+        lora = next(v for v in d["study"]["variants"] if v["choice"] == "lora")
+        lora["code_ppl"] = d["adapted_code_ppl"] * 0.9
+        lora["code_nll_sum"] = math.log(lora["code_ppl"]) * lora["code_tokens"]
+        lora["code_ppl_drop"] = 1 - lora["code_ppl"] / d["baseline_code_ppl"]
+
+    _edit(run / "step4_tradeoff.json", lora_better)
+    _rehash(run)
+    failed = [c.id for c in check_step4(run).failures]
+    assert "s4.study_intervals" in failed
