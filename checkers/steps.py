@@ -184,6 +184,19 @@ def _interval(ck: "Checker", cid: str, d: dict, estimate: str, dotted: str, reco
            "own estimate, or that the sums do not give, was edited or mixed from another run: re-run the step")
 
 
+def _paired_intervals(rec: dict, code_base: dict, general_base: dict, T: dict) -> str | None:
+    """What is wrong with a model record's code-drop and forgetting intervals (a curve point, a study
+    variant) against the baseline's per-document sums, or None."""
+    for key, fn, base, units in (("code_ppl_drop", drop_interval, code_base, "code_units"),
+                                 ("forgetting_ratio", ratio_interval, general_base, "general_units")):
+        ci, want = get(rec, f"{key}_ci"), fn(base, get(rec, units))
+        if not (isinstance(ci, dict) and close(num(ci, "low"), want["low"], T["rel_tol"]) and close(num(ci, "high"), want["high"], T["rel_tol"])):
+            return f"{key}_ci is not the interval its per-document sums give"
+        if not holds(num(ci, "low"), num(rec, key), num(ci, "high")):
+            return f"{key}={num(rec, key):.6g} outside [{num(ci, 'low'):.6g}, {num(ci, 'high'):.6g}]"
+    return None
+
+
 def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
     report, ck, d, T = _start(run_dir, 1, preset)
     if d is None:
@@ -391,12 +404,9 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         base = opt(s1, "code.units") or pts[0].get("code_units")
         gbase = opt(s1, "general.units") or pts[0].get("general_units")
         for p in pts[1:]:
-            for key, fn, b, units in (("code_ppl_drop", drop_interval, base, "code_units"), ("forgetting_ratio", ratio_interval, gbase, "general_units")):
-                ci, want = get(p, f"{key}_ci"), fn(b, get(p, units))
-                if not (isinstance(ci, dict) and close(num(ci, "low"), want["low"], T["rel_tol"]) and close(num(ci, "high"), want["high"], T["rel_tol"])):
-                    return False, f"step {int(num(p, 'step'))}: {key}_ci is not the interval its per-document sums give"
-                if not holds(num(ci, "low"), num(p, key), num(ci, "high")):
-                    return False, f"step {int(num(p, 'step'))}: {key}={num(p, key):.6g} outside [{num(ci, 'low'):.6g}, {num(ci, 'high'):.6g}]"
+            wrong = _paired_intervals(p, base, gbase, T)
+            if wrong:
+                return False, f"step {int(num(p, 'step'))}: {wrong}"
         return True, f"{len(pts) - 1} points, each interval recomputed and holding its estimate"
 
     ck.add("s3.curve_intervals", "each curve point's code drop and forgetting ratio with its paired 95% interval (recomputed)",
@@ -585,12 +595,9 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
         if not base["code"]:
             raise Missing("no per-document sums of the baseline in 'baseline': re-run step 3, then step 4")
         for v in variants():
-            for key, fn, n in (("code_ppl_drop", drop_interval, "code"), ("forgetting_ratio", ratio_interval, "general")):
-                ci, want = get(v, f"{key}_ci"), fn(base[n], get(v, f"{n}_units"))
-                if not (isinstance(ci, dict) and close(num(ci, "low"), want["low"], T["rel_tol"]) and close(num(ci, "high"), want["high"], T["rel_tol"])):
-                    return False, f"{v.get('name')}: {key}_ci is not the interval its per-document sums give"
-                if not holds(num(ci, "low"), num(v, key), num(ci, "high")):
-                    return False, f"{v.get('name')}: {key}={num(v, key):.6g} outside [{num(ci, 'low'):.6g}, {num(ci, 'high'):.6g}]"
+            wrong = _paired_intervals(v, base["code"], base["general"], T)
+            if wrong:
+                return False, f"{v.get('name')}: {wrong}"
         return True, f"{len(variants())} variants, each interval recomputed and holding its estimate"
 
     ck.add("s4.study_intervals", "every variant's code drop and forgetting ratio with its paired 95% interval (recomputed)",
