@@ -92,11 +92,9 @@ def drop_interval(base: dict, new: dict) -> dict:
 def difference_interval(base: dict, a: dict, b: dict) -> dict:
     """Interval for drop(a) - drop(b), both against ``base``, all three paired over documents:
     whether two variants' code gains are told apart by this evaluation set."""
-    _, da, n = _paired_log_ratio(base, a)
-    _, db, _ = _paired_log_ratio(base, b)
-    nb, tb = _arrays(base)
-    est = np.exp(_arrays(b)[0].sum() / tb.sum() - nb.sum() / tb.sum()) - np.exp(_arrays(a)[0].sum() / tb.sum() - nb.sum() / tb.sum())
-    return _record(est, np.exp(db) - np.exp(da), n, paired=True)
+    ea, da, n = _paired_log_ratio(base, a)
+    eb, db, _ = _paired_log_ratio(base, b)
+    return _record(np.exp(eb) - np.exp(ea), np.exp(db) - np.exp(da), n, paired=True)
 
 
 def contains(interval: dict) -> bool:
