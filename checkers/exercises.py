@@ -26,7 +26,9 @@ from cptlab.results import STEP_FILES
 from cptlab.tradeoff import recommend
 from cptlab.train import lr_multiplier
 
-from .questions import QUESTIONS
+from cptlab.fallback import record
+
+from .questions import CHECK_POINTS, QUESTIONS
 from .report import Check, Report
 
 NOT_YET = "not implemented yet"
@@ -40,43 +42,82 @@ class _Raised(Exception):
     pass
 
 
-class Exercise:
-    """One question's report: rows of checks; the question's points are shared among them."""
+class _Limit(Exception):
+    pass
 
-    def __init__(self, qid: str, fn: Callable):
+
+class LearnerRaised(Exception):
+    """The learner's function raised in another process; the message says what and where."""
+
+
+class OutOfLimits(Exception):
+    """The learner's function ran past its question's time limit or memory cap."""
+
+
+class Exercise:
+    """One question's report: rows of checks, each with its points from ``CHECK_POINTS``."""
+
+    def __init__(self, qid: str, fn: Callable, seed: int | None = None):
         q = QUESTIONS[qid]
         self.q, self.fn = q, fn
         self.name = getattr(fn, "__name__", q.title)
-        self.report = Report(q.step, q.title, "", question=q.id)
-        self.seed = secrets.randbits(31)  # a fresh case every call: no answer can be hard-coded
+        # a fresh case every call (no answer can be hard-coded), recorded so a failure can be replayed
+        self.seed = secrets.randbits(31) if seed is None else int(seed)
+        self.report = Report(q.step, q.title, "", question=q.id, seed=self.seed)
         self.rng = np.random.default_rng(self.seed)
+        self.grad_on: list[bool] = []  # grad mode of each forward pass of the model the function was given
 
     def call(self, *args, fn: Callable | None = None) -> Any:
+        f = fn or self.fn
         try:
-            return (fn or self.fn)(*args)
+            out = f(*args)
         except NotImplementedError:
             raise _NotYet() from None
+        except OutOfLimits as exc:
+            raise _Limit(str(exc)) from None
+        except LearnerRaised as exc:
+            raise _Raised(str(exc)) from None
         except Exception as exc:  # the learner's bug: shown as a failed check, with where it happened
             frames = traceback.extract_tb(exc.__traceback__)
-            own = getattr(getattr(fn or self.fn, "__code__", None), "co_filename", None)
-            where = next((f"line {f.lineno}: {f.line}" for f in reversed(frames) if f.filename == own), "")
+            own = getattr(getattr(f, "__code__", None), "co_filename", None)
+            where = next((f"line {fr.lineno}: {fr.line}" for fr in reversed(frames) if fr.filename == own), "")
             raise _Raised(f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")) from None
+        self.grad_on.extend(getattr(f, "last_grad_on", ()))
+        return out
 
     def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "") -> bool:
-        self.report.checks.append(Check(f"q{self.q.id}.{cid}", bool(ok), expected, got, "" if ok else hint))
+        self.report.checks.append(Check(f"q{self.q.id}.{cid}", bool(ok), expected, got, "" if ok else hint,
+                                        points=CHECK_POINTS[self.q.id][cid]))
         return bool(ok)
 
     def run(self, body: Callable[[], None]) -> Report:
+        rest = "the checks after this one were not reached"
         try:
             body()
         except _NotYet:
             self.report.checks = [Check(f"q{self.q.id}", False, f"{self.name} written and passing its checks", NOT_YET,
-                                        f"write {self.name} in the cell above (replace the `raise NotImplementedError`), run that cell, then this one")]
+                                        f"write {self.name} in the cell above (replace the `raise NotImplementedError`), run that cell, then this one",
+                                        points=self.q.points)]
             self.report.status = NOT_YET
         except _Raised as exc:
-            self.report.checks.append(Check(f"q{self.q.id}.runs", False, f"{self.name} returns without an error", str(exc),
-                                            "read the error above, fix that line, run the function's cell again, then this one"))
-        return self.report.share_points(self.q.points)
+            self._rest(f"q{self.q.id}.runs", f"{self.name} returns without an error", str(exc),
+                       "read the error above, fix that line, run the function's cell again, then this one")
+        except _Limit as exc:
+            self._rest(f"q{self.q.id}.limits", f"{self.name} returns within its question's limits", str(exc),
+                       f"{self.name} ran too long or used too much memory: look for a loop that never ends or a tensor that grows")
+            self.report.status = f"{self.name}: {exc}"
+        else:
+            self._rest(f"q{self.q.id}.not_reached", "every check of this question", rest,
+                       "fix the failed check above: the checks after it need its result")
+        if not getattr(self.fn, "remote", False):
+            record(self.q.functions, self.report.passed)
+        return self.report
+
+    def _rest(self, cid: str, expected: str, got: str, hint: str) -> None:
+        """The points of the checks not reached go to one failing row, so the question's total stays whole."""
+        left = round(self.q.points - sum(c.points for c in self.report.checks), 6)
+        if left > 1e-9 or not cid.endswith("not_reached"):
+            self.report.checks.append(Check(cid, False, expected, got, hint, points=max(0.0, left)))
 
 
 def _close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -106,9 +147,9 @@ def tiny_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, sharp: float = 
 
 
 # ----------------------------------------------------------------------------- step 1
-def check_perplexity(fn: Callable) -> Report:
+def check_perplexity(fn: Callable, seed: int | None = None) -> Report:
     """``corpus_perplexity(model, ids, block_size) -> (ppl, nll_sum, n_scored)``."""
-    ex = Exercise("1.1", fn)
+    ex = Exercise("1.1", fn, seed)
 
     def body():
         model = tiny_gpt2(ex.seed, sharp=30.0)
@@ -118,12 +159,13 @@ def check_perplexity(fn: Callable) -> Report:
         r = int(ex.rng.choice([x for x in range(2, block // 2) if x != block - k - 1]))
         n = block * k + r
         ids = torch.as_tensor(ex.rng.integers(0, model.config.vocab_size, n), dtype=torch.long)
-        grad_on: list[bool] = []
-        hook = model.register_forward_pre_hook(lambda m, a: grad_on.append(torch.is_grad_enabled()))
+        # every path to the logits embeds the tokens: the embedding sees each forward pass
+        hook = model.transformer.wte.register_forward_pre_hook(lambda m, a: ex.grad_on.append(torch.is_grad_enabled()))
         try:
             out = ex.call(model, ids.clone(), block)
         finally:
             hook.remove()
+        grad_on = ex.grad_on
         ref = perplexity(model, ids, block, batch_size=4)
         # per-window sums by a plain loop: what each typical mistake would return
         sums, counts = [], []
@@ -138,8 +180,9 @@ def check_perplexity(fn: Callable) -> Report:
                       "return three numbers: math.exp(nll_sum / n_scored), the summed NLL, and the count of scored tokens"):
             return
         ppl, nll, n_scored = vals
-        ex.row("no_grad", grad_on and not any(grad_on), "every forward pass without gradients",
-               f"{sum(grad_on)} of {len(grad_on)} forward passes with gradients enabled",
+        ex.row("no_grad", bool(grad_on) and not any(grad_on), "every forward pass without gradients",
+               f"{sum(grad_on)} of {len(grad_on)} forward passes with gradients enabled" if grad_on
+               else "the model given was never run: compute the logits with model(...) on each window",
                "mistake: gradients enabled. Evaluation needs no gradients: wrap the loop in `with torch.no_grad():` "
                "(it saves the memory of every activation)")
         n_windows = len(counts)
@@ -180,9 +223,9 @@ def _as_array(x: Any) -> np.ndarray | None:
     return a if a.dtype != object else None
 
 
-def check_pack(fn: Callable) -> Report:
+def check_pack(fn: Callable, seed: int | None = None) -> Report:
     """``pack_documents(doc_ids, eos_id) -> 1-D stream``: doc, EOS, doc, EOS, ..."""
-    ex = Exercise("2.1", fn)
+    ex = Exercise("2.1", fn, seed)
 
     def body():
         eos = int(ex.rng.integers(60, 80))
@@ -207,9 +250,9 @@ def check_pack(fn: Callable) -> Report:
     return ex.run(body)
 
 
-def check_split(fn: Callable) -> Report:
+def check_split(fn: Callable, seed: int | None = None) -> Report:
     """``split_documents(doc_ids, eos_id, val_fraction, seed) -> (train_stream, val_stream)``."""
-    ex = Exercise("2.2", fn)
+    ex = Exercise("2.2", fn, seed)
 
     def body():
         eos = int(ex.rng.integers(200, 250))
@@ -239,6 +282,32 @@ def check_split(fn: Callable) -> Report:
                "that order; both sides keep the order", "same split" if val.tolist() == want_val.tolist() else "another split",
                "use np.random.default_rng(seed).permutation(len(doc_ids)), walk it from its end for validation, and keep the "
                "permutation's order on both sides: step 1 scored exactly that validation split")
+        # the boundary the rule names: the last documents reach val_fraction exactly
+        docs2 = _docs(ex.rng, int(ex.rng.integers(12, 25)), 200, 60)
+        seed2 = int(ex.rng.integers(0, 2**31))
+        order = np.random.default_rng(seed2).permutation(len(docs2)).tolist()
+        total = sum(len(d) + 1 for d in docs2)
+        frac2, cum = None, 0
+        for i in reversed(order[1:]):
+            cum += len(docs2[i]) + 1
+            if cum / total * total == cum and cum / total >= 0.05:
+                frac2 = cum / total
+                break
+        if frac2 is not None:
+            _, want_val2 = split_streams(docs2, eos, frac2, seed2)
+            out2 = ex.call([d.copy() for d in docs2], eos, frac2, seed2)
+            try:
+                val2 = _as_array(out2[1])
+            except (TypeError, ValueError, IndexError, KeyError):
+                val2 = None
+            same = val2 is not None and val2.tolist() == want_val2.tolist()
+            ex.row("at_the_fraction", same, f"validation stops as soon as it holds val_fraction ({frac2:.4f}, reached exactly: "
+                   f"{len(want_val2)} tokens)", "same split" if same else f"{'no stream' if val2 is None else f'{len(val2)} tokens'}",
+                   "mistake: one document too many at the boundary. Stop as soon as validation holds at least "
+                   "val_fraction of the tokens (>=, not >)" if val2 is not None and len(val2) > len(want_val2)
+                   else "take documents until validation holds at least val_fraction of the tokens, then stop")
+        else:
+            ex.row("at_the_fraction", True, "no exact boundary in this draw", "skipped")
 
     return ex.run(body)
 
@@ -256,9 +325,9 @@ def _pieces(stream: np.ndarray, eos: int) -> list[list[int]]:
     return out
 
 
-def check_blocks(fn: Callable) -> Report:
+def check_blocks(fn: Callable, seed: int | None = None) -> Report:
     """``to_blocks(stream, block_size) -> [n_blocks, block_size]``, the tail dropped."""
-    ex = Exercise("2.3", fn)
+    ex = Exercise("2.3", fn, seed)
 
     def body():
         block = int(ex.rng.integers(4, 17))
@@ -272,15 +341,22 @@ def check_blocks(fn: Callable) -> Report:
             return
         ex.row("values", out.tolist() == want.tolist(), "block k holds stream[k*block_size:(k+1)*block_size]",
                "same" if out.tolist() == want.tolist() else "other values", "cut the stream in order: reshape(-1, block_size), not (block_size, -1)")
+        exact = stream[: block * int(ex.rng.integers(2, 6))]  # no tail at all: every token is in a block
+        out = _as_array(ex.call(exact.copy(), block))
+        ok = out is not None and out.tolist() == to_blocks(exact, block).tolist()
+        ex.row("exact_multiple", ok, f"a {len(exact)}-token stream gives {len(exact) // block} blocks (no tail to drop)",
+               "same" if ok else ("not an array" if out is None else f"shape {out.shape}"),
+               "mistake: a block dropped when there is no tail. Keep len(stream) // block_size blocks" if out is not None
+               and out.ndim == 2 and len(out) < len(exact) // block else "when len(stream) is a multiple of block_size, keep every token")
 
     return ex.run(body)
 
 
 # ----------------------------------------------------------------------------- step 3
-def check_schedule(fn: Callable) -> Report:
+def check_schedule(fn: Callable, seed: int | None = None) -> Report:
     """``lr_at(step, peak_lr, warmup_steps, max_steps)``: linear warm-up to the peak at
     ``warmup_steps``, then a half cosine to 0 at ``max_steps``."""
-    ex = Exercise("3.1", fn)
+    ex = Exercise("3.1", fn, seed)
 
     def body():
         warm = int(ex.rng.integers(2, 20))
@@ -343,10 +419,10 @@ def _same_params(a: list, b: list, rel: float = 1e-4) -> bool:
     return all(torch.allclose(x, y, rtol=rel, atol=1e-6) for x, y in zip(a, b))
 
 
-def check_optimizer_step(fn: Callable) -> Report:
+def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
     """``optimizer_step(model, batch, optimizer, max_norm) -> (loss, pre-clip grad norm)``:
     forward, loss, backward, clip the global norm, step, zero the gradients."""
-    ex = Exercise("3.2", fn)
+    ex = Exercise("3.2", fn, seed)
 
     def body():
         base = tiny_gpt2(ex.seed, n_positions=32)
@@ -364,8 +440,10 @@ def check_optimizer_step(fn: Callable) -> Report:
         after1 = [p.detach().clone() for p in model.parameters()]
         second = ex.call(model, batches[1].clone(), opt, max_norm)
         after2 = [p.detach().clone() for p in model.parameters()]
-        if not ex.row("returns", first is not None and _numbers(second, 2) is not None, "(loss, grad_norm): two numbers",
-                      "something else", "return the loss (a number or 0-d tensor) and clip_grad_norm_'s return value"):
+        ok = first is not None and _numbers(second, 2) is not None
+        if not ex.row("returns", ok, "(loss, grad_norm): two numbers",
+                      f"({first[0]:.4g}, {first[1]:.4g})" if ok else repr(second if first is not None else first)[:80],
+                      "return the loss (a number or 0-d tensor) and clip_grad_norm_'s return value"):
             return
         loss, norm = first
         ex.row("loss", _close(loss, ref_loss[0]), f"the batch's mean next-token loss {ref_loss[0]:.6g}", f"{loss:.6g}",
@@ -395,10 +473,10 @@ def check_optimizer_step(fn: Callable) -> Report:
 
 
 # ----------------------------------------------------------------------------- step 4
-def check_tradeoff(drop_fn: Callable, ratio_fn: Callable) -> Report:
+def check_tradeoff(drop_fn: Callable, ratio_fn: Callable, seed: int | None = None) -> Report:
     """``code_ppl_drop(baseline_code_ppl, adapted_code_ppl)`` and
     ``forgetting_ratio(baseline_general_ppl, adapted_general_ppl)``."""
-    ex = Exercise("4.1", drop_fn)
+    ex = Exercise("4.1", drop_fn, seed)
 
     def body():
         b, a = float(ex.rng.uniform(5, 2000)), 0.0
@@ -446,26 +524,36 @@ def _random_variants(rng: np.random.Generator, floor: float) -> list[dict]:
     return out
 
 
-def check_choice(fn: Callable) -> Report:
+def check_choice(fn: Callable, seed: int | None = None) -> Report:
     """``choose_variant(variants, floor) -> name``: the largest code gain whose forgetting ratio
     stays at or under the floor (if none does, the one that forgets least)."""
-    ex = Exercise("4.2", fn)
+    ex = Exercise("4.2", fn, seed)
 
     def body():
         floor = float(ex.rng.uniform(1.02, 1.1))
-        for case in ("some under the floor", "none under the floor"):
+        for case in ("some under the floor", "at the floor", "none under the floor"):
             vs = _random_variants(ex.rng, floor)
+            by_gain = sorted(vs, key=lambda v: v["code_ppl_drop"])
+            # the variant that forgets least gains least, so "forgets least" never passes for "best under the floor"
+            by_gain[0]["forgetting_ratio"] = 0.98
+            if case == "at the floor":  # the best one sits exactly on the floor: "at or under" keeps it
+                by_gain[-2]["forgetting_ratio"] = floor
             if case == "none under the floor":
                 for v in vs:
                     v["forgetting_ratio"] = floor + float(ex.rng.uniform(0.01, 0.2))
+                by_gain[0]["forgetting_ratio"] = floor + 0.005
             got = ex.call([dict(v) for v in vs], floor)
             want = recommend(vs, floor)["name"]
             picked = next((v for v in vs if v["name"] == got), None)
             hint = "keep the variants with forgetting_ratio <= floor, then take the one with the largest code_ppl_drop"
-            if picked is not None and picked["forgetting_ratio"] > floor and case == "some under the floor":
+            if picked is not None and picked["forgetting_ratio"] > floor and case != "none under the floor":
                 hint = f"mistake: a choice above the floor ({picked['forgetting_ratio']:.3f} > {floor:.3f}). Filter by the floor first"
+            elif case == "at the floor" and picked is not None and picked["name"] != want:
+                hint = "mistake: the floor excluded. A ratio equal to the floor is within it: keep forgetting_ratio <= floor"
             elif case == "none under the floor":
                 hint = "when no variant stays under the floor, return the one with the smallest forgetting_ratio"
+            elif picked is not None and picked is by_gain[0]:
+                hint = "mistake: the variant that forgets least. Among those within the floor, take the largest code gain"
             ex.row(case.replace(" ", "_"), got == want, f"{want!r} ({case}, floor {floor:.3f})", repr(got)[:40], hint)
 
     return ex.run(body)
@@ -492,28 +580,30 @@ def _scenario_answers(variants: list[dict], floor: float) -> dict[str, set[str]]
 def judge(ex: Exercise, label: str, variants: list[dict], floor: float) -> None:
     got = ex.call([dict(v) for v in variants], floor)
     want = _scenario_answers(variants, floor)
-    if not isinstance(got, dict):
-        ex.row(label.replace(" ", "_"), False, f"a dict with the keys {sorted(SCENARIOS)}", type(got).__name__,
-               "return a dict: scenario -> variant name")
+    short = "a" if label == "a random study" else "b"
+    if not ex.row(f"returns.{short}", isinstance(got, dict), f"a dict with the keys {sorted(SCENARIOS)} ({label})",
+                  type(got).__name__, "return a dict: scenario -> variant name"):
         return
     for key, what in SCENARIOS.items():
-        ex.row(f"{key} ({label})", got.get(key) in want[key], f"one of {sorted(want[key])}", repr(got.get(key))[:40],
+        ex.row(f"{key}.{short}", got.get(key) in want[key], f"one of {sorted(want[key])} ({label})", repr(got.get(key))[:40],
                f"{what}: pick from the measured variants by the numbers (see the markdown above)")
 
 
-def check_production_choices(fn: Callable, run_dir: str | None = None) -> Report:
+def check_production_choices(fn: Callable, run_dir: str | None = None, seed: int | None = None) -> Report:
     """``production_choices(variants, floor) -> {scenario: variant name}``, on a random study and
     on the learner's own (``step4_tradeoff.json`` in ``run_dir``)."""
-    ex = Exercise("4.3", fn)
+    ex = Exercise("4.3", fn, seed)
 
     def body():
         floor = float(ex.rng.uniform(1.02, 1.1))
         judge(ex, "a random study", _random_variants(ex.rng, floor), floor)
-        if run_dir is not None:
-            path = Path(run_dir) / STEP_FILES[4]
-            study = json.loads(path.read_text()).get("study") if path.is_file() else None
-            if ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
-                      "run the study cell above first: the decisions are checked against your own numbers"):
-                judge(ex, "your study", study["variants"], study["retention_floor"])
+        if run_dir is None:
+            judge(ex, "a second random study", _random_variants(ex.rng, floor), floor)
+            return
+        path = Path(run_dir) / STEP_FILES[4]
+        study = json.loads(path.read_text()).get("study") if path.is_file() else None
+        if ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
+                  "run the study cell above first: the decisions are checked against your own numbers"):
+            judge(ex, "your study", study["variants"], study["retention_floor"])
 
     return ex.run(body)

@@ -86,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", required=True, help="where grades.csv, rubric.csv, feedback/ and the learners' runs go")
     c.add_argument("--jobs", type=int, default=1, help="learners graded at once")
     c.add_argument("--timeout", type=float, default=900, help="seconds each notebook may run (default 900)")
+    c.add_argument("--question-timeout", type=float, default=120,
+                   help="seconds each learner function's check may run, its process's start included (default 120)")
+    c.add_argument("--memory", type=float, default=4, help="GiB of address space for each function's check (default 4)")
+    c.add_argument("--notebook-memory", type=float, default=16, help="GiB of address space for each notebook run (default 16)")
+    c.add_argument("--shard", default="1/1", help="K/N: grade only the K-th of N deterministic slices of the class "
+                   "(one task of a scheduler's array job); join the slices with merge-shards")
+    ms = sub.add_parser("merge-shards", help="join the gradebooks of grade-class --shard runs into one")
+    ms.add_argument("shard_dirs", nargs="+", help="the --out folders of the shards")
+    ms.add_argument("--out", required=True, help="the folder for the joined grades.csv, rubric.csv, grades.json and feedback/")
     m = sub.add_parser("merge-rubric", help="add the filled rubric sheet's scores to the gradebook (grades_final.csv)")
     m.add_argument("grades_dir")
     m.add_argument("--rubric", help="the filled rubric sheet (default GRADES_DIR/rubric.csv)")
@@ -93,11 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade-class":
         from .classroom import grade_class
 
-        results = grade_class(Path(args.submissions), args.preset, Path(args.out), args.jobs, args.timeout)
+        from .judge import GiB, Limits
+
+        try:
+            k, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            p.error(f"--shard {args.shard!r}: write K/N, e.g. --shard 3/10")
+        results = grade_class(Path(args.submissions), args.preset, Path(args.out), args.jobs, args.timeout,
+                              Limits(args.question_timeout, int(args.memory * GiB)), int(args.notebook_memory * GiB), (k, n))
         for r in results:
             print(f"{r.learner:<24} {r.auto_total:>6g}/88  {r.execution}" + (f"  [{'; '.join(r.flags)}]" if r.flags else ""))
         print(f"\ngradebook {Path(args.out) / 'grades.csv'}; rubric sheet {Path(args.out) / 'rubric.csv'}; "
               f"feedback pages {Path(args.out) / 'feedback'}")
+        return 0
+    if args.command == "merge-shards":
+        from .classroom import merge_shards
+
+        rows = merge_shards([Path(d) for d in args.shard_dirs], Path(args.out))
+        print(f"{len(rows)} learner(s) from {len(args.shard_dirs)} shard(s) -> {Path(args.out) / 'grades.csv'}")
         return 0
     if args.command == "merge-rubric":
         from .classroom import merge_rubric

@@ -30,6 +30,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     question: str | None = None  # "1.1", ...: the question whose points this report carries
     status: str = ""  # "not implemented yet" when the learner's function is still a stub
+    seed: int | None = None  # the check's random cases: check_x(fn, seed=...) replays them
 
     @property
     def passed(self) -> bool:
@@ -55,7 +56,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"step": self.step, "title": self.title, "run_dir": self.run_dir, "preset": self.preset,
-                "question": self.question, "status": self.status,
+                "question": self.question, "status": self.status, "seed": self.seed,
                 "passed": self.passed, "points": self.points, "max_points": self.max_points,
                 "checks": [c.to_dict() for c in self.checks]}
 
@@ -66,7 +67,9 @@ class Report:
             verdict = self.status
         else:
             verdict = "all checks passed" if self.passed else f"{len(self.failures)} check(s) to fix"
-        return f"{where} - {self.title}: {n_ok}/{len(self.checks)} passed, {verdict} ({self.points:g}/{self.max_points:g} points)"
+        seed = f"; cases drawn with seed={self.seed}" if self.seed is not None else ""
+        return (f"{where} - {self.title}: {n_ok}/{len(self.checks)} passed, {verdict} "
+                f"({self.points:g}/{self.max_points:g} points{seed})")
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """HTML for the learner, text for a terminal, and the report as JSON for the graders

@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 import numpy as np
 
 from . import lab, plots, tradeoff
+from .fallback import use
 from .results import MissingStepError, read_step
 from .uncertainty import describe
 
@@ -47,7 +48,7 @@ def _guarded(fn):
 
 @_guarded
 def run_step1(cfg, run_dir, perplexity_fn) -> dict:
-    s1 = lab.run_step1(cfg, run_dir, perplexity_fn=perplexity_fn)
+    s1 = lab.run_step1(cfg, run_dir, perplexity_fn=use(perplexity_fn, "corpus_perplexity"))
     print(lab.step_table(s1, ["base_model", "model_params", "baseline_code_ppl", "baseline_general_ppl"]))
     print(f"scored tokens: code {s1['code']['tokens']:,}, English {s1['general']['tokens']:,}; "
           f"code / English perplexity = {s1['baseline_code_ppl'] / s1['baseline_general_ppl']:.2f}")
@@ -62,7 +63,7 @@ def run_step1(cfg, run_dir, perplexity_fn) -> dict:
 
 @_guarded
 def run_step2(run_dir, split_fn, blocks_fn) -> dict:
-    s2 = lab.run_step2(run_dir, split_fn=split_fn, blocks_fn=blocks_fn)
+    s2 = lab.run_step2(run_dir, split_fn=use(split_fn, "split_documents"), blocks_fn=use(blocks_fn, "to_blocks"))
     print(lab.step_table(s2, ["n_docs", "n_tokens", "eos_count", "train_docs", "val_docs",
                               "train_tokens", "val_tokens", "val_fraction", "block_size", "n_blocks"]))
     return s2
@@ -78,7 +79,7 @@ def show_eos_window(run_dir) -> dict:
 
 @_guarded
 def run_step3(run_dir, lr_fn, step_fn) -> dict:
-    s3 = lab.run_step3(run_dir, lr_fn=lr_fn, step_fn=step_fn)
+    s3 = lab.run_step3(run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"))
     norms = [r["grad_norm"] for r in s3["log"]]
     clipped = sum(n > s3["hparams"]["grad_clip"] for n in norms)
     print(f"{len(s3['log'])} steps, {s3['tokens_seen']:,} tokens in {s3['seconds']:.1f} s "
@@ -106,7 +107,7 @@ def loss_reading(s3: dict) -> str:
 
 @_guarded
 def run_step4(run_dir, drop_fn, ratio_fn) -> dict:
-    s4 = lab.run_step4(run_dir, drop_fn=drop_fn, ratio_fn=ratio_fn)
+    s4 = lab.run_step4(run_dir, drop_fn=use(drop_fn, "code_ppl_drop"), ratio_fn=use(ratio_fn, "forgetting_ratio"))
     print(lab.step_table(s4, ["baseline_code_ppl", "adapted_code_ppl", "code_ppl_drop",
                               "baseline_general_ppl", "adapted_general_ppl", "forgetting_ratio"]))
     d, r = s4["code_ppl_drop_ci"], s4["forgetting_ratio_ci"]
@@ -138,7 +139,7 @@ def show_floor(run_dir) -> dict:
 
 @_guarded
 def run_study(run_dir, choose_fn) -> dict:
-    study = tradeoff.run_study(run_dir, choose_fn=choose_fn)
+    study = tradeoff.run_study(run_dir, choose_fn=use(choose_fn, "choose_variant"))
     print(tradeoff.study_table(study))
     return study
 

@@ -1,7 +1,9 @@
 """Execute the four step notebooks headless, in order, into a run folder (the lab's main job)."""
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +84,20 @@ def run_lab(preset: str = "tiny", runs: str | Path = "runs", seed: int = 1234, o
         secs = execute_notebook(notebook_dir / name, run / name, params)
         print(f"[lab] step {step}: done in {secs:.0f} s -> {run / name}", flush=True)
     return run
+
+
+def main(argv: list[str]) -> int:
+    """``python -m cptlab.notebooks SRC DST PARAMS_JSON``: one notebook, headless, with the grader's
+    parameters; the process grade-class runs in its sandbox for each notebook."""
+    src, dst, params = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
+    try:
+        execute_notebook(src, dst, params, timeout=None, cwd=Path(params["RUN_DIR"]))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0].split("stopped with an error: ", 1)[-1]
+        print(f"error: {first}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,40 @@
+"""Which of the learner's functions the lab's run uses, and which it replaces with the lab's own.
+
+One mistake costs its own points: a learner function that did not pass its check (or is still a
+stub) is replaced by the lab's reference for the run, so the steps after it count on their own.
+The check records its verdict here (``record``); the grader, which runs the checks in its own
+process, names the functions to replace in ``CPTLAB_USE_REFERENCE`` (comma-separated) instead.
+"""
+from __future__ import annotations
+
+import os
+
+ENV = "CPTLAB_USE_REFERENCE"
+# A function whose failure also breaks another: the learner's split_documents calls their pack_documents.
+DEPENDS = {"split_documents": ("pack_documents",)}
+
+_verdicts: dict[str, bool] = {}
+
+
+def record(names, passed: bool) -> None:
+    """A check's verdict on the learner's functions ``names`` (the last check run counts)."""
+    for name in names:
+        _verdicts[name] = bool(passed)
+
+
+def named_by_grader() -> set[str]:
+    return {n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()}
+
+
+def replaced(name: str) -> bool:
+    names = (name, *DEPENDS.get(name, ()))
+    return any(n in named_by_grader() or _verdicts.get(n) is False for n in names)
+
+
+def use(fn, name: str):
+    """``fn``, or None (the lab's reference) when ``name`` failed its check; says so in one line."""
+    if fn is None or not replaced(name):
+        return fn
+    print(f"[reference] your `{name}` did not pass its check; this run goes on with the lab's reference so the next "
+          f"steps count on their own (fix it, run its check cell, then this cell again to use yours)")
+    return None
