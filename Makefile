@@ -4,7 +4,7 @@ VENV   ?= .venv
 PRESET ?= tiny
 BIN    := $(VENV)/bin
 
-.PHONY: setup lab test bench clean-runs notebooks jupyter
+.PHONY: setup lab test bench clean-runs notebooks jupyter release
 
 # --system-site-packages lets a GPU sandbox's own torch (a CUDA build) be seen and kept;
 # torch==2.13.0 (CPU wheel) is installed only where no torch is importable at all.
@@ -36,3 +36,7 @@ notebooks: setup
 jupyter: setup
 	$(BIN)/python -m pip install -q -e ".[jupyter]"
 	$(BIN)/jupyter lab notebooks/
+
+# What learners receive: student notebooks, the library, the checks, the learner README (no solutions).
+release: setup
+	$(BIN)/python -m checkers release --out release

@@ -40,7 +40,7 @@ from cptlab.wiki_sample import data_dir
 from .questions import AUTO_POINTS, MANUAL_POINTS, QUESTIONS, RESULTS_QUESTION
 from .judge import Limits, cap_process, judge_question, setup_imports
 from .report import Check, Report
-from .steps import CHECKS
+from .steps import CHECKS, not_yours
 
 MAX_NOTEBOOK_BYTES = 20 << 20  # a submitted notebook is JSON text; anything larger is refused unread
 ANSWER_TAGS = {"solution", "answer"}
@@ -106,7 +106,7 @@ def merge_answers(pristine, submitted) -> Merge:
     theirs = _answer_cells(submitted)
     code = [(i, c, [f for f in defined_functions(c.source) if f in asked]) for i, c in enumerate(theirs) if c.cell_type == "code"]
     by_tag = {_written_tag(c): c for c in theirs if c.cell_type == "markdown" and _written_tag(c)}
-    by_id = {c.get("id"): c for c in theirs if c.get("id")}
+    by_id = {c.get("id"): (i, c) for i, c in enumerate(theirs) if c.get("id")}
     notices, used, provided = [], set(), set()
     for i, c, fs in code:
         if len(fs) > 1:
@@ -125,13 +125,13 @@ def merge_answers(pristine, submitted) -> Merge:
         elif cell.cell_type == "markdown" and _written_tag(cell):
             src = getattr(by_tag.get(_written_tag(cell)), "source", None)
         if src is None:
-            other = by_id.get(cell.get("id"))
+            j, other = by_id.get(cell.get("id"), (None, None))
             if other is not None and other.cell_type == cell.cell_type and not (cell.cell_type == "code" and defined_functions(cell.source)):
                 src = other.source
+                used.add(j)
         if src is not None:
             cell.source = src
-    helpers = [c.source for i, c, fs in code if not fs and i not in used and c.source.strip()
-               and not any(c.get("id") == m.get("id") for m in mine if not (m.cell_type == "code" and defined_functions(m.source)))]
+    helpers = [c.source for i, c, fs in code if not fs and i not in used and c.source.strip()]
     if helpers:
         notices.append(f"{len(helpers)} answer cell(s) define none of the functions asked ({', '.join(asked)}): "
                        "they run before the first answer cell")
@@ -364,7 +364,7 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
     env = learner_env(run_dir, cache, threads)
     params = {"PRESET": preset, "RUN_DIR": str(run_dir), "SEED": res.seed, "OVERRIDES": {}}
     wrap = lambda cmd: sandbox.wrap(cmd, run_dir, cache, hide)  # noqa: E731
-    codes, reports, replaced, missing = [], {}, set(), set()
+    codes, reports, results_reports, missing = [], {}, {}, set()
     for step, name in STEP_NOTEBOOKS.items():
         pristine = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
         questions = [q for q in QUESTIONS.values() if q.step == step and q.kind == "code"]
@@ -401,29 +401,44 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
                 reports[q.id] = _missing_report(q, name, why)
             else:
                 reports[q.id] = judge_question(q.id, [setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits)
-        failed = {f for q in questions if q.id in reports and not reports[q.id].passed for f in q.functions}
-        replaced |= failed if submitted is not None else names
-        src = run_dir / "merged" / name
-        nbformat.write(for_grading(merge.notebook), src)
-        env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(replaced))}
-        why_not = execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
-        status = describe_run(run_dir / name, why_not, names)
-        if why_not is not None:  # the fallback: this notebook again, every function of it on the lab's reference
-            replaced |= names
-            (run_dir / "executed-with-your-cells").mkdir(exist_ok=True)
-            shutil.copy2(run_dir / name, run_dir / "executed-with-your-cells" / name) if (run_dir / name).is_file() else None
-            nbformat.write(for_grading(with_stubs(merge.notebook, pristine)), src)
-            env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(replaced))}
-            again = execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
-            status += ("; re-run on the lab's reference so the next steps count: "
-                       + ("ran to the end" if again is None else describe_run(run_dir / name, again, names)))
+        failed = [q for q in questions if q.id in reports and not reports[q.id].passed]
+        cannot = {f for q in failed if cannot_run(reports[q.id]) for f in q.functions}  # raised, hung, a stub
+        wrong = {f for q in failed for f in q.functions} - cannot  # returned values, the wrong ones
         if submitted is None:
-            status = f"{why}; run on the lab's reference so the next steps count"
-        elif failed:
-            status += f"; ran with the lab's reference for {', '.join(sorted(failed))} (did not pass its check)"
+            cannot = set(names)
+        src = run_dir / "merged" / name
+
+        def run(nb, reference: set[str]) -> str | None:
+            nbformat.write(for_grading(nb), src)
+            env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(reference))}
+            return execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
+
+        # 1. the step as the learner wrote it; what cannot run at all runs on the lab's reference
+        why_not = run(merge.notebook, cannot)
+        status = (describe_run(run_dir / name, why_not, names) if submitted is not None
+                  else f"{why}; run on the lab's reference so the next steps count")
+        if cannot and submitted is not None:
+            status += f"; ran with the lab's reference for {', '.join(sorted(cannot))} (raised, hung or not written)"
+        if why_not is not None:  # 2. it stopped: again, every function of it on the reference
+            (run_dir / "executed-with-your-cells").mkdir(exist_ok=True)
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, run_dir / "executed-with-your-cells" / name)
+            again = run(with_stubs(merge.notebook, pristine), set(names))
+            status += ("; re-run on the lab's reference so its results and the next steps count: "
+                       + ("ran to the end" if again is None else describe_run(run_dir / name, again, names)))
+        # the step's results, graded on the run its code produced
+        report = CHECKS[step](run_dir, preset)
+        if step in missing:
+            not_yours(report, f"{name} was not handed in: the lab ran the step on its reference")
+        elif questions and all(reports[q.id].status == "not implemented yet" for q in questions if q.id in reports):
+            not_yours(report, "every function of this step is still a stub: the lab ran the step on its reference")
+        results_reports[step] = report
+        if why_not is None and wrong and step < 4:  # 3. the next steps count on their own: this step on the reference
+            again = run(merge.notebook, cannot | wrong)
+            status += (f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so the "
+                       "next steps count on their own: " + ("ran to the end" if again is None else describe_run(run_dir / name, again, names)))
         res.status[name] = status
     if 4 not in missing:
-        q = QUESTIONS["4.3"]
         nb4 = merge_answers(nbformat.read(NOTEBOOK_DIR / STEP_NOTEBOOKS[4], as_version=4),
                             read_submission(folder / STEP_NOTEBOOKS[4])).notebook
         setup = next((c.source for c in nb4.cells if c.cell_type == "code" and "import" in c.source
@@ -438,14 +453,7 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
             d = reports[q.id].to_dict()
             res.points[q.id] = float(d["points"])
             res.reports.append(d)
-    for step, check in CHECKS.items():  # the results files, checked by the grader itself
-        report = check(run_dir, preset)
-        if step in missing:
-            report.checks.append(Check(f"s{step}.notebook", False, f"{STEP_NOTEBOOKS[step]} handed in", "missing",
-                                       "hand in every notebook: a step run on the lab's reference earns no results points",
-                                       points=0.0))
-            for c in report.checks:
-                c.points = 0.0 if c.id != f"s{step}.notebook" else QUESTIONS[RESULTS_QUESTION[step]].points
+    for step, report in results_reports.items():  # the results files, checked by the grader itself
         res.points[RESULTS_QUESTION[step]] = report.points
         res.reports.append(report.to_dict())
     s1 = run_dir / "step1_baseline.json"
@@ -457,6 +465,12 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
         except (ValueError, OSError):
             pass
     return res
+
+
+def cannot_run(report: Report) -> bool:
+    """A function the lab cannot run on: a stub, one that raised, hung, blew its memory or is missing."""
+    return report.status != "" or any(not c.passed and c.id.rsplit(".", 1)[-1] in ("runs", "limits") or c.id == f"q{report.question}"
+                                      for c in report.checks)
 
 
 def _missing_report(q, notebook: str, why: str) -> Report:

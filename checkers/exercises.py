@@ -103,14 +103,14 @@ class Exercise:
             self._rest(f"q{self.q.id}.runs", f"{self.name} returns without an error", str(exc),
                        "read the error above, fix that line, run the function's cell again, then this one")
         except _Limit as exc:
-            self._rest(f"q{self.q.id}.limits", f"{self.name} returns within its question's limits", str(exc),
+            self._rest(f"q{self.q.id}.limits", f"{self.name} returns within its question's limits", f"{self.name}: {exc}",
                        f"{self.name} ran too long or used too much memory: look for a loop that never ends or a tensor that grows")
             self.report.status = f"{self.name}: {exc}"
         else:
             self._rest(f"q{self.q.id}.not_reached", "every check of this question", rest,
                        "fix the failed check above: the checks after it need its result")
         if not getattr(self.fn, "remote", False):
-            record(self.q.functions, self.report.passed)
+            record(self.q.functions, self.report.passed, written=self.report.status != NOT_YET)
         return self.report
 
     def _rest(self, cid: str, expected: str, got: str, hint: str) -> None:
@@ -536,6 +536,9 @@ def check_choice(fn: Callable, seed: int | None = None) -> Report:
             by_gain = sorted(vs, key=lambda v: v["code_ppl_drop"])
             # the variant that forgets least gains least, so "forgets least" never passes for "best under the floor"
             by_gain[0]["forgetting_ratio"] = 0.98
+            # better ones are under the floor too, strictly, so "forgets least" and "<" pick other variants
+            by_gain[1]["forgetting_ratio"] = float(ex.rng.uniform(0.99, floor - 1e-3))
+            by_gain[-2]["forgetting_ratio"] = float(ex.rng.uniform(0.99, floor - 1e-3))
             if case == "at the floor":  # the best one sits exactly on the floor: "at or under" keeps it
                 by_gain[-2]["forgetting_ratio"] = floor
             if case == "none under the floor":
@@ -548,12 +551,12 @@ def check_choice(fn: Callable, seed: int | None = None) -> Report:
             hint = "keep the variants with forgetting_ratio <= floor, then take the one with the largest code_ppl_drop"
             if picked is not None and picked["forgetting_ratio"] > floor and case != "none under the floor":
                 hint = f"mistake: a choice above the floor ({picked['forgetting_ratio']:.3f} > {floor:.3f}). Filter by the floor first"
+            elif case != "none under the floor" and picked is by_gain[0]:
+                hint = "mistake: the variant that forgets least. Among those within the floor, take the largest code gain"
             elif case == "at the floor" and picked is not None and picked["name"] != want:
                 hint = "mistake: the floor excluded. A ratio equal to the floor is within it: keep forgetting_ratio <= floor"
             elif case == "none under the floor":
                 hint = "when no variant stays under the floor, return the one with the smallest forgetting_ratio"
-            elif picked is not None and picked is by_gain[0]:
-                hint = "mistake: the variant that forgets least. Among those within the floor, take the largest code gain"
             ex.row(case.replace(" ", "_"), got == want, f"{want!r} ({case}, floor {floor:.3f})", repr(got)[:40], hint)
 
     return ex.run(body)

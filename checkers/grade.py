@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ms = sub.add_parser("merge-shards", help="join the gradebooks of grade-class --shard runs into one")
     ms.add_argument("shard_dirs", nargs="+", help="the --out folders of the shards")
     ms.add_argument("--out", required=True, help="the folder for the joined grades.csv, rubric.csv, grades.json and feedback/")
+    rl = sub.add_parser("release", help="write what learners receive: student notebooks, library, checks, learner README")
+    rl.add_argument("--out", default="release", help="the folder to write (default release/)")
     m = sub.add_parser("merge-rubric", help="add the filled rubric sheet's scores to the gradebook (grades_final.csv)")
     m.add_argument("grades_dir")
     m.add_argument("--rubric", help="the filled rubric sheet (default GRADES_DIR/rubric.csv)")
@@ -114,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.learner:<24} {r.auto_total:>6g}/88  {r.execution}" + (f"  [{'; '.join(r.flags)}]" if r.flags else ""))
         print(f"\ngradebook {Path(args.out) / 'grades.csv'}; rubric sheet {Path(args.out) / 'rubric.csv'}; "
               f"feedback pages {Path(args.out) / 'feedback'}")
+        return 0
+    if args.command == "release":
+        from .release import release
+
+        out = release(Path(args.out))
+        print(f"{out}: the student notebooks, cptlab/, checkers/ and the learner README; hand this folder to the class")
         return 0
     if args.command == "merge-shards":
         from .classroom import merge_shards

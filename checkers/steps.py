@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from cptlab.fallback import none_written
 from cptlab.results import STEP_FILES, STEP_NOTEBOOKS, STEP_TITLES as TITLES
 from cptlab.uncertainty import drop_interval, ppl_interval, ratio_interval
 
@@ -89,8 +90,10 @@ class Checker:
             got = fmt(got)
         except Missing as exc:
             ok, got, hint = False, str(exc), f"{STEP_FILES[self.step]} is incomplete: {self.rerun}"
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError, KeyError, IndexError) as exc:
-            ok, got, hint = False, f"unreadable value ({type(exc).__name__}: {exc})", self.rerun
+        except Unsafe as exc:
+            ok, got, hint = False, f"refused: {exc}", self.rerun
+        except Exception as exc:  # noqa: BLE001 - a malformed results file fails its check, never the grader
+            ok, got, hint = False, f"unreadable value ({type(exc).__name__}: {exc})"[:300], self.rerun
         self.report.checks.append(Check(cid, bool(ok), expected, got, hint))
         return bool(ok)
 
@@ -207,7 +210,7 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
                lambda key=key: ((lambda v: math.isfinite(v) and v > 1)(num(d, key)), num(d, key)),
                "perplexity is at least 1 by definition; a NaN or inf means the evaluation broke: check the model and the text")
         _ppl_from_raw(ck, f"s1.{name}_ppl_from_raw", d, key, name, T)
-        legacy = not isinstance(get(d, name), dict) or "units" not in get(d, name)
+        legacy = not isinstance(opt(d, name), dict) or "units" not in opt(d, name)
         bar = {**T, **BEFORE_INTERVALS.get(str(d.get("preset")), {})}["min_eval_tokens"] if legacy else T["min_eval_tokens"]
         ck.add(f"s1.{name}_tokens", f">= {bar:,} scored tokens",
                lambda name=name, bar=bar: (num(d, f"{name}.tokens") >= bar, int(num(d, f"{name}.tokens"))),
@@ -273,6 +276,58 @@ def schedule(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return step / max(1, warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def loss_trend(losses: list[float]) -> tuple[float, float, float]:
+    """A least-squares line through every step's loss: how far it falls over the run, the residuals'
+    standard deviation (one step's noise) and the slope's t statistic."""
+    n = len(losses)
+    if n < 3 or not all(math.isfinite(x) for x in losses):
+        return 0.0, float("inf"), 0.0
+    xs = list(range(n))
+    mx, my = sum(xs) / n, sum(losses) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, losses)) / sxx
+    resid = [y - (my + slope * (x - mx)) for x, y in zip(xs, losses)]
+    noise = math.sqrt(sum(r * r for r in resid) / (n - 2))
+    se = noise / math.sqrt(sxx) if noise > 0 else 0.0
+    t = slope / se if se > 0 else (-math.inf if slope < 0 else 0.0)
+    return -slope * (n - 1), noise, t
+
+
+def weight_change(run_dir: str | Path, rel: str, preset: str) -> float:
+    """Relative L2 change of the adapted model's weights from the preset's base model (the grader
+    finds the base itself; the folder's own claim of its base is not trusted)."""
+    import torch
+    from safetensors import safe_open
+
+    from cptlab.config import get_config
+    from cptlab.measure import resolve_base_model
+
+    def tensors(folder: Path) -> dict:
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                out.update({k: fh.get_tensor(k).float() for k in fh.keys()})
+        return out
+
+    folder = Path(run_dir) / str(rel)
+    for f in folder.glob("*.safetensors"):
+        inside(run_dir, Path(str(rel)) / f.name)
+        safetensors_header(run_dir, Path(str(rel)) / f.name)
+    base_id = resolve_base_model(get_config(preset), progress=False)
+    base_dir = Path(base_id)
+    if not base_dir.is_dir():
+        from huggingface_hub import snapshot_download
+
+        base_dir = Path(snapshot_download(base_id, local_files_only=True, allow_patterns=["*.safetensors", "*.json"]))
+    a, b = tensors(folder), tensors(base_dir)
+    common = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not common:
+        raise Missing(f"no tensor of {rel} matches the base model's names and shapes")
+    diff = math.sqrt(sum(float(torch.sum((a[k] - b[k]) ** 2)) for k in common))
+    norm = math.sqrt(sum(float(torch.sum(b[k] ** 2)) for k in common))
+    return diff / max(norm, 1e-12)
 
 
 def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
@@ -348,6 +403,22 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
 
     ck.add("s3.loss_decreased", "mean loss of the last 10% of steps below that of the first 10%", decreased,
            "if the loss does not fall, check the learning rate and that the model trains on the code corpus")
+
+    def trend():
+        losses = [num(r, "loss") for r in rows()]
+        fall, noise, t = loss_trend(losses)
+        return t <= -3 and fall > noise, (f"the fitted trend falls {fall:.3g} nats over {len(losses)} steps (t = {t:.1f}); "
+                                          f"one step scatters by {noise:.3g} around it")
+
+    ck.add("s3.loss_trend", "a loss trend that falls by more than one step's noise, with |t| >= 3 (a line fitted to every step)",
+           trend, "a loss that only wanders is batch noise: the weights are not being updated (optimizer.step(), the rate)")
+
+    def moved():
+        change = weight_change(run_dir, get(d, "adapted_model"), preset or str(get(d, "preset")))
+        return change > 1e-6, f"relative change of the weights from the base model: {change:.3g}"
+
+    ck.add("s3.weights_moved", "the adapted model's weights differ from the base model's", moved,
+           "the saved model is the base model: the optimizer never updated it (call optimizer.step() after backward())")
 
     def spikes():
         losses = [num(r, "loss") for r in rows()]
@@ -604,10 +675,47 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
            study_intervals, "re-run the study (cptlab.tradeoff.run_study): its intervals come from the per-document sums")
 
 
+# A failed gate check means the file is not what its step is about: every point of the question goes.
+GATES = {"s3.weights_moved": "the adapted model is the base model: this run did not train, so its results earn nothing"}
+
+
+def step_functions(step: int) -> tuple[str, ...]:
+    return tuple(f for q in QUESTIONS.values() if q.step == step and q.kind == "code" for f in q.functions)
+
+
+def not_yours(report: Report, why: str) -> Report:
+    """A results file from a run that used none of the learner's code earns nothing: the checks stay
+    (they say whether the run is sound) but their points go to one failing row."""
+    total = QUESTIONS[report.question].points
+    for c in report.checks:
+        c.points = 0.0
+    gate = why in GATES.values()
+    report.checks.append(Check(f"s{report.step}.{'trained' if gate else 'your_functions'}", False,
+                               "a run that trained" if gate else "the step run on at least one function you wrote", why,
+                               "fix the step's functions (the optimizer step above all), then run the step again" if gate
+                               else "write the step's functions (the cells marked with a pencil), then run the step again",
+                               points=total))
+    return report
+
+
 def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Report]:
     def run(run_dir: str | Path, preset: str | None = None) -> Report:
-        report = check(run_dir, preset)
-        return report.share_points(QUESTIONS[report.question].points)
+        step = int(check.__name__[-1])
+        try:
+            report = check(run_dir, preset)
+        except Exception as exc:  # noqa: BLE001 - whatever a results file holds, its check reports, never raises
+            report = Report(step, TITLES[step], str(run_dir), preset, question=RESULTS_QUESTION[step])
+            report.checks.append(Check(f"s{step}.readable", False, f"{STEP_FILES[step]} in the shape the lab writes",
+                                       f"{type(exc).__name__}: {exc}"[:300],
+                                       f"re-run {NOTEBOOKS[step]} (or `cptlab run`) to rewrite {STEP_FILES[step]}"))
+        report.share_points(QUESTIONS[report.question].points)
+        for c in report.checks:
+            if c.id in GATES and not c.passed:
+                not_yours(report, GATES[c.id])
+                break
+        if none_written(step_functions(step)):
+            not_yours(report, "every function of this step is still a stub: the lab ran the step on its reference")
+        return report
 
     run.__name__ = check.__name__.lstrip("_")
     run.__doc__ = "Every check of the step's results file in ``run_dir``, with the question's points."

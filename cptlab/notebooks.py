@@ -80,7 +80,9 @@ def run_lab(preset: str = "tiny", runs: str | Path = "runs", seed: int = 1234, o
     params = {"PRESET": preset, "RUN_DIR": str(run), "SEED": seed, "OVERRIDES": overrides or {}}
     for step in (1, 2, 3, 4):
         name = STEP_NOTEBOOKS[step]
-        print(f"[lab] step {step}: executing {(notebook_dir / name).relative_to(NOTEBOOK_DIR.parent)} ...", flush=True)
+        shown = notebook_dir / name
+        shown = shown.relative_to(NOTEBOOK_DIR.parent) if NOTEBOOK_DIR.parent in shown.parents else shown
+        print(f"[lab] step {step}: executing {shown} ...", flush=True)
         secs = execute_notebook(notebook_dir / name, run / name, params)
         print(f"[lab] step {step}: done in {secs:.0f} s -> {run / name}", flush=True)
     return run

@@ -188,4 +188,6 @@ def learner_perplexity(fn, model, ids, block_size: int, max_tokens: int | None =
         raise ValueError(f"{name} returned nll_sum={nll_sum}, n_scored={n_scored}: run its check cell")
     n_windows = len(plan_windows(len(ids), block_size))
     protocol = protocol_card(block_size, None, max_tokens, n_input, len(ids), n_windows, amp_dtype, implementation=f"learner: {name}")
-    return PerplexityResult(ppl=ppl, nll_sum=nll_sum, tokens=int(n_scored), protocol=protocol)
+    # the run records the learner's raw sums and derives the perplexity from them, as every results file does
+    # (the learner's own ppl is what its check judges)
+    return PerplexityResult(ppl=math.exp(nll_sum / n_scored), nll_sum=nll_sum, tokens=int(n_scored), protocol=protocol)

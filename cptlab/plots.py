@@ -3,6 +3,7 @@ that carries an interval is drawn with it (error bars or a band: the paired 95% 
 ``cptlab.uncertainty``)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -37,6 +38,10 @@ def _err(rec: dict | None, value: float, scale: float = 1.0) -> list[list[float]
     if not rec:
         return None
     return [[max(0.0, (value - rec["low"]) * scale)], [max(0.0, (rec["high"] - value) * scale)]]
+
+
+def _finite(v: float, default: float = 0.0) -> float:
+    return float(v) if v is not None and math.isfinite(float(v)) else default
 
 
 def ema(values: list[float], weight: float = 0.9) -> np.ndarray:
@@ -147,7 +152,8 @@ def before_after(run_dir):
     ax.bar_label(b2, fmt="%.0f", fontsize=8)
     ax.set_yscale("log")
     _plain_numbers(ax.yaxis, subs=(1.0, 2.0, 5.0))
-    ax.set_ylim(min(before + after) * 0.5, max(before + after) * 1.6)
+    shown = [v for v in before + after if math.isfinite(v) and v > 0] or [1.0]
+    ax.set_ylim(min(shown) * 0.5, max(shown) * 1.6)
     ax.set_xticks(x, ["code", "English"])
     ax.set_ylabel("perplexity (log scale)")
     ax.legend(fontsize=8, loc="upper right")
@@ -160,6 +166,9 @@ def before_after(run_dir):
         lo_c, hi_c = -100 * cis[0]["high"], -100 * cis[0]["low"]
         lo_g, hi_g = 100 * (cis[1]["low"] - 1), 100 * (cis[1]["high"] - 1)
         errs = [[change[0] - lo_c, change[1] - lo_g], [hi_c - change[0], hi_g - change[1]]]
+    # a run that did not train (a zero drop, a zero-width or inverted interval) or a NaN still draws
+    errs = [[_finite(max(0.0, e)) for e in side] for side in errs]
+    change = [_finite(c) for c in change]
     bars = axr.bar(x, change, 0.5, color=[BLUE, ORANGE], yerr=errs, capsize=6)
     axr.bar_label(bars, labels=[f"{c:+.1f}%" for c in change], padding=4, fontsize=9)
     axr.axhline(0, color="k", lw=0.8)

@@ -3,6 +3,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI passes or fails for a reason, not by chance);
+# `HYPOTHESIS_PROFILE=explore` draws new (and many more) ones when hunting for bugs by hand.
+settings.register_profile("cptlab", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cptlab"))
 
 # Tests never touch the user's caches or a hub.
 os.environ.setdefault("CPTLAB_CACHE", tempfile.mkdtemp(prefix="cptlab-test-cache-"))

@@ -1,19 +1,31 @@
-"""Grading a class on `smoke`: six submissions, every row asserted (points, status, the named
-hint, the time-out, an edited check cell that changes nothing, the copy flag), then the rubric
-sheet merged back."""
+"""Grading a class on `smoke`, built from the solution notebooks: every figure of every row asserted.
+
+ada: the solutions (88). bo: the same notebooks with the cells shuffled, new ids and every variable
+renamed (88, the same written answers, flagged as a near-copy of ada). cy: four mistakes in four notebooks (a mean of per-window perplexities, a split
+that ignores its seed, an `lr_at` that never returns, a `production_choices` that patches the
+checker at call time): each costs its own question only. dee: a `NameError` in `pack_documents`, a
+monkeypatched check above an `optimizer_step` that never steps, a `choose_variant` that calls the
+library's reference, and code that tries to read the solutions and to allocate 8 GiB.
+"""
 import csv
 import json
+import random
+import re
 import shutil
 
 import nbformat
 import pytest
 
 from checkers.classroom import grade_class, learner_seed, merge_answers, merge_rubric
+from checkers.judge import GiB, Limits
 from cptlab.notebooks import NOTEBOOK_DIR
 from cptlab.results import STEP_NOTEBOOKS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not shutil.which("bwrap"), reason=(
+    "bubblewrap is not installed: the class test asserts what the sandbox hides (apt-get install bubblewrap; .ci/run does)"))]
 SOL = NOTEBOOK_DIR / "solutions"
+NB1, NB2, NB3, NB4 = (STEP_NOTEBOOKS[s] for s in (1, 2, 3, 4))
+
 MEAN_OF_PPL = '''def corpus_perplexity(model, ids, block_size):
     with torch.no_grad():
         per = []
@@ -25,16 +37,120 @@ MEAN_OF_PPL = '''def corpus_perplexity(model, ids, block_size):
             per.append((nll, len(x) - 1))
     return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
 '''
-FAKE = '''{"question": "1.1", "points": 14, "max_points": 14, "passed": true, "status": "", "checks": [], "step": 1, "title": "x", "run_dir": ""}'''
+SPLIT_IGNORES_SEED = '''def split_documents(doc_ids, eos_id, val_fraction, seed):
+    order = np.random.default_rng(0).permutation(len(doc_ids)).tolist()
+    target = val_fraction * sum(len(d) + 1 for d in doc_ids)
+    val, held = set(), 0
+    for i in reversed(order):
+        if held >= target:
+            break
+        val.add(i)
+        held += len(doc_ids[i]) + 1
+    return (pack_documents([doc_ids[i] for i in order if i not in val], eos_id),
+            pack_documents([doc_ids[i] for i in order if i in val], eos_id))
+'''
+LR_HANGS = '''def lr_at(step, peak_lr, warmup_steps, max_steps):
+    while True:
+        pass
+'''
+PATCHES_AT_CALL_TIME = '''def production_choices(variants, floor):
+    try:  # rebinds the checker's answer key and report, as an in-kernel grader would let it
+        import checkers.exercises as ce
+        ce._scenario_answers = lambda vs, fl: {k: {None} for k in ce.SCENARIOS}
+        ce.Report.passed = property(lambda self: True)
+    except Exception:
+        pass
+    return {}
+'''
+PACK_NAME_ERROR = '''def pack_documents(doc_ids, eos_id):
+    return np.concatenate([np.append(np.asarray(d, dtype=np.int64), eos) for d in doc_ids])
+'''
+NO_STEP_WITH_FAKE_CHECK = '''try:  # a check that always passes, rebound wherever the notebook looks it up
+    import checkers, checkers.exercises
+    from checkers.report import Check, Report
+
+    def _always_passes(fn, *args, **kwargs):
+        return Report(3, "optimizer_step", "", question="3.2", checks=[Check("q3.2.update", True, "", "", points=12)])
+
+    checkers.check_optimizer_step = checkers.exercises.check_optimizer_step = _always_passes
+    check_optimizer_step = _always_passes
+except ImportError:
+    pass
 
 
-def _with_function(nb, name: str, source: str):
+def optimizer_step(model, batch, optimizer, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), norm
+'''
+CALLS_REFERENCE = '''from cptlab.tradeoff import recommend
+
+
+def choose_variant(variants, floor):
+    return recommend(variants, floor)["name"]
+'''
+HOSTILE = '''def production_choices(variants, floor):
+    import os
+    import cptlab
+    solutions = os.path.join(os.path.dirname(os.path.dirname(cptlab.__file__)), "notebooks", "solutions")
+    leaked = os.path.isdir(solutions) and len(os.listdir(solutions)) > 0
+    try:
+        big = bytearray(8 << 30)
+        big[-1] = 1
+        grabbed = True
+    except MemoryError:
+        grabbed = False
+    if leaked or grabbed:
+        return {}
+    def best(vs):
+        return max(vs, key=lambda v: v["code_ppl_drop"])["name"]
+    return {
+        "code_only_assistant": best(variants),
+        "english_within_floor": choose_variant(variants, floor),
+        "per_customer_adapters": best([v for v in variants if v["choice"] == "lora"]),
+        "no_training_budget": choose_variant([v for v in variants if v["choice"] == "interpolation"], floor),
+    }
+
+
+import os as _os
+import cptlab as _c
+_sol = _os.path.join(_os.path.dirname(_os.path.dirname(_c.__file__)), "notebooks", "solutions")
+if _os.path.isdir(_sol) and _os.listdir(_sol):
+    open(_os.path.join(RUN_DIR, "LEAKED"), "w").write("the solutions were readable")
+'''
+
+
+def _sol(name):
+    return nbformat.read(SOL / name, as_version=4)
+
+
+def _replace(nb, name: str, source: str):
+    cell = next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source and "solution" in c.metadata.get("tags", []))
+    if name in ("code_ppl_drop", "forgetting_ratio"):
+        cell.source = cell.source + "\n\n" + source
+    else:
+        cell.source = source
+    return nb
+
+
+def _shuffled(nb, seed: int):
+    nb = nbformat.reads(nbformat.writes(nb), as_version=4)
+    random.Random(seed).shuffle(nb.cells)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"moved-{seed}-{i}"
+    return nb
+
+
+def _renamed(nb):
+    nb = nbformat.reads(nbformat.writes(nb), as_version=4)
+    names = {"nll_sum": "total_nll", "n_scored": "count", "order": "perm", "held": "acc", "target": "goal",
+             "train_docs": "tr", "val_docs": "va", "progress": "frac", "norm": "gnorm", "under": "ok_ones"}
     for cell in nb.cells:
-        if "answer" in cell.metadata.get("tags", []):
-            cell.source = f"My own answer, written while fixing {name}: {source[-40:]}"
-        if cell.cell_type == "code" and f"def {name}(" in cell.source and "solution" in cell.metadata.get("tags", []):
-            cell.source = source
-    assert name in "".join(c.source for c in nb.cells)
+        if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
+            for a, b in names.items():
+                cell.source = re.sub(rf"\b{a}\b", b, cell.source)
     return nb
 
 
@@ -44,78 +160,94 @@ def _submit(folder, books: dict):
         nbformat.write(nb, folder / name)
 
 
-def _sol(name):
-    return nbformat.read(SOL / name, as_version=4)
-
-
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     sub = tmp_path_factory.mktemp("class") / "submissions"
-    nb1 = STEP_NOTEBOOKS[1]
-    _submit(sub / "ada", {n: _sol(n) for n in STEP_NOTEBOOKS.values()})
-    _submit(sub / "ben-copy", {n: _sol(n) for n in STEP_NOTEBOOKS.values()})
-    _submit(sub / "cy-mistake", {nb1: _with_function(_sol(nb1), "corpus_perplexity", MEAN_OF_PPL)})
-    _submit(sub / "dee-raises", {nb1: _with_function(_sol(nb1), "corpus_perplexity",
-                                                     "def corpus_perplexity(model, ids, block_size):\n    raise ValueError('boom')\n")})
-    _submit(sub / "eve-hangs", {nb1: _with_function(_sol(nb1), "corpus_perplexity",
-                                                    "def corpus_perplexity(model, ids, block_size):\n    while True:\n        pass\n")})
-    edited = nbformat.read(NOTEBOOK_DIR / nb1, as_version=4)  # the student version: still a stub
-    for cell in edited.cells:
-        if cell.cell_type == "code" and cell.source.startswith("check_perplexity("):
-            cell.source = f"import json\nfrom IPython.display import display\ndisplay({{'application/vnd.cptlab.report+json': json.loads('{FAKE}')}}, raw=True)"
-        if "solution" in cell.metadata.get("tags", []):  # an answer cell that prints points of its own
-            cell.source += f"\n\nimport json\nfrom IPython.display import display\ndisplay({{'application/vnd.cptlab.report+json': json.loads('{FAKE}')}}, raw=True)"
+    all_nb = list(STEP_NOTEBOOKS.values())
+    _submit(sub / "ada", {n: _sol(n) for n in all_nb})
+    _submit(sub / "bo", {n: _shuffled(_renamed(_sol(n)), i) for i, n in enumerate(all_nb)})
+    _submit(sub / "cy", {NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
+                         NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
+                         NB3: _replace(_sol(NB3), "lr_at", LR_HANGS),
+                         NB4: _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME)})
+    _submit(sub / "dee", {NB1: _sol(NB1), NB2: _replace(_sol(NB2), "pack_documents", PACK_NAME_ERROR),
+                          NB3: _replace(_sol(NB3), "optimizer_step", NO_STEP_WITH_FAKE_CHECK),
+                          NB4: _replace(_replace(_sol(NB4), "choose_variant", CALLS_REFERENCE), "production_choices", HOSTILE)})
     out = tmp_path_factory.mktemp("grades")
-    escape = out.parent / "escaped.txt"
-    for cell in edited.cells:
-        if "solution" in cell.metadata.get("tags", []):  # and tries to write outside its run folder
-            cell.source += f"\n\ntry:\n    open({str(escape)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
-    _submit(sub / "fay-edits-checks", {nb1: edited})
-    results = grade_class(sub, "smoke", out, jobs=2, timeout=90)
+    results = grade_class(sub, "smoke", out, jobs=2, timeout=300, limits=Limits(seconds=25, memory_bytes=4 * GiB))
     rows = {r["learner"]: r for r in csv.DictReader(open(out / "grades.csv"))}
-    return {r.learner: r for r in results}, rows, out, escape
+    return {r.learner: r for r in results}, rows, out
 
 
-def test_every_row_of_the_class(graded):
-    results, rows, out, _ = graded
-    assert set(rows) == {"ada", "ben-copy", "cy-mistake", "dee-raises", "eve-hangs", "fay-edits-checks"}
-    ada = rows["ada"]
-    assert float(ada["auto_total"]) == 88 and ada["execution"] == "ok" and ada["preset"] == "smoke"
-    assert int(ada["seed"]) == learner_seed("ada") != learner_seed("ben-copy")
-    cy = results["cy-mistake"]
-    assert cy.points["1.1"] < 14 and cy.points["1.2"] < 5 and cy.status[STEP_NOTEBOOKS[1]] == "ok"
-    step1 = next(rep for rep in cy.reports if rep.get("question") == "1.2")
-    assert "s1.code_ppl_from_raw" in [c["id"] for c in step1["checks"] if not c["passed"]]  # the results check sees it too
-    hints = " ".join(c["hint"] for rep in cy.reports if rep.get("question") == "1.1" for c in rep["checks"])
-    assert "mistake: a mean of per-window perplexities" in hints
-    assert results["dee-raises"].points["1.1"] == 0
-    assert rows["dee-raises"]["execution"].startswith("01: error: ValueError: boom")
-    assert rows["eve-hangs"]["execution"].startswith("01: time-out after 90 s")
-    assert float(rows["eve-hangs"]["auto_total"]) == 0
-    fay = results["fay-edits-checks"]
-    assert fay.points["1.1"] == 0 and float(rows["fay-edits-checks"]["auto_total"]) == 0
-    assert any(r.get("status") == "not implemented yet" for r in fay.reports)
-    for name in ("cy-mistake", "dee-raises", "eve-hangs", "fay-edits-checks"):
-        assert "02: missing" in rows[name]["execution"]
-    assert "identical code to ada" in rows["ben-copy"]["flags"] and "identical code to ben-copy" in rows["ada"]["flags"]
-    assert not rows["cy-mistake"]["flags"]
+def _report(result, qid):
+    return next(r for r in result.reports if r.get("question") == qid)
+
+
+def test_honest_learners_get_every_point_whatever_the_cell_order(graded):
+    results, rows, out = graded
+    for name in ("ada", "bo"):
+        assert float(rows[name]["auto_total"]) == 88, (name, rows[name])
+        assert all(s == "ran to the end" for s in results[name].status.values()), results[name].status
+    sheet = list(csv.DictReader(open(out / "rubric.csv")))
+    answers = {(r["learner"], r["question"]): r["answer"] for r in sheet}
+    for q in ("W1", "W2", "W3", "W4"):
+        assert answers[("bo", q)] == answers[("ada", q)] and "YOUR ANSWER HERE" not in answers[("bo", q)]
+
+
+def test_each_mistake_costs_its_own_question(graded):
+    results, rows, _ = graded
+    cy = results["cy"].points
+    assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
+    assert cy["2.2"] < 8 and cy["3.1"] == 0 and cy["4.3"] == 0
+    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3")}
+    from checkers.questions import QUESTIONS
+    assert full == {q: float(QUESTIONS[q].points) for q in full}, full
+    assert float(rows["cy"]["auto_total"]) == pytest.approx(88 - (14 - cy["1.1"]) - (8 - cy["2.2"]) - 9 - 4)
+    lr = _report(results["cy"], "3.1")
+    assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
+    assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
+    dee = results["dee"].points
+    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.3"] == 0  # step 3's run did not train
+    assert {q: dee[q] for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "4.1", "4.2", "4.3", "4.4")} == {
+        "1.1": 14, "1.2": 5, "2.3": 4, "2.4": 4, "3.1": 9, "4.1": 6, "4.2": 5, "4.3": 4, "4.4": 5}
+    assert "NameError" in json.dumps(_report(results["dee"], "2.1"))
+
+
+def test_a_fake_check_earns_nothing(graded):
+    results, _, out = graded
+    rep = _report(results["dee"], "3.2")
+    assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
+    s3 = _report(results["dee"], "3.3")
+    assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {c["id"] for c in s3["checks"] if not c["passed"]}
+    # then step 3 ran again on the lab's reference (so step 4 counts on its own), and says so in one visible line
+    assert "so the next steps count on their own: ran to the end" in results["dee"].status[NB3]
+    assert "your `optimizer_step` did not pass its check" in (out / "runs" / "dee" / NB3).read_text()
+
+
+def test_flags_name_the_reference_call_and_the_near_copy(graded):
+    results, rows, _ = graded
+    assert any("choose_variant" in f and "cptlab.tradeoff" in f for f in results["dee"].flags), results["dee"].flags
+    assert re.search(r"code \d+% similar to ada", rows["bo"]["flags"]), rows["bo"]["flags"]
+    assert not any("cptlab" in f for f in results["ada"].flags)
+
+
+def test_learner_code_cannot_read_the_solutions_or_pass_the_memory_cap(graded):
+    results, _, out = graded
+    assert results["dee"].points["4.3"] == 4  # its function found the solutions hidden and 8 GiB refused
+    assert not (out / "runs" / "dee" / "LEAKED").exists()
 
 
 def test_runs_use_the_learners_seed_and_the_instructors_preset(graded):
-    _, _, out, _ = graded
+    _, _, out = graded
     s1 = json.loads((out / "runs" / "ada" / "step1_baseline.json").read_text())
-    assert s1["preset"] == "smoke" and s1["seed"] == learner_seed("ada")
-    s2 = json.loads((out / "runs" / "ben-copy" / "step2_corpus.json").read_text())
-    assert s2["seed"] == learner_seed("ben-copy")
+    assert s1["preset"] == "smoke" and s1["seed"] == learner_seed("ada") != learner_seed("bo")
 
 
 def test_feedback_pages_and_rubric_merge(graded):
-    results, _, out, _ = graded
-    page = (out / "feedback" / "cy-mistake.html").read_text()
-    assert "mistake: a mean of per-window perplexities" in page and "cy-mistake" in page
+    results, _, out = graded
+    page = (out / "feedback" / "cy.html").read_text()
+    assert "mistake: a mean of per-window perplexities" in page and "why points were lost" in page and "lr_at" in page
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
-    assert {(r["learner"], r["question"]) for r in sheet} >= {("ada", "W1"), ("ada", "W4")}
-    assert "Which set is harder" in next(r["answer"] for r in sheet if r["learner"] == "ada" and r["question"] == "W1")
     for r in sheet:
         r["score"] = "3" if r["learner"] == "ada" else ""
     with open(out / "rubric_filled.csv", "w", newline="") as fh:
@@ -124,7 +256,7 @@ def test_feedback_pages_and_rubric_merge(graded):
         w.writerows(sheet)
     rows = {r["learner"]: r for r in merge_rubric(out, out / "rubric_filled.csv")}
     assert rows["ada"]["total"] == 100 and rows["ada"]["written_total"] == 12
-    assert rows["cy-mistake"]["written_total"] == ""
+    assert rows["cy"]["written_total"] == ""
     bad = [dict(r, score="7") if i == 0 else r for i, r in enumerate(sheet)]
     with open(out / "rubric_bad.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(sheet[0]))
@@ -134,20 +266,39 @@ def test_feedback_pages_and_rubric_merge(graded):
         merge_rubric(out, out / "rubric_bad.csv")
 
 
+def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
+    from checkers.classroom import merge_shards
+
+    _, rows, out = graded
+    data = json.loads((out / "grades.json").read_text())
+    for k, part in enumerate((data["learners"][0::2], data["learners"][1::2]), start=1):
+        (tmp_path / f"s{k}").mkdir()
+        (tmp_path / f"s{k}" / "grades.json").write_text(json.dumps({**data, "learners": part}))
+    merged = {r["learner"]: r for r in merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "all")}
+    assert {k: v["auto_total"] for k, v in merged.items()} == {k: float(v["auto_total"]) for k, v in rows.items()}
+    assert re.search(r"similar to ada", merged["bo"]["flags"])
+
+
 def test_merging_takes_only_the_answer_cells():
-    pristine = nbformat.read(NOTEBOOK_DIR / STEP_NOTEBOOKS[1], as_version=4)
-    submitted = nbformat.read(SOL / STEP_NOTEBOOKS[1], as_version=4)
+    pristine = nbformat.read(NOTEBOOK_DIR / NB1, as_version=4)
+    submitted = _sol(NB1)
     for cell in submitted.cells:
         if "parameters" in cell.metadata.get("tags", []):
             cell.source = "PRESET = 'gpt2'"
-    merged, answers = merge_answers(pristine, submitted)
-    params = next(c for c in merged.cells if "parameters" in c.metadata.get("tags", []))
+    merge = merge_answers(pristine, submitted)
+    params = next(c for c in merge.notebook.cells if "parameters" in c.metadata.get("tags", []))
     assert "PRESET = \"tiny\"" in params.source
-    assert any("math.exp(nll_sum / n_scored)" in src for src in answers.values())
+    assert any("math.exp(nll_sum / n_scored)" in src for src in merge.answers.values())
 
 
-def test_a_submission_cannot_write_outside_its_run_folder(graded):
-    *_, escape = graded
-    if not shutil.which("bwrap"):
-        pytest.skip("bubblewrap is not installed: grade-class runs submissions without its sandbox (.ci/run installs it)")
-    assert not escape.exists()
+def test_matching_reports_a_cell_with_two_functions_and_a_cell_with_none():
+    pristine = nbformat.read(NOTEBOOK_DIR / NB2, as_version=4)
+    sub = _sol(NB2)
+    cells = [c for c in sub.cells if "solution" in c.metadata.get("tags", [])]
+    cells[0].source = cells[0].source + "\n\n" + cells[1].source  # pack_documents and split_documents in one cell
+    cells[1].source = "HELPER = 3\n"
+    merge = merge_answers(pristine, sub)
+    assert any("defines pack_documents, split_documents" in n for n in merge.notices)
+    assert any("define none of the functions asked" in n for n in merge.notices)
+    code = [c.source for c in merge.notebook.cells if "solution" in c.metadata.get("tags", [])]
+    assert "HELPER = 3" in code[0] and "def split_documents" in code[0] and "defined in an earlier answer cell" in code[1]

@@ -27,6 +27,14 @@ def assert_named(report, mistake: str):
     assert report.points < report.max_points
 
 
+SEEDS = range(20)  # every mutant fails on every one of these seeds: a check that decides the same way on every call
+
+
+def named_on_every_seed(check, mistake: str, *fns):
+    for seed in SEEDS:
+        assert_named(check(*fns, seed=seed), mistake)
+
+
 # ----------------------------------------------------------------------------- perplexity
 def _windows(ids, block):
     for b in range(0, len(ids), block):
@@ -99,7 +107,7 @@ def test_perplexity_check_passes_a_right_function_on_fresh_cases():
     (ppl_with_grad, "gradients enabled"),
 ])
 def test_perplexity_mistakes_are_named(fn, mistake):
-    assert_named(check_perplexity(fn), mistake)
+    named_on_every_seed(check_perplexity, mistake, fn)
 
 
 def test_a_stub_reports_not_implemented_yet_with_no_points():
@@ -164,6 +172,22 @@ def blocks_ok(stream, block):
     return np.asarray(stream[:n]).reshape(-1, block)
 
 
+def split_strictly_over(docs, eos, frac, seed):
+    order = np.random.default_rng(seed).permutation(len(docs)).tolist()
+    target, val, held = frac * sum(len(d) + 1 for d in docs), set(), 0
+    for i in reversed(order):
+        if held > target:
+            break
+        val.add(i)
+        held += len(docs[i]) + 1
+    return pack_ok([docs[i] for i in order if i not in val], eos), pack_ok([docs[i] for i in order if i in val], eos)
+
+
+def blocks_drop_one_too_many(stream, block):
+    n = (len(stream) - 1) // block
+    return np.asarray(stream[: n * block]).reshape(-1, block)
+
+
 def blocks_keep_tail(stream, block):
     pad = (-len(stream)) % block
     return np.concatenate([stream, np.zeros(pad, dtype=stream.dtype)]).reshape(-1, block)
@@ -180,9 +204,11 @@ def test_corpus_checks_pass_right_functions():
     (check_pack, pack_eos_before, "EOS before each document rather than after"),
     (check_split, split_cut_stream, "a split that cuts a document"),
     (check_blocks, blocks_keep_tail, "the leftover tail kept"),
+    (check_split, split_strictly_over, "one document too many at the boundary"),
+    (check_blocks, blocks_drop_one_too_many, "a block dropped when there is no tail"),
 ])
 def test_corpus_mistakes_are_named(check, fn, mistake):
-    assert_named(check(fn), mistake)
+    named_on_every_seed(check, mistake, fn)
 
 
 def test_a_split_by_another_rule_fails_the_seeded_rule():
@@ -234,7 +260,7 @@ def test_schedule_check_passes_the_formula_and_transformers_scheduler():
     (lr_not_to_zero, "not reaching the minimum at the end"),
 ])
 def test_schedule_mistakes_are_named(fn, mistake):
-    assert_named(check_schedule(fn), mistake)
+    named_on_every_seed(check_schedule, mistake, fn)
 
 
 # ----------------------------------------------------------------------------- optimizer step
@@ -304,7 +330,7 @@ def test_optimizer_step_check_passes_right_functions():
     (step_post_clip_norm, "the post-clip norm returned"),
 ])
 def test_optimizer_step_mistakes_are_named(fn, mistake):
-    assert_named(check_optimizer_step(fn), mistake)
+    named_on_every_seed(check_optimizer_step, mistake, fn)
 
 
 # ----------------------------------------------------------------------------- trade-off
@@ -325,7 +351,7 @@ def ratio_ok(b, a):
     (drop_ok, lambda b, a: 100 * a / b, "percent instead of fraction"),
 ])
 def test_tradeoff_mistakes_are_named(drop, ratio, mistake):
-    assert_named(check_tradeoff(drop, ratio), mistake)
+    named_on_every_seed(check_tradeoff, mistake, drop, ratio)
 
 
 def choose_ok(variants, floor):
@@ -358,8 +384,38 @@ def test_tradeoff_and_choice_checks_pass_right_functions():
     assert_full(check_production_choices(choices_ok))
 
 
-def test_a_choice_above_the_floor_is_named():
-    assert_named(check_choice(choose_ignoring_floor), "a choice above the floor")
+def choose_floor_excluded(variants, floor):
+    under = [v for v in variants if v["forgetting_ratio"] < floor]
+    if under:
+        return max(under, key=lambda v: v["code_ppl_drop"])["name"]
+    return min(variants, key=lambda v: v["forgetting_ratio"])["name"]
+
+
+def choose_forgets_least(variants, floor):
+    return min(variants, key=lambda v: v["forgetting_ratio"])["name"]
+
+
+@pytest.mark.parametrize("fn, mistake", [
+    (choose_ignoring_floor, "a choice above the floor"),
+    (choose_floor_excluded, "the floor excluded"),
+    (choose_forgets_least, "the variant that forgets least"),
+])
+def test_choice_mistakes_are_named(fn, mistake):
+    named_on_every_seed(check_choice, mistake, fn)
+
+
+def test_a_seed_replays_the_same_cases():
+    a, b = check_split(split_from_the_start, seed=7), check_split(split_from_the_start, seed=7)
+    assert [(c.id, c.expected, c.got) for c in a.checks] == [(c.id, c.expected, c.got) for c in b.checks]
+    assert a.seed == 7 and "seed=7" in a.headline()
+
+
+def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
+    from checkers.questions import CHECK_POINTS
+
+    report = check_perplexity(ppl_mean_of_ppl, seed=3)
+    assert report.max_points == 14 and report.points <= 5
+    assert {c.id.split(".", 2)[2]: c.points for c in report.checks} == CHECK_POINTS["1.1"]
 
 
 def test_hard_coded_production_choices_fail_on_a_random_study():

@@ -71,10 +71,25 @@ def test_solution_notebooks_score_every_automatic_point(lab_run):
 
 @pytest.fixture(scope="module")
 def student_run(tmp_path_factory):
-    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=NOTEBOOK_DIR)
+    """The student notebooks as learners receive them: executed from a `make release` folder, whose
+    own cptlab and checkers the kernel imports (no solutions beside them)."""
+    import os
+
+    from checkers.release import release
+
+    rel = release(tmp_path_factory.mktemp("release") / "release")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(rel)
+    try:
+        run = run_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks")
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    return run, rel
 
 
 def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
+    student_run, rel = student_run
+    assert list((rel / "cptlab" / "__pycache__").glob("lab.*.pyc")), "the kernel imported another cptlab than the release's"
     for name in STEP_NOTEBOOKS.values():
         nb = json.loads((student_run / name).read_text())
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
@@ -88,7 +103,9 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
     scores = score_notebooks(student_run)
     assert scores["total"] == 0 and len(scores["questions"]) == len([q for q in QUESTIONS.values() if q.kind != "written"])
     step1 = json.dumps(json.loads((student_run / "01_baseline.ipynb").read_text())["cells"])
-    assert "[not run yet] corpus_perplexity is not written yet" in step1
+    assert "`corpus_perplexity` is not written yet; this run goes on with the lab's reference" in step1
+    results = reports_in(student_run / "04_tradeoff.ipynb")["4.4"]  # the steps ran on the reference, and earn nothing
+    assert results["points"] == 0 and any(c["id"] == "s4.your_functions" for c in results["checks"] if not c["passed"])
 
 
 @pytest.mark.slow

@@ -100,3 +100,15 @@ def test_checkers_never_raise_on_malformed_results(lab_run, tmp_path_factory, st
     for report in check_all(run):  # must not raise
         for c in report.failures:
             assert c.got and c.expected
+
+
+@pytest.mark.parametrize("step,key", [(1, "code"), (1, "general"), (2, "files"), (3, "log"), (3, "hparams"), (4, "study")])
+def test_a_results_file_without_a_key_fails_a_check_and_never_raises(lab_run, tmp_path, step, key):
+    for f in lab_run.glob("step*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    name = {1: "step1_baseline.json", 2: "step2_corpus.json", 3: "step3_cpt.json", 4: "step4_tradeoff.json"}[step]
+    d = json.loads((tmp_path / name).read_text())
+    d.pop(key)
+    (tmp_path / name).write_text(json.dumps(d))
+    report = check_all(tmp_path)[step - 1]
+    assert not report.passed and any(key in c.got or "readable" in c.id for c in report.failures), str(report)
