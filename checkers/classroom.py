@@ -218,7 +218,8 @@ class Sandbox:
         for path in (*HIDDEN, *hide):
             if path.exists():
                 masks += ["--tmpfs", str(path)]
-        return [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *masks,
+        caps = ["--cap-drop", "ALL"] if os.geteuid() == 0 else []  # root outside is no one special inside
+        return [self.bwrap, *caps, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *masks,
                 "--ro-bind", str(shared), str(shared), "--bind", str(run_dir), str(run_dir),
                 "--unshare-net", "--unshare-pid", "--die-with-parent", "--chdir", str(run_dir), *cmd]
 
@@ -253,7 +254,7 @@ def execute(src: Path, dst: Path, params: dict, run_dir: Path, env: dict, timeou
     """Run one merged notebook; None when it ran to its end, else why not (time-out or error)."""
     cmd = sandbox.wrap([sys.executable, "-m", "cptlab.notebooks", str(src), str(dst), json.dumps(params)], run_dir, shared, hide)
     proc = subprocess.Popen(cmd, env=env, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=cap_process(memory_bytes, 256))
+                            start_new_session=True, preexec_fn=cap_process(memory_bytes))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -28,7 +28,7 @@ from cptlab.train import lr_multiplier
 
 from cptlab.fallback import record
 
-from .questions import CHECK_POINTS, QUESTIONS
+from .questions import CHECK_GATES, CHECK_POINTS, QUESTIONS
 from .report import Check, Report
 
 NOT_YET = "not implemented yet"
@@ -109,6 +109,11 @@ class Exercise:
         else:
             self._rest(f"q{self.q.id}.not_reached", "every check of this question", rest,
                        "fix the failed check above: the checks after it need its result")
+        gates = [c for c in self.report.checks if c.id.rsplit(".", 1)[-1] in CHECK_GATES.get(self.q.id, ()) and not c.passed]
+        if gates:
+            for c in self.report.checks:
+                c.points = 0.0
+            gates[0].points = float(self.q.points)
         if not getattr(self.fn, "remote", False):
             record(self.q.functions, self.report.passed, written=self.report.status != NOT_YET)
         return self.report
@@ -454,6 +459,10 @@ def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
                     "is max_norm by construction and tells you nothing")
         ex.row("grad_norm", _close(norm, ref_norm[0], 1e-3), f"the pre-clip gradient norm {ref_norm[0]:.6g} (max_norm was {max_norm:.3g})",
                f"{norm:.6g}", hint)
+        unchanged = _same_params(after1, [p.detach() for p in base.parameters()], 0)
+        ex.row("moved", not unchanged, "the weights change after a step", "unchanged" if unchanged else "changed",
+               "mistake: the weights never change. Call optimizer.step() after backward() and clipping: "
+               "a step that updates nothing earns none of this question's points")
         hint = "order: loss.backward(), clip_grad_norm_(model.parameters(), max_norm), optimizer.step()"
         if _same_params(after1, unclipped[0]):
             hint = ("mistake: clipping after optimizer.step(), or not at all. The update used the raw gradient: clip between "

@@ -40,18 +40,15 @@ class Limits:
 
     seconds: float = 120.0
     memory_bytes: int = 4 * GiB
-    processes: int = 64
 
 
-def cap_process(memory_bytes: int, processes: int) -> Callable[[], None]:
-    """``preexec_fn`` for a learner's process: its memory (address space) and process count capped."""
+def cap_process(memory_bytes: int) -> Callable[[], None]:
+    """``preexec_fn`` for a learner's process: its address space capped (children inherit it), no
+    core dumps. Its processes live in their own group (and PID namespace in the sandbox), killed
+    together at the limit; RLIMIT_NPROC is not used: it counts every process of the user on the machine."""
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        try:
-            resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-        except (ValueError, OSError):
-            pass
     return apply
 
 
@@ -75,7 +72,7 @@ class CallServer:
         cmd = cmd_prefix([sys.executable, "-m", "cptlab.callserver"])
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=cap_process(limits.memory_bytes, limits.processes))
+                                     preexec_fn=cap_process(limits.memory_bytes))
         self.sent: set[int] = set()
         self.errors: list[str] = []
 

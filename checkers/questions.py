@@ -28,7 +28,7 @@ CHECK_POINTS: dict[str, dict[str, float]] = {
     "2.2": {"returns": 1, "whole_documents": 2, "fraction": 1, "at_the_fraction": 1, "seeded_rule": 3},
     "2.3": {"shape": 1, "values": 2, "exact_multiple": 1},
     "3.1": {"returns": 1, "warmup": 3, "cosine": 4, "end": 1},
-    "3.2": {"returns": 1, "loss": 2, "grad_norm": 2, "update": 5, "zero_grad": 2},
+    "3.2": {"returns": 1, "loss": 2, "grad_norm": 2, "moved": 0, "update": 5, "zero_grad": 2},
     "4.1": {"code_ppl_drop": 3, "forgetting_ratio": 3},
     "4.2": {"some_under_the_floor": 2, "at_the_floor": 1, "none_under_the_floor": 2},
     "4.3": {"returns.a": 0, "returns.b": 0, "own_study": 0,
@@ -62,4 +62,7 @@ AUTO_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind != "written")
 MANUAL_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind == "written")
 assert AUTO_POINTS + MANUAL_POINTS == 100
 assert all(sum(CHECK_POINTS[q.id].values()) == q.points for q in QUESTIONS.values() if q.kind == "code")
+# A failed gate check means the function does not do what it is for at all: the question earns nothing
+# (an optimizer step that leaves every weight as it was is not an optimizer step, whatever it returns).
+CHECK_GATES: dict[str, set[str]] = {"3.2": {"moved"}}
 FUNCTION_QUESTION = {f: q.id for q in QUESTIONS.values() for f in q.functions}

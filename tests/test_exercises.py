@@ -308,6 +308,19 @@ def step_never_zeroed(model, batch, opt, max_norm):
     return loss, norm
 
 
+def step_never_steps(model, batch, opt, max_norm):
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.zero_grad(set_to_none=True)
+    return loss.item(), norm.item()
+
+
+def test_an_optimizer_step_that_never_steps_earns_nothing():
+    named_on_every_seed(check_optimizer_step, "the weights never change", step_never_steps)
+    assert check_optimizer_step(step_never_steps, seed=1).points == 0
+
+
 def step_post_clip_norm(model, batch, opt, max_norm):
     loss = model(batch, labels=batch).loss
     loss.backward()

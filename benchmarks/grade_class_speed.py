@@ -1,0 +1,62 @@
+"""Seconds per learner of ``grade-class`` at several ``--jobs``, on a class of solution notebooks.
+
+    python benchmarks/grade_class_speed.py --preset smoke --learners 4 --jobs 1 2 4 --out benchmarks/grade_class_speed.json
+
+Each configuration grades the same class from scratch (the base model is built before the clock
+starts); the figure is wall seconds for the whole class divided by its learners: what an instructor
+plans with. Every learner must score 88, or the figure is not reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from checkers.classroom import grade_class
+from cptlab.config import get_config
+from cptlab.measure import resolve_base_model
+from cptlab.notebooks import SOLUTION_DIR
+from cptlab.results import STEP_NOTEBOOKS
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--learners", type=int, default=4)
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--out", default=None, help="a JSON file to add this preset's rows to")
+    args = p.parse_args()
+    resolve_base_model(get_config(args.preset), progress=False)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cptlab-class-") as tmp:
+        sub = Path(tmp) / "submissions"
+        for i in range(args.learners):
+            (sub / f"learner{i:02d}").mkdir(parents=True)
+            for name in STEP_NOTEBOOKS.values():
+                shutil.copy2(SOLUTION_DIR / name, sub / f"learner{i:02d}" / name)
+        for jobs in args.jobs:
+            out = Path(tmp) / f"grades-{jobs}"
+            t0 = time.perf_counter()
+            results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800)
+            secs = time.perf_counter() - t0
+            ok = all(r.auto_total == 88 for r in results)
+            row = {"preset": args.preset, "jobs": jobs, "learners": len(results), "seconds": round(secs, 1),
+                   "seconds_per_learner": round(secs / len(results), 1) if ok else None, "all_88": ok}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out:
+        path = Path(args.out)
+        data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+        data["rows"] = [r for r in data["rows"] if r["preset"] != args.preset] + rows
+        data["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        data["date"] = time.strftime("%Y-%m-%d")
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
