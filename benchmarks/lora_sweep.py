@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from cptlab.device import seed_everything
 from cptlab.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored

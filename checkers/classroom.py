@@ -365,7 +365,7 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
     env = learner_env(run_dir, cache, threads)
     params = {"PRESET": preset, "RUN_DIR": str(run_dir), "SEED": res.seed, "OVERRIDES": {}}
     wrap = lambda cmd: sandbox.wrap(cmd, run_dir, cache, hide)  # noqa: E731
-    codes, reports, results_reports, missing = [], {}, {}, set()
+    codes, reports, results_reports, missing, merges = [], {}, {}, set(), {}
     for step, name in STEP_NOTEBOOKS.items():
         pristine = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
         questions = [q for q in QUESTIONS.values() if q.step == step and q.kind == "code"]
@@ -393,8 +393,8 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
             for qid in tags & set(QUESTIONS):
                 if submitted is not None:
                     res.answers[qid] = cell.source
-        setup = next((c.source for c in pristine.cells if c.cell_type == "code" and "import" in c.source
-                      and "parameters" not in c.metadata.get("tags", [])), "")
+        setup = setup_cell(pristine)
+        merges[step] = (merge, setup, cells)
         for q in questions:  # the judge, one sandboxed process per question (4.3 also needs step 4's study: below)
             if q.id == "4.3":
                 continue
@@ -439,12 +439,8 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
             status += (f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so the "
                        "next steps count on their own: " + ("ran to the end" if again is None else describe_run(run_dir / name, again, names)))
         res.status[name] = status
-    if 4 not in missing:
-        nb4 = merge_answers(nbformat.read(NOTEBOOK_DIR / STEP_NOTEBOOKS[4], as_version=4),
-                            read_submission(folder / STEP_NOTEBOOKS[4])).notebook
-        setup = next((c.source for c in nb4.cells if c.cell_type == "code" and "import" in c.source
-                      and "parameters" not in c.metadata.get("tags", [])), "")
-        cells = [c.source for c in _answer_cells(nb4) if c.cell_type == "code"]
+    if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
+        _, setup, cells = merges[4]
         reports["4.3"] = judge_question("4.3", [setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir)
     else:
         reports["4.3"] = _missing_report(QUESTIONS["4.3"], STEP_NOTEBOOKS[4], "missing")
@@ -466,6 +462,12 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
         except (ValueError, OSError):
             pass
     return res
+
+
+def setup_cell(nb) -> str:
+    """The notebook's set-up cell: its first code cell with imports that is not the parameters cell."""
+    return next((c.source for c in nb.cells if c.cell_type == "code" and "import" in c.source
+                 and "parameters" not in c.metadata.get("tags", [])), "")
 
 
 def cannot_run(report: Report) -> bool:
