@@ -365,6 +365,7 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
     env = learner_env(run_dir, cache, threads)
     params = {"PRESET": preset, "RUN_DIR": str(run_dir), "SEED": res.seed, "OVERRIDES": {}}
     wrap = lambda cmd: sandbox.wrap(cmd, run_dir, cache, hide)  # noqa: E731
+    prelude = "\n".join(f"{k} = {v!r}" for k, v in params.items())  # the parameters cell, as the notebook run gets it
     codes, reports, results_reports, missing, merges = [], {}, {}, set(), {}
     for step, name in STEP_NOTEBOOKS.items():
         pristine = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
@@ -401,7 +402,7 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
             if submitted is None:
                 reports[q.id] = _missing_report(q, name, why)
             else:
-                reports[q.id] = judge_question(q.id, [setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits)
+                reports[q.id] = judge_question(q.id, [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits)
         failed = [q for q in questions if q.id in reports and not reports[q.id].passed]
         cannot = {f for q in failed if cannot_run(reports[q.id]) for f in q.functions}  # raised, hung, a stub
         wrong = {f for q in failed for f in q.functions} - cannot  # returned values, the wrong ones
@@ -441,7 +442,8 @@ def grade_learner(folder: Path, preset: str, out: Path, timeout: float, threads:
         res.status[name] = status
     if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
         _, setup, cells = merges[4]
-        reports["4.3"] = judge_question("4.3", [setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir)
+        reports["4.3"] = judge_question("4.3", [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits,
+                                        run_dir=run_dir)
     else:
         reports["4.3"] = _missing_report(QUESTIONS["4.3"], STEP_NOTEBOOKS[4], "missing")
     res.code = "\n\n".join(codes)

@@ -106,7 +106,8 @@ class CallServer:
         if code is not None and code < 0:
             return OutOfLimits(f"killed by signal {-code} (the memory cap is {self.limits.memory_bytes / GiB:g} GiB)")
         return OutOfLimits(f"its process ended (exit status {code}): a MemoryError past the "
-                           f"{self.limits.memory_bytes / GiB:g} GiB cap, or code that exits the interpreter")
+                           f"{self.limits.memory_bytes / GiB:g} GiB cap, code that exits the interpreter, "
+                           "or built-ins patched so that the process could not go on")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -184,8 +184,11 @@ def _call(namespace: dict, req: dict, models: dict, optimizers: dict) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    states = {str(h): _b64(state_bytes(m)) for h, m in models.items() if any(m is a for a in args)}
-    return {"result": encode(out), "states": states, "grad_on": grad_on}
+    try:
+        states = {str(h): _b64(state_bytes(m)) for h, m in models.items() if any(m is a for a in args)}
+        return {"result": encode(out), "states": states, "grad_on": grad_on}
+    except Exception as exc:  # noqa: BLE001 - a result that cannot be sent back is the learner's failure
+        return {"raised": f"the result could not be sent back ({type(exc).__name__}: {exc})"[:300]}
 
 
 def serve(inp, out) -> None:
