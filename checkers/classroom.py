@@ -108,8 +108,9 @@ def merge_answers(pristine, submitted) -> Merge:
     by_tag = {_written_tag(c): c for c in theirs if c.cell_type == "markdown" and _written_tag(c)}
     by_id = {c.get("id"): (i, c) for i, c in enumerate(theirs) if c.get("id")}
     notices, used, provided = [], set(), set()
+    home = {f: c.id for c in mine if c.cell_type == "code" for f in defined_functions(c.source)}
     for i, c, fs in code:
-        if len(fs) > 1:
+        if len({home[f] for f in fs}) > 1:
             notices.append(f"one answer cell defines {', '.join(fs)}: it stands in the cell of {fs[0]}")
     for cell in mine:
         src = None

@@ -271,11 +271,13 @@ def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
     return report
 
 
-def schedule(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the peak at ``warmup``, then cosine to zero at ``total`` (recomputed here)."""
+def schedule(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up to the peak at ``warmup``, then cosine down to ``min_ratio`` of the peak at
+    ``total`` (recomputed here, independently of the training code)."""
     if step < warmup:
         return step / max(1, warmup)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+    cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+    return min_ratio + (1.0 - min_ratio) * cosine
 
 
 def loss_trend(losses: list[float]) -> tuple[float, float, float]:
@@ -362,7 +364,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         lr0, warm, total = num(d, "hparams.cpt_lr"), int(num(d, "hparams.warmup_steps")), int(num(d, "hparams.max_steps"))
         for r in rows():
             step = int(num(r, "step"))
-            want = lr0 * schedule(step, warm, total)
+            want = lr0 * schedule(step, warm, total, float(opt(d, "hparams.min_lr_ratio") or 0.0))
             got = num(r, "lr")
             if abs(got - want) > 1e-6 * lr0:
                 return False, f"step {step}: lr {got:.6g}, schedule says {want:.6g}"

@@ -102,3 +102,18 @@ def test_deferred_log_syncs_give_the_same_rows(model_and_tok):
     every_step = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7), torch.device("cpu"), progress=False).log
     batched = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7, log_every=3), torch.device("cpu"), progress=False).log
     assert [r["step"] for r in batched] == list(range(1, 8)) and batched == every_step
+
+
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1, 0.5])
+def test_the_checkers_schedule_follows_training_and_transformers_at_a_floor(min_ratio):
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    from checkers.steps import schedule
+    from cptlab.train import lr_multiplier
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, 10, 150, min_lr_rate=min_ratio)
+    for step in range(1, 151):
+        want = sched.lr_lambdas[0](step)
+        assert schedule(step, 10, 150, min_ratio) == pytest.approx(want, abs=1e-12)
+        assert lr_multiplier(step, 10, 150, min_ratio) == pytest.approx(want, abs=1e-12)
