@@ -39,8 +39,36 @@ def test_unknown_precision_is_refused():
         dev.autocast_dtype(torch.device("cpu"), "half")
 
 
-def test_threads_never_exceed_the_cpus_available():
-    assert dev.setup_threads() == dev.available_cpus() == torch.get_num_threads()
+def _fake_cgroup(monkeypatch, files: dict):
+    import io
+
+    def fake_open(path, *a, **k):
+        if path in files:
+            return io.StringIO(files[path])
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(dev, "open", fake_open, raising=False)
+    monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+
+
+@pytest.mark.parametrize("files, want", [
+    ({"/sys/fs/cgroup/cpu.max": "150000 100000\n"}, 1),   # a 1.5-CPU quota gives 1 thread
+    ({"/sys/fs/cgroup/cpu.max": "300000 100000\n"}, 3),
+    ({"/sys/fs/cgroup/cpu.max": "max 100000\n"}, 4),      # no quota: the affinity mask
+    ({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1
+    ({}, 4),
+])
+def test_threads_follow_the_cgroup_quota_and_the_affinity_mask(monkeypatch, files, want):
+    _fake_cgroup(monkeypatch, files)
+    before = torch.get_num_threads()
+    monkeypatch.delenv("CPTLAB_THREADS", raising=False)
+    try:
+        assert dev.available_cpus() == want
+        assert dev.setup_threads() == want == torch.get_num_threads()
+        monkeypatch.setenv("CPTLAB_THREADS", "1")
+        assert dev.setup_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 _FAULTS = """

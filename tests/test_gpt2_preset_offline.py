@@ -4,6 +4,8 @@ assets: a local model folder and local dataset folders with the same fields."""
 import dataclasses
 import json
 
+import pytest
+
 from cptlab.config import get_config
 from cptlab.pipeline import run_all
 from conftest import CODE, ENGLISH
@@ -14,6 +16,7 @@ def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow
 def test_gpt2_preset_runs_on_local_stand_ins(tmp_path, tiny_model_dir):
     code = tmp_path / "codeparrot"
     _jsonl(code / "train.jsonl", [{"content": f"{CODE}\n# file {i}\nx_{i} = {i}\n", "repo_name": f"r{i}"} for i in range(200)])

@@ -69,7 +69,7 @@ def test_max_tokens_reads_only_what_it_scores(tmp_path, tiny_model_dir):
     result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("{")))
     peak_kib = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")).split()[1])
     assert result["protocol"]["used_tokens"] == 1000
-    assert peak_kib < 1 << 20, f"peak {peak_kib / 1024:.0f} MB"
+    assert peak_kib < 700 << 10, f"peak {peak_kib / 1024:.0f} MB (measured 511 MB, 473 of them imports)"
 
 
 def test_write_failures_say_what_to_do(tmp_path):
