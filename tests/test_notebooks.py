@@ -78,12 +78,14 @@ def student_run(tmp_path_factory):
     from checkers.release import release
 
     rel = release(tmp_path_factory.mktemp("release") / "release")
-    old = os.environ.get("PYTHONPATH")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     os.environ["PYTHONPATH"] = str(rel)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the kernel's bytecode files show which cptlab it imported
     try:
         run = run_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks")
     finally:
-        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return run, rel
 
 
