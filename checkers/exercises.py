@@ -8,11 +8,9 @@ that says "not implemented yet" (0 points), never a traceback.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import secrets
 import traceback
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +28,7 @@ from cptlab.fallback import record
 
 from .questions import CHECK_GATES, CHECK_POINTS, QUESTIONS
 from .report import Check, Report
+from .safe_files import Unsafe, read_json
 
 NOT_YET = "not implemented yet"
 
@@ -602,6 +601,27 @@ def judge(ex: Exercise, label: str, variants: list[dict], floor: float) -> None:
                f"{what}: pick from the measured variants by the numbers (see the markdown above)")
 
 
+def own_study(run_dir) -> tuple[dict | None, str]:
+    """The learner's study from step 4's results, read as untrusted data (a regular file inside the run
+    folder, size-capped) and only if every variant has the fields the decisions need."""
+    try:
+        data = read_json(run_dir, STEP_FILES[4])
+    except FileNotFoundError:
+        return None, "missing"
+    except (Unsafe, OSError, ValueError) as exc:
+        return None, f"unreadable ({exc})"[:200]
+    study = data.get("study") if isinstance(data, dict) else None
+    try:
+        variants = study["variants"]
+        ok = isinstance(float(study["retention_floor"]), float) and bool(variants) and all(
+            isinstance(v["name"], str) and isinstance(v["choice"], str)
+            and all(isinstance(v[k], (int, float)) and not isinstance(v[k], bool) and math.isfinite(v[k])
+                    for k in ("code_ppl_drop", "forgetting_ratio")) for v in variants)
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    return (study, "present") if ok else (None, "missing or malformed")
+
+
 def check_production_choices(fn: Callable, run_dir: str | None = None, seed: int | None = None) -> Report:
     """``production_choices(variants, floor) -> {scenario: variant name}``, on a random study and
     on the learner's own (``step4_tradeoff.json`` in ``run_dir``)."""
@@ -613,9 +633,8 @@ def check_production_choices(fn: Callable, run_dir: str | None = None, seed: int
         if run_dir is None:
             judge(ex, "a second random study", _random_variants(ex.rng, floor), floor)
             return
-        path = Path(run_dir) / STEP_FILES[4]
-        study = json.loads(path.read_text()).get("study") if path.is_file() else None
-        if ex.row("own_study", bool(study), "your study in step4_tradeoff.json", "missing" if not study else "present",
+        study, why = own_study(run_dir)
+        if ex.row("own_study", study is not None, "your study in step4_tradeoff.json", why,
                   "run the study cell above first: the decisions are checked against your own numbers"):
             judge(ex, "your study", study["variants"], study["retention_floor"])
 

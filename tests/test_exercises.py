@@ -434,3 +434,15 @@ def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
 def test_hard_coded_production_choices_fail_on_a_random_study():
     report = check_production_choices(choices_hard_coded)
     assert not report.passed and any("code_only_assistant" in c.id or "english_within_floor" in c.id for c in report.failures)
+
+
+@pytest.mark.parametrize("content", ['{"study": {"variants": [{"name": 1}], "retention_floor": "x"}}', "[1, 2]", "not json",
+                                     "symlink"])
+def test_a_malformed_or_hostile_own_study_fails_its_row_and_never_raises(tmp_path, content):
+    if content == "symlink":
+        (tmp_path / "elsewhere.json").write_text('{"study": {}}')
+        (tmp_path / "step4_tradeoff.json").symlink_to(tmp_path / "elsewhere.json")
+    else:
+        (tmp_path / "step4_tradeoff.json").write_text(content)
+    report = check_production_choices(choices_ok, str(tmp_path), seed=1)
+    assert [c.id for c in report.failures][:1] == ["q4.3.own_study"] and report.points == 2
