@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cptlab.callserver import Opaque, decode, encode, encode_model, load_state
+from cptlab.callserver import decode, encode, encode_model, load_state
 
 from . import exercises as ex
 from .exercises import LearnerRaised, OutOfLimits
@@ -197,7 +197,3 @@ def _limit_report(q, why: str) -> Report:
     report.checks.append(Check(f"q{q.id}.limits", False, f"{', '.join(q.functions)} defined within the question's limits", why,
                                "look for code at the top level of an answer cell that never ends", points=q.points))
     return report
-
-
-def opaque(x) -> bool:
-    return isinstance(x, Opaque)

@@ -22,9 +22,6 @@ from typing import Any
 
 import numpy as np
 
-PROTOCOL_FD_ENV = "CPTLAB_CALLSERVER_FD"
-
-
 class Opaque:
     """A value that was not plain data: only its type name and ``repr`` travel."""
 

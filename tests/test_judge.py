@@ -1,7 +1,6 @@
 """The judge: a learner's function runs in its own process under limits; only plain data comes back,
 and nothing it does at call time reaches the process that decides its points."""
 import sys
-from pathlib import Path
 
 import pytest
 
