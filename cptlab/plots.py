@@ -170,14 +170,14 @@ def before_after(run_dir):
     errs = [[_finite(max(0.0, e)) for e in side] for side in errs]
     change = [_finite(c) for c in change]
     bars = axr.bar(x, change, 0.5, color=[BLUE, ORANGE], yerr=errs, capsize=6)
-    axr.bar_label(bars, labels=[f"{c:+.1f}%" for c in change], padding=4, fontsize=9)
+    axr.bar_label(bars, labels=[f"{round(c, 1) + 0.0:+.1f}%" for c in change], padding=4, fontsize=9)  # no "-0.0%"
     axr.axhline(0, color="k", lw=0.8)
     lo, hi = min(change[0] - errs[0][0], 0), max(change[1] + errs[1][1], 0)
     axr.set_ylim(lo * 1.25 - 2, hi * 1.25 + 4)
     axr.set_xticks(x, ["code", "English"])
     axr.set_ylabel("perplexity change, % (paired 95% CI)")
     axr.set_title("relative change: what CPT gained and cost", fontsize=10)
-    fig.suptitle(f"Step 4: code -{100 * s4['code_ppl_drop']:.1f}%, forgetting ratio {s4['forgetting_ratio']:.3f}", fontsize=11)
+    fig.suptitle(f"Step 4: code {round(-100 * s4['code_ppl_drop'], 1) + 0.0:+.1f}%, forgetting ratio {s4['forgetting_ratio']:.3f}", fontsize=11)
     fig.tight_layout()
     _save(fig, run_dir, "step4_before_after.png")
     return fig
