@@ -4,10 +4,11 @@ Every figure is a ratio of two measurements on the same model, data, batch, step
 (the tiny preset's model on the CPU; ``--precision``, by default the one the lab picks here: bf16
 autocast on a CPU with native bf16, else fp32). Training and evaluation run each side in its own
 worker process with its own set-up, as it runs for real: cptlab's (threads, and glibc keeping freed
-blocks for reuse, ``cptlab.device.setup_cpu``) and the baseline's (the same threads, the allocator
+blocks for reuse, ``cptlab.speed.device.setup_cpu``) and the baseline's (the same threads, the allocator
 as shipped). The two workers are timed alternately (ABBA), so machine noise hits both sides. Median
 of several repeats; min and max are printed too. Writes bench.json in the run folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cptlab.config import get_config
-from cptlab.corpus import encode_documents, pack, stream_dtype, to_blocks
-from cptlab.device import autocast_dtype, cpu_has_native_bf16, setup_cpu, setup_threads
-from cptlab.measure import code_corpus, resolve_base_model
-from cptlab.perplexity import perplexity
-from cptlab.sources import load_documents, load_model, load_tokenizer
-from cptlab.train import train
+from cptlab.core.config import get_config
+from cptlab.data.corpus import encode_documents, pack, stream_dtype, to_blocks
+from cptlab.data.sources import load_documents, load_model, load_tokenizer
+from cptlab.model.measure import code_corpus, resolve_base_model
+from cptlab.model.perplexity import perplexity
+from cptlab.model.train import train
+from cptlab.speed.device import autocast_dtype, cpu_has_native_bf16, setup_cpu, setup_threads
 
 
 def timed(fn) -> dict:
@@ -62,7 +63,10 @@ def stats(amount: int, runs: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- the two sides
 CPU = torch.device("cpu")
 EVAL_TOKENS = 16_384
-TARGETS = {"train_speedup_vs_hf_trainer": 1.3, "eval_speedup_vs_reference": 1.5}  # the CPU targets the bench reports against
+TARGETS = {
+    "train_speedup_vs_hf_trainer": 1.3,
+    "eval_speedup_vs_reference": 1.5,
+}  # the CPU targets the bench reports against
 MARK = "@@bench "  # the workers' answers; anything else on their stdout (the Trainer's own prints) is skipped
 
 
@@ -97,6 +101,7 @@ def jobs(side: str, cfg, amp, model, corpus, steps: int) -> dict:
     tcfg = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
     eval_ids = corpus.val[:EVAL_TOKENS].astype(np.int64)
     if side == "cptlab":
+
         def train_job():
             train(copy.deepcopy(model), corpus.train, tcfg, CPU, amp, progress=False)
             return {}
@@ -116,10 +121,23 @@ def jobs(side: str, cfg, amp, model, corpus, steps: int) -> dict:
 
     def trainer_job():  # run_clm style: same model, blocks, optimizer and schedule, logging off
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.cpt_lr,
-            warmup_steps=tcfg.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.grad_clip,
-            adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], weight_decay=cfg.weight_decay, logging_strategy="no",
-            save_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=cfg.seed,
+            output_dir=tmp,
+            per_device_train_batch_size=cfg.batch_size,
+            max_steps=steps,
+            learning_rate=cfg.cpt_lr,
+            warmup_steps=tcfg.warmup_steps,
+            lr_scheduler_type="cosine",
+            max_grad_norm=cfg.grad_clip,
+            adam_beta1=cfg.betas[0],
+            adam_beta2=cfg.betas[1],
+            weight_decay=cfg.weight_decay,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=cfg.seed,
             bf16=amp is torch.bfloat16,
         )
         Trainer(model=copy.deepcopy(model), args=args, train_dataset=ds).train()
@@ -148,15 +166,21 @@ def serve(side: str, precision: str, steps: int) -> None:
 
 class Worker:
     def __init__(self, side: str, precision: str, steps: int):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", side, "--precision", precision, "--steps", str(steps)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", side, "--precision", precision, "--steps", str(steps)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.side = side
 
     def answer(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        raise RuntimeError(f"the {self.side} benchmark worker stopped (exit code {self.proc.wait()}); its error is above")
+                return json.loads(line[len(MARK) :])
+        raise RuntimeError(
+            f"the {self.side} benchmark worker stopped (exit code {self.proc.wait()}); its error is above"
+        )
 
     def run(self, job: str) -> dict:
         self.proc.stdin.write(job + "\n")
@@ -172,8 +196,14 @@ def bench_train(ours: Worker, theirs: Worker, cfg, steps: int, repeats: int) -> 
     tokens = steps * cfg.batch_size * (cfg.block_size - 1)
     a, b = paired(lambda: ours.run("train"), lambda: theirs.run("train"), repeats)
     a, b = stats(tokens, a), stats(tokens, b)
-    return {"cptlab_tokens_per_s": a, "hf_trainer_tokens_per_s": b, "train_speedup_vs_hf_trainer": a["median"] / b["median"],
-            "steps": steps, "batch": cfg.batch_size, "block": cfg.block_size}
+    return {
+        "cptlab_tokens_per_s": a,
+        "hf_trainer_tokens_per_s": b,
+        "train_speedup_vs_hf_trainer": a["median"] / b["median"],
+        "steps": steps,
+        "batch": cfg.batch_size,
+        "block": cfg.block_size,
+    }
 
 
 def bench_eval(ours: Worker, theirs: Worker, repeats: int, amp: torch.dtype | None) -> dict:
@@ -182,9 +212,16 @@ def bench_eval(ours: Worker, theirs: Worker, repeats: int, amp: torch.dtype | No
     # fp32: only summation order differs. bf16: matrix products of another shape round differently.
     tol = 1e-5 if amp is None else 1e-3
     a, b = stats(tokens, a), stats(ref_tokens, b)
-    return {"cptlab_tokens_per_s": a, "reference_tokens_per_s": b, "eval_speedup_vs_reference": a["median"] / b["median"],
-            "cptlab_ppl": ours_ppl, "reference_ppl": ref_ppl, "tokens": tokens,
-            "same_ppl": abs(ours_ppl / ref_ppl - 1) < tol, "same_ppl_tolerance": tol}
+    return {
+        "cptlab_tokens_per_s": a,
+        "reference_tokens_per_s": b,
+        "eval_speedup_vs_reference": a["median"] / b["median"],
+        "cptlab_ppl": ours_ppl,
+        "reference_ppl": ref_ppl,
+        "tokens": tokens,
+        "same_ppl": abs(ours_ppl / ref_ppl - 1) < tol,
+        "same_ppl_tolerance": tol,
+    }
 
 
 # ----------------------------------------------------------------------------- data preparation
@@ -208,8 +245,13 @@ def bench_prep(tok, docs: list[str], block: int, repeats: int) -> dict:
     n_bytes = sum(len(d.encode()) for d in docs)
     ours_t, theirs_t = paired(lambda: timed(ours), lambda: timed(run_clm), repeats)
     a, b = stats(n_bytes, ours_t), stats(n_bytes, theirs_t)
-    return {"cptlab_bytes_per_s": a, "datasets_map_bytes_per_s": b, "prep_speedup_vs_datasets_map": a["median"] / b["median"],
-            "docs": len(docs), "bytes": n_bytes}
+    return {
+        "cptlab_bytes_per_s": a,
+        "datasets_map_bytes_per_s": b,
+        "prep_speedup_vs_datasets_map": a["median"] / b["median"],
+        "docs": len(docs),
+        "bytes": n_bytes,
+    }
 
 
 # ----------------------------------------------------------------------------- memory (one process each)
@@ -242,8 +284,12 @@ def bench_mem(model_dir: str, ids: np.ndarray, block: int, batch: int) -> dict:
     np.save(f, ids)
     out = {}
     for which in ("cptlab", "reference"):
-        r = subprocess.run([sys.executable, __file__, "--mem", which, model_dir, str(f), str(block), str(batch)],
-                           capture_output=True, text=True, check=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--mem", which, model_dir, str(f), str(block), str(batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[which] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
     return {"eval_peak_mem_mb": out, "batch": batch, "block": block}
 
@@ -255,8 +301,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mem", nargs=5)
     p.add_argument("--serve", choices=["cptlab", "baseline"], help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="both sides at this precision; auto is what the lab picks on this machine")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="both sides at this precision; auto is what the lab picks on this machine",
+    )
     args = p.parse_args()
     if args.mem:
         which, model_dir, ids_file, block, batch = args.mem
@@ -268,9 +318,16 @@ def main() -> None:
     cfg, amp, base, tok, model, corpus = load_lab(args.precision)
     precision = "bf16" if amp is torch.bfloat16 else "fp32"
     eval_ids = corpus.val[:EVAL_TOKENS].astype(np.int64)
-    result = {"precision": precision,
-              "machine": {"torch_threads": threads, "device": "cpu", "torch": torch.__version__, "native_bf16": cpu_has_native_bf16()},
-              "model": {"base": base, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}}
+    result = {
+        "precision": precision,
+        "machine": {
+            "torch_threads": threads,
+            "device": "cpu",
+            "torch": torch.__version__,
+            "native_bf16": cpu_has_native_bf16(),
+        },
+        "model": {"base": base, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)},
+    }
     print("starting the two worker processes ...", flush=True)
     ours, theirs = (Worker(side, args.precision, args.steps) for side in ("cptlab", "baseline"))
     try:
@@ -297,33 +354,60 @@ def main() -> None:
         "eval_same_ppl": result["eval"]["same_ppl"],
         "precision": precision,
         "targets": TARGETS,
-        "targets_met": {"train_speedup_vs_hf_trainer": result["train"]["train_speedup_vs_hf_trainer"] >= TARGETS["train_speedup_vs_hf_trainer"],
-                        "eval_speedup_vs_reference": result["eval"]["eval_speedup_vs_reference"] >= TARGETS["eval_speedup_vs_reference"]},
+        "targets_met": {
+            "train_speedup_vs_hf_trainer": result["train"]["train_speedup_vs_hf_trainer"]
+            >= TARGETS["train_speedup_vs_hf_trainer"],
+            "eval_speedup_vs_reference": result["eval"]["eval_speedup_vs_reference"]
+            >= TARGETS["eval_speedup_vs_reference"],
+        },
     }
     result = {**summary, **result}
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    from cptlab.results import write_json_atomic
+    from cptlab.core.results import write_json_atomic
 
     write_json_atomic(out / "bench.json", result)
     t, e, pr = result["train"], result["eval"], result["prep"]
     rows = [
-        ("training tokens/s", t["cptlab_tokens_per_s"], t["hf_trainer_tokens_per_s"], "HF Trainer", t["train_speedup_vs_hf_trainer"],
-         TARGETS["train_speedup_vs_hf_trainer"]),
-        ("evaluation tokens/s", e["cptlab_tokens_per_s"], e["reference_tokens_per_s"], "HF guide loop", e["eval_speedup_vs_reference"],
-         TARGETS["eval_speedup_vs_reference"]),
-        ("corpus prep bytes/s", pr["cptlab_bytes_per_s"], pr["datasets_map_bytes_per_s"], "datasets.map", pr["prep_speedup_vs_datasets_map"], None),
+        (
+            "training tokens/s",
+            t["cptlab_tokens_per_s"],
+            t["hf_trainer_tokens_per_s"],
+            "HF Trainer",
+            t["train_speedup_vs_hf_trainer"],
+            TARGETS["train_speedup_vs_hf_trainer"],
+        ),
+        (
+            "evaluation tokens/s",
+            e["cptlab_tokens_per_s"],
+            e["reference_tokens_per_s"],
+            "HF guide loop",
+            e["eval_speedup_vs_reference"],
+            TARGETS["eval_speedup_vs_reference"],
+        ),
+        (
+            "corpus prep bytes/s",
+            pr["cptlab_bytes_per_s"],
+            pr["datasets_map_bytes_per_s"],
+            "datasets.map",
+            pr["prep_speedup_vs_datasets_map"],
+            None,
+        ),
     ]
     print(f"\nprecision: {precision} (both sides)")
-    print(f"\n{'what':<22}  {'cptlab (median [min-max])':<32}  {'baseline (median [min-max])':<46}  {'ratio':>6}  target")
+    print(
+        f"\n{'what':<22}  {'cptlab (median [min-max])':<32}  {'baseline (median [min-max])':<46}  {'ratio':>6}  target"
+    )
     for name, a, b, label, ratio, target in rows:
         fa = f"{a['median']:,.0f} [{a['min']:,.0f}-{a['max']:,.0f}]"
         fb = f"{label} {b['median']:,.0f} [{b['min']:,.0f}-{b['max']:,.0f}]"
         goal = "" if target is None else f"{target:.1f}x {'met' if ratio >= target else 'not met'}"
         print(f"{name:<22}  {fa:<32}  {fb:<46}  {ratio:>5.2f}x  {goal}")
     m = result["memory"]
-    print(f"eval peak memory (MB, vocab {m['vocab']}, {m['tokens']} tokens, batch {m['batch']}): "
-          f"cptlab {m['eval_peak_mem_mb']['cptlab']:.0f}, reference {m['eval_peak_mem_mb']['reference']:.0f}")
+    print(
+        f"eval peak memory (MB, vocab {m['vocab']}, {m['tokens']} tokens, batch {m['batch']}): "
+        f"cptlab {m['eval_peak_mem_mb']['cptlab']:.0f}, reference {m['eval_peak_mem_mb']['reference']:.0f}"
+    )
     print(f"same perplexity: {e['same_ppl']} ({e['cptlab_ppl']:.4f} vs {e['reference_ppl']:.4f})")
     print(f"wrote {out / 'bench.json'}")
 

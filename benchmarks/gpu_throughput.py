@@ -4,6 +4,7 @@ a default `transformers.Trainer` (fp32, as it ships) on the same model, data, ba
 
 MFU uses nanoGPT's estimate: 6N + 12 L H Q T FLOPs per token, against the card's dense bf16 peak.
 """
+
 import json
 import sys
 import tempfile
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from cptlab.config import get_config
-from cptlab.device import autocast_dtype, pick_device
-from cptlab.train import train
+from cptlab.core.config import get_config
+from cptlab.model.train import train
+from cptlab.speed.device import autocast_dtype, pick_device
 
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 STEPS, BATCH = 30, 64
@@ -33,11 +34,21 @@ def sync(device):
 
 
 def ours(device, stream, compile_: bool, **overrides):
-    cfg = get_config("gpt2", batch_size=BATCH, max_steps=STEPS, warmup_steps=3, device=device.type, torch_compile=compile_, **overrides)
+    cfg = get_config(
+        "gpt2",
+        batch_size=BATCH,
+        max_steps=STEPS,
+        warmup_steps=3,
+        device=device.type,
+        torch_compile=compile_,
+        **overrides,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(attn_implementation="sdpa")).to(device)
     t0 = time.perf_counter()
-    train(model, stream, cfg.replace(max_steps=5), device, autocast_dtype(device), progress=False)  # warm-up (and compile)
+    train(
+        model, stream, cfg.replace(max_steps=5), device, autocast_dtype(device), progress=False
+    )  # warm-up (and compile)
     sync(device)
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -58,9 +69,19 @@ def hf_trainer(device, stream):
     model = GPT2LMHeadModel(GPT2Config()).to(device)
 
     def run(steps):
-        args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
-                                 learning_rate=5e-5, warmup_steps=3, lr_scheduler_type="cosine", max_grad_norm=1.0,
-                                 logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=BATCH,
+            max_steps=steps,
+            learning_rate=5e-5,
+            warmup_steps=3,
+            lr_scheduler_type="cosine",
+            max_grad_norm=1.0,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+        )
         t0 = time.perf_counter()
         Trainer(model=model, args=args, train_dataset=ds).train()
         sync(device)
@@ -83,7 +104,9 @@ def main():
         "cptlab_compiled": (True, {}),
     }
     # compiling the plain cross-entropy took 216 s on an H100 for 165k tokens/s: run it only by name
-    only = [a for a in sys.argv[1:] if not a.startswith("--")] or [k for k in variants if k != "cptlab_compiled_unfused"]
+    only = [a for a in sys.argv[1:] if not a.startswith("--")] or [
+        k for k in variants if k != "cptlab_compiled_unfused"
+    ]
     for label, (comp, overrides) in variants.items():
         if label not in only:
             continue
@@ -91,7 +114,13 @@ def main():
             torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
             tps, warm, loss, fpt = ours(device, stream, comp, **overrides)
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-            rows[label] = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None, "warmup_s": warm, "final_loss": loss, "peak_mem_gib": mem}
+            rows[label] = {
+                "tokens_per_s": tps,
+                "mfu": tps * fpt / peak if peak else None,
+                "warmup_s": warm,
+                "final_loss": loss,
+                "peak_mem_gib": mem,
+            }
         except Exception as e:  # one failing variant must not hide the others' figures
             rows[label] = {"tokens_per_s": 0.0, "error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps({label: rows[label]}), flush=True)
@@ -100,9 +129,16 @@ def main():
     rows["hf_trainer_default"] = {"tokens_per_s": hf_trainer(device, stream)}
     print(json.dumps({"hf_trainer_default": rows["hf_trainer_default"]}), flush=True)
     best = max(r["tokens_per_s"] for k, r in rows.items() if k.startswith("cptlab"))
-    out = {"device": name, "batch": BATCH, "block": 256, "steps": STEPS, **rows,
-           "train_speedup_vs_hf_trainer_eager": rows["cptlab_eager"]["tokens_per_s"] / rows["hf_trainer_default"]["tokens_per_s"],
-           "train_speedup_vs_hf_trainer_best": best / rows["hf_trainer_default"]["tokens_per_s"]}
+    out = {
+        "device": name,
+        "batch": BATCH,
+        "block": 256,
+        "steps": STEPS,
+        **rows,
+        "train_speedup_vs_hf_trainer_eager": rows["cptlab_eager"]["tokens_per_s"]
+        / rows["hf_trainer_default"]["tokens_per_s"],
+        "train_speedup_vs_hf_trainer_best": best / rows["hf_trainer_default"]["tokens_per_s"],
+    }
     print(json.dumps(out))
 
 

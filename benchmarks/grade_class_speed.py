@@ -6,6 +6,7 @@ Each configuration grades the same class from scratch (the base model is built b
 starts); the figure is wall seconds for the whole class divided by its learners: what an instructor
 plans with. Every learner must score 88, or the figure is not reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from checkers.classroom import grade_class
-from cptlab.config import get_config
-from cptlab.measure import resolve_base_model
-from cptlab.notebooks import SOLUTION_DIR
-from cptlab.results import STEP_NOTEBOOKS
+from checkers.grading.classroom import grade_class
+from cptlab.core.config import get_config
+from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.model.measure import resolve_base_model
+from cptlab.notebook.execute import SOLUTION_DIR
 
 
 def main() -> None:
@@ -45,8 +46,14 @@ def main() -> None:
             results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800)
             secs = time.perf_counter() - t0
             ok = all(r.auto_total == 88 for r in results)
-            row = {"preset": args.preset, "jobs": jobs, "learners": len(results), "seconds": round(secs, 1),
-                   "seconds_per_learner": round(secs / len(results), 1) if ok else None, "all_88": ok}
+            row = {
+                "preset": args.preset,
+                "jobs": jobs,
+                "learners": len(results),
+                "seconds": round(secs, 1),
+                "seconds_per_learner": round(secs / len(results), 1) if ok else None,
+                "all_88": ok,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:

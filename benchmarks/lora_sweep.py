@@ -6,17 +6,18 @@ its paired 95% interval. Notebook 4 reads the JSON it writes.
 
     python benchmarks/lora_sweep.py --run runs/latest --out benchmarks/lora_sweep_tiny.json
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 
-from cptlab.device import seed_everything
-from cptlab.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored
-from cptlab.results import read_step, write_json_atomic
-from cptlab.tradeoff import lora_model
-from cptlab.train import train
+from cptlab.core.results import read_step, write_json_atomic
+from cptlab.lab.study import lora_model
+from cptlab.model.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored
+from cptlab.model.train import train
+from cptlab.speed.device import seed_everything
 
 FULL_LRS = (1e-5, 2e-5, 5e-5, 1e-4)
 LORA_LRS = (1e-4, 5e-4, 1e-3)
@@ -42,17 +43,28 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("code_units", "general_units"):
             rec.pop(k)
         rows.append(rec)
-        print(f"{name:<34} drop {100 * rec['code_ppl_drop']:5.1f}% [{100 * rec['code_ppl_drop_ci']['low']:.1f}, "
-              f"{100 * rec['code_ppl_drop_ci']['high']:.1f}]  forgetting {rec['forgetting_ratio']:.4f} "
-              f"[{rec['forgetting_ratio_ci']['low']:.4f}, {rec['forgetting_ratio_ci']['high']:.4f}]  {extra.get('seconds', 0):.0f}s", flush=True)
+        print(
+            f"{name:<34} drop {100 * rec['code_ppl_drop']:5.1f}% [{100 * rec['code_ppl_drop_ci']['low']:.1f}, "
+            f"{100 * rec['code_ppl_drop_ci']['high']:.1f}]  forgetting {rec['forgetting_ratio']:.4f} "
+            f"[{rec['forgetting_ratio_ci']['low']:.4f}, {rec['forgetting_ratio_ci']['high']:.4f}]  {extra.get('seconds', 0):.0f}s",
+            flush=True,
+        )
 
     for lr in FULL_LRS:
         t0 = time.perf_counter()
         seed_everything(cfg.seed)
         model = s.model()
         res = train(model, blocks, cfg.replace(cpt_lr=lr), s.device, s.amp, progress=False)
-        record(model, f"full CPT lr={lr:g}", kind="full", lr=lr, trainable_params=sum(p.numel() for p in model.parameters()),
-               final_loss=res.log[-1]["loss"], max_grad_norm=max(r["grad_norm"] for r in res.log), seconds=time.perf_counter() - t0)
+        record(
+            model,
+            f"full CPT lr={lr:g}",
+            kind="full",
+            lr=lr,
+            trainable_params=sum(p.numel() for p in model.parameters()),
+            final_loss=res.log[-1]["loss"],
+            max_grad_norm=max(r["grad_norm"] for r in res.log),
+            seconds=time.perf_counter() - t0,
+        )
     for targets in LORA_TARGETS:
         for r in LORA_RANKS:
             for lr in LORA_LRS:
@@ -62,13 +74,32 @@ def main(argv: list[str] | None = None) -> int:
                 peft_model = lora_model(s.model(), lcfg)
                 trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
                 res = train(peft_model, blocks, lcfg.replace(cpt_lr=lr), s.device, s.amp, progress=False)
-                record(peft_model.merge_and_unload(), f"LoRA {targets} r={r} lr={lr:g}", kind="lora", lr=lr, lora_r=r,
-                       lora_alpha=2 * r, lora_targets=targets, trainable_params=trainable, final_loss=res.log[-1]["loss"],
-                       max_grad_norm=max(x["grad_norm"] for x in res.log), seconds=time.perf_counter() - t0)
-    write_json_atomic(args.out, {"preset": cfg.preset, "seed": cfg.seed, "steps": cfg.max_steps,
-                                 "tokens_per_step": cfg.tokens_per_step, "retention_floor": cfg.retention_floor,
-                                 "baseline": {"code_ppl": base["code_ppl"], "general_ppl": base["general_ppl"]},
-                                 "protocol": s1["code"]["protocol"], "rows": rows})
+                record(
+                    peft_model.merge_and_unload(),
+                    f"LoRA {targets} r={r} lr={lr:g}",
+                    kind="lora",
+                    lr=lr,
+                    lora_r=r,
+                    lora_alpha=2 * r,
+                    lora_targets=targets,
+                    trainable_params=trainable,
+                    final_loss=res.log[-1]["loss"],
+                    max_grad_norm=max(x["grad_norm"] for x in res.log),
+                    seconds=time.perf_counter() - t0,
+                )
+    write_json_atomic(
+        args.out,
+        {
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "steps": cfg.max_steps,
+            "tokens_per_step": cfg.tokens_per_step,
+            "retention_floor": cfg.retention_floor,
+            "baseline": {"code_ppl": base["code_ppl"], "general_ppl": base["general_ppl"]},
+            "protocol": s1["code"]["protocol"],
+            "rows": rows,
+        },
+    )
     return 0
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from .grade import main
+from checkers.grading.grade import main
 
 sys.exit(main())

@@ -1,27 +1,25 @@
 """``cptlab run | perplexity | base``: the lab from a terminal."""
+
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from checkers.grade import grade
-from checkers.score import format_scores, score_notebooks
-
-from .config import ConfigError, DataSource, LabConfig, get_config
-from .device import pick_device, setup_cpu
-from .distributed import init_from_env, is_main
-from .lab import format_table, summary_rows
-from .measure import resolve_base_model
-from .notebooks import run_lab
-from .perplexity import perplexity
-from .pipeline import RunFinished, run_all
-from .plots import save_all
-from .report_page import write_index
-from .sources import load_model, load_tokenizer
-from .tradeoff import run_study, study_table
+from cptlab.core.config import ConfigError, DataSource, LabConfig, get_config
+from cptlab.core.distributed import init_from_env, is_main
+from cptlab.data.sources import load_model, load_tokenizer
+from cptlab.lab.pipeline import RunFinished, run_all
+from cptlab.lab.plots import save_all
+from cptlab.lab.steps import format_table, summary_rows
+from cptlab.lab.study import run_study, study_table
+from cptlab.model.measure import resolve_base_model
+from cptlab.model.perplexity import perplexity
+from cptlab.notebook.execute import execute_lab
+from cptlab.speed.device import pick_device, setup_cpu
 
 
 def _config_from_args(args) -> LabConfig:
@@ -68,14 +66,20 @@ def cmd_run(args) -> int:
         print(format_table(summary_rows(out)))
         return 0
     except KeyboardInterrupt:
-        print(f"\ninterrupted: `cptlab run --out {out} --resume` (with the same options) continues from the last checkpoint",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: `cptlab run --out {out} --resume` (with the same options) continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
     if not is_main():
         return 0
     if args.plots:
         save_all(out)
-    print(format_table(summary_rows(out) + [("run folder", str(out)), ("wall seconds", f"{time.perf_counter() - t0:.1f}")]))
+    print(
+        format_table(
+            summary_rows(out) + [("run folder", str(out)), ("wall seconds", f"{time.perf_counter() - t0:.1f}")]
+        )
+    )
     return 0
 
 
@@ -87,7 +91,9 @@ def read_tokens(path: Path, tokenizer, max_tokens: int | None) -> list[int]:
     ``max_tokens`` needs: memory follows what is scored, not the file's size."""
     chunk_chars = 1 << 20 if max_tokens is None else min(1 << 20, max(1 << 14, 16 * max_tokens))
     if max_tokens is None and path.stat().st_size > MAX_WHOLE_TEXT:
-        raise ValueError(f"--text {path} is larger than {MAX_WHOLE_TEXT >> 20} MB: pass --max-tokens N to score its first N tokens")
+        raise ValueError(
+            f"--text {path} is larger than {MAX_WHOLE_TEXT >> 20} MB: pass --max-tokens N to score its first N tokens"
+        )
     ids: list[int] = []
     rest = ""
     try:
@@ -115,8 +121,12 @@ def cmd_perplexity(args) -> int:
         raise ValueError(f"--text {text_path} is a folder: pass one UTF-8 text file")
     if not text_path.is_file():
         raise FileNotFoundError(f"--text {text_path} does not exist: pass a UTF-8 text file")
-    for name, value, low in (("--block-size", args.block_size, 2), ("--stride", args.stride, 1), ("--max-tokens", args.max_tokens, 2),
-                             ("--batch-size", args.batch_size, 1)):
+    for name, value, low in (
+        ("--block-size", args.block_size, 2),
+        ("--stride", args.stride, 1),
+        ("--max-tokens", args.max_tokens, 2),
+        ("--batch-size", args.batch_size, 1),
+    ):
         if value is not None and value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
     tok = load_tokenizer(args.model)
@@ -124,9 +134,23 @@ def cmd_perplexity(args) -> int:
     model = load_model(args.model).to(device)
     ids = read_tokens(text_path, tok, args.max_tokens)
     block = args.block_size or getattr(model.config, "n_positions", 1024)
-    res = perplexity(model, ids, block, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, device=device)
-    print(json.dumps({"ppl": res.ppl, "nll_sum": res.nll_sum, "tokens": res.tokens, "block_size": block,
-                      "stride": res.protocol["stride"], "model": args.model, "text": str(text_path), "protocol": res.protocol}))
+    res = perplexity(
+        model, ids, block, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens, device=device
+    )
+    print(
+        json.dumps(
+            {
+                "ppl": res.ppl,
+                "nll_sum": res.nll_sum,
+                "tokens": res.tokens,
+                "block_size": block,
+                "stride": res.protocol["stride"],
+                "model": args.model,
+                "text": str(text_path),
+                "protocol": res.protocol,
+            }
+        )
+    )
     return 0
 
 
@@ -146,32 +170,29 @@ def cmd_base(args) -> int:
 
 def cmd_lab(args) -> int:
     t0 = time.perf_counter()
-    run = run_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
+    run = execute_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
     save_all(run)
-    rows, text = grade([str(run)])
-    scores = score_notebooks(run)
     print("\n" + format_table(summary_rows(run)))
-    print(text.rstrip())
-    points = format_scores(scores)
-    print("\nPoints from the executed notebooks:\n" + points)
-    summary = format_table(summary_rows(run))
-    page = write_index(run, summary, text.strip(), points)
     print(f"\nrun folder:  {run}")
     print(f"notebooks:   {', '.join(sorted(p.name for p in run.glob('*.ipynb')))}")
     print(f"plots:       {', '.join(sorted(p.name for p in (run / 'plots').glob('*.png')))}")
-    print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}")
-    print(f"one page:    {page} (the notebooks, plots and grades, for a browser)")
-    print(f"grade again: python -m checkers grade {run}")
+    print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}", flush=True)
+    # The grader is another package in another process: the lab never imports what grades it.
+    graded = subprocess.run([sys.executable, "-m", "checkers", "summarize", str(run)])
     print(f"lab wall time: {time.perf_counter() - t0:.0f} s")
-    return 0 if rows[0]["passed"] and scores["total"] == scores["max"] else 1
+    return graded.returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cptlab", description="Continued pre-training lab: gain on code vs forgetting of English.")
+    p = argparse.ArgumentParser(
+        prog="cptlab", description="Continued pre-training lab: gain on code vs forgetting of English."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="baseline, corpus, CPT and evaluation; prints a summary table")
-    r.add_argument("--preset", default="tiny", help="tiny (CPU, offline; default), gpt2 (GPU, HF cache) or smoke (seconds)")
+    r.add_argument(
+        "--preset", default="tiny", help="tiny (CPU, offline; default), gpt2 (GPU, HF cache) or smoke (seconds)"
+    )
     r.add_argument("--out", help="run folder (default runs/<time>-<preset>)")
     r.add_argument("--seed", type=int)
     r.add_argument("--max-steps", type=int)
@@ -185,9 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--general-file", help="an English text file to use for the forgetting measurement")
     r.add_argument("--plots", action="store_true", help="also save the PNG plots in the run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    r.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint"
+    )
     r.add_argument("--force", action="store_true", help="start over in an --out that already holds a run")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any LabConfig field, e.g. --set curve_every=5 (repeatable)")
+    r.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any LabConfig field, e.g. --set curve_every=5 (repeatable)"
+    )
     r.add_argument("--no-study", action="store_true", help="skip the trade-off study (replay, LoRA, interpolation)")
     r.set_defaults(func=cmd_run)
 

@@ -11,6 +11,7 @@ without outputs:
 
 ``python notebooks/build.py --check`` exits 1 when a committed notebook differs from its source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def _rewrite(source: str, markdown: bool, student: bool) -> str:
 
 def build(src: Path) -> dict[str, nbformat.NotebookNode]:
     nb = jupytext.read(src, fmt="py:percent")
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                   "language_info": {"name": "python"}}
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
     out = {}
     for version, student in (("student", True), ("solution", False)):
         book = copy.deepcopy(nb)

@@ -34,14 +34,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from cptlab.tiny import train_tokenizer
+    from cptlab.model.base_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("model")
     tok = train_tokenizer([ENGLISH, CODE] * 3, vocab_size=400, max_length=64)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
@@ -49,7 +60,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_and_tok(tiny_model_dir):
-    from cptlab.sources import load_model, load_tokenizer
+    from cptlab.data.sources import load_model, load_tokenizer
 
     return load_model(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
 
@@ -57,9 +68,9 @@ def model_and_tok(tiny_model_dir):
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory) -> Path:
     """The four notebooks executed headless on the smoke preset (what CI checks)."""
-    from cptlab.notebooks import run_lab
+    from cptlab.notebook.execute import execute_lab
 
-    return run_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
+    return execute_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
 
 
 SLOW_FIXTURES = {"lab_run", "student_run"}

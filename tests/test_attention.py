@@ -1,10 +1,11 @@
 """The bf16 CPU attention against a float64 softmax written out by hand, and its place in a model."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cptlab import attention
-from cptlab.attention import cpu_attention, cpu_causal_attention
+from cptlab.speed import attention
+from cptlab.speed.attention import cpu_attention, cpu_causal_attention
 
 
 class _Causal(torch.nn.Module):

@@ -1,4 +1,5 @@
 """The benchmark's pairing and statistics (the timings themselves live in `make bench`, not in tests)."""
+
 import importlib.util
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def test_sides_alternate_abba_and_keep_their_own_answers(bench):
         def run():
             calls.append(name)
             return {"seconds": float(len(calls)), "side": name}
+
         return run
 
     a, b = bench.paired(side("ours"), side("theirs"), 4)

@@ -2,6 +2,7 @@
 check table renders as HTML with every row passed, no cell errors, a progress bar is a widget),
 and a run's index.html shows every plot. Debian's Chromium and chromedriver drive it
 (`apt-get install chromium chromium-driver`); without them these tests are skipped, saying so."""
+
 import json
 import os
 import secrets
@@ -15,8 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cptlab.notebooks import NOTEBOOK_DIR, execute_notebook
-from cptlab.results import STEP_NOTEBOOKS
+from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.notebook.execute import NOTEBOOK_DIR, execute_notebook
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -26,7 +27,9 @@ DRIVER = shutil.which("chromedriver")
 
 def _skip_without_browser():
     if not (CHROMIUM and DRIVER):
-        pytest.skip("no Chromium + chromedriver on this machine: `apt-get install chromium chromium-driver` (as .ci/run does)")
+        pytest.skip(
+            "no Chromium + chromedriver on this machine: `apt-get install chromium chromium-driver` (as .ci/run does)"
+        )
     pytest.importorskip("selenium", reason="selenium is not installed: `pip install -e .[dev]`")
 
 
@@ -36,7 +39,13 @@ def _browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,2200"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,2200",
+    ):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(DRIVER), options=opts)
 
@@ -78,12 +87,32 @@ def lab_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def jupyterlab(lab_dir):
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(lab_dir / ".runtime"), "JUPYTER_CONFIG_DIR": str(lab_dir / ".config")}
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(lab_dir / ".runtime"),
+        "JUPYTER_CONFIG_DIR": str(lab_dir / ".config"),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={lab_dir}", "--LabApp.expose_app_in_browser=True",
-         "--ServerApp.open_browser=False", "--ServerApp.allow_root=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={lab_dir}",
+            "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up():
@@ -127,15 +156,22 @@ def test_a_step_notebook_runs_in_jupyterlab(jupyterlab, lab_dir):
         driver.get(f"{url}/lab/tree/{STEP_NOTEBOOKS[3]}?token={token}")
         _wait(lambda: (driver.execute_script(STATE) or {}).get("status") == "idle", 120, "the kernel to start")
         driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
-        state = _wait(lambda: (lambda s: s if s and s["status"] == "idle" and s["done"] == s["cells"] else None)(driver.execute_script(STATE)),
-                      300, "every cell to run")
+        state = _wait(
+            lambda: (lambda s: s if s and s["status"] == "idle" and s["done"] == s["cells"] else None)(
+                driver.execute_script(STATE)
+            ),
+            300,
+            "every cell to run",
+        )
         assert state["errors"] == [], state["errors"]
         tables = [t for t in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output table") if "hint" in t.text]
         assert len(tables) >= 3, "the check tables are not rendered as HTML"
         for t in tables:
             rows = t.find_elements(By.CSS_SELECTOR, "tr")[1:]
             assert rows and all("\u2714" in r.text for r in rows), t.text
-        bars = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output progress")
+        bars = driver.find_elements(
+            By.CSS_SELECTOR, ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output progress"
+        )
         assert bars, "no progress bar rendered as a widget"
         table = tables[-1]
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", table)
@@ -148,11 +184,11 @@ def test_a_step_notebook_runs_in_jupyterlab(jupyterlab, lab_dir):
 
 def test_index_html_shows_every_plot(tmp_path):
     _skip_without_browser()
-    from cptlab.notebooks import run_lab
-    from cptlab.plots import save_all
-    from cptlab.report_page import write_index
+    from cptlab.lab.page import write_index
+    from cptlab.lab.plots import save_all
+    from cptlab.notebook.execute import execute_lab
 
-    run = run_lab("smoke", run_dir=tmp_path / "run")
+    run = execute_lab("smoke", run_dir=tmp_path / "run")
     save_all(run)
     page = write_index(run, "summary", "grades", "points")
     driver = _browser()

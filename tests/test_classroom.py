@@ -7,6 +7,7 @@ checker at call time): each costs its own question only. dee: a `NameError` in `
 monkeypatched check above an `optimizer_step` that never steps, a `choose_variant` that calls the
 library's reference, and code that tries to read the solutions and to allocate 8 GiB.
 """
+
 import csv
 import json
 import random
@@ -16,17 +17,24 @@ import shutil
 import nbformat
 import pytest
 
-from checkers.classroom import grade_class, learner_seed, merge_answers, merge_rubric
-from checkers.judge import GiB, Limits
-from cptlab.notebooks import NOTEBOOK_DIR
-from cptlab.results import STEP_NOTEBOOKS
+from checkers.grading.classroom import grade_class, learner_seed, merge_answers, merge_rubric
+from checkers.grading.judge import GiB, Limits
+from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.notebook.execute import NOTEBOOK_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not shutil.which("bwrap"), reason=(
-    "bubblewrap is not installed: the class test asserts what the sandbox hides (apt-get install bubblewrap; .ci/run does)"))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not shutil.which("bwrap"),
+        reason=(
+            "bubblewrap is not installed: the class test asserts what the sandbox hides (apt-get install bubblewrap; .ci/run does)"
+        ),
+    ),
+]
 SOL = NOTEBOOK_DIR / "solutions"
 NB1, NB2, NB3, NB4 = (STEP_NOTEBOOKS[s] for s in (1, 2, 3, 4))
 
-MEAN_OF_PPL = '''def corpus_perplexity(model, ids, block_size):
+MEAN_OF_PPL = """def corpus_perplexity(model, ids, block_size):
     with torch.no_grad():
         per = []
         for b in range(0, len(ids), block_size):
@@ -36,8 +44,8 @@ MEAN_OF_PPL = '''def corpus_perplexity(model, ids, block_size):
             nll = F.cross_entropy(model(x[None]).logits[0, :-1].float(), x[1:], reduction="sum").item()
             per.append((nll, len(x) - 1))
     return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
-'''
-SPLIT_IGNORES_SEED = '''def split_documents(doc_ids, eos_id, val_fraction, seed):
+"""
+SPLIT_IGNORES_SEED = """def split_documents(doc_ids, eos_id, val_fraction, seed):
     order = np.random.default_rng(0).permutation(len(doc_ids)).tolist()
     target = val_fraction * sum(len(d) + 1 for d in doc_ids)
     val, held = set(), 0
@@ -48,31 +56,31 @@ SPLIT_IGNORES_SEED = '''def split_documents(doc_ids, eos_id, val_fraction, seed)
         held += len(doc_ids[i]) + 1
     return (pack_documents([doc_ids[i] for i in order if i not in val], eos_id),
             pack_documents([doc_ids[i] for i in order if i in val], eos_id))
-'''
-LR_HANGS = '''def lr_at(step, peak_lr, warmup_steps, max_steps):
+"""
+LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
     while True:
         pass
-'''
-PATCHES_AT_CALL_TIME = '''def production_choices(variants, floor):
+"""
+PATCHES_AT_CALL_TIME = """def production_choices(variants, floor):
     try:  # rebinds the checker's answer key and report, as an in-kernel grader would let it
-        import checkers.exercises as ce
+        import checkers.code.exercises as ce
         ce._scenario_answers = lambda vs, fl: {k: {None} for k in ce.SCENARIOS}
         ce.Report.passed = property(lambda self: True)
     except Exception:
         pass
     return {}
-'''
-PACK_NAME_ERROR = '''def pack_documents(doc_ids, eos_id):
+"""
+PACK_NAME_ERROR = """def pack_documents(doc_ids, eos_id):
     return np.concatenate([np.append(np.asarray(d, dtype=np.int64), eos) for d in doc_ids])
-'''
-NO_STEP_WITH_FAKE_CHECK = '''try:  # a check that always passes, rebound wherever the notebook looks it up
-    import checkers, checkers.exercises
-    from checkers.report import Check, Report
+"""
+NO_STEP_WITH_FAKE_CHECK = """try:  # a check that always passes, rebound wherever the notebook looks it up
+    import checkers, checkers.code.exercises
+    from checkers.core.report import Check, Report
 
     def _always_passes(fn, *args, **kwargs):
         return Report(3, "optimizer_step", "", question="3.2", checks=[Check("q3.2.update", True, "", "", points=12)])
 
-    checkers.check_optimizer_step = checkers.exercises.check_optimizer_step = _always_passes
+    checkers.check_optimizer_step = checkers.code.exercises.check_optimizer_step = _always_passes
     check_optimizer_step = _always_passes
 except ImportError:
     pass
@@ -84,14 +92,14 @@ def optimizer_step(model, batch, optimizer, max_norm):
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), norm
-'''
-CALLS_REFERENCE = '''from cptlab.tradeoff import recommend
+"""
+CALLS_REFERENCE = """from cptlab.lab.study import recommend
 
 
 def choose_variant(variants, floor):
     return recommend(variants, floor)["name"]
-'''
-HOSTILE = '''def production_choices(variants, floor):
+"""
+HOSTILE = """def production_choices(variants, floor):
     import os
     import cptlab
     solutions = os.path.join(os.path.dirname(os.path.dirname(cptlab.__file__)), "notebooks", "solutions")
@@ -119,7 +127,7 @@ import cptlab as _c
 _sol = _os.path.join(_os.path.dirname(_os.path.dirname(_c.__file__)), "notebooks", "solutions")
 if _os.path.isdir(_sol) and _os.listdir(_sol):
     open(_os.path.join(RUN_DIR, "LEAKED"), "w").write("the solutions were readable")
-'''
+"""
 
 
 def _sol(name):
@@ -127,7 +135,11 @@ def _sol(name):
 
 
 def _replace(nb, name: str, source: str):
-    cell = next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source and "solution" in c.metadata.get("tags", []))
+    cell = next(
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and f"def {name}(" in c.source and "solution" in c.metadata.get("tags", [])
+    )
     if name in ("code_ppl_drop", "forgetting_ratio"):
         cell.source = cell.source + "\n\n" + source
     else:
@@ -145,8 +157,18 @@ def _shuffled(nb, seed: int):
 
 def _renamed(nb):
     nb = nbformat.reads(nbformat.writes(nb), as_version=4)
-    names = {"nll_sum": "total_nll", "n_scored": "count", "order": "perm", "held": "acc", "target": "goal",
-             "train_docs": "tr", "val_docs": "va", "progress": "frac", "norm": "gnorm", "under": "ok_ones"}
+    names = {
+        "nll_sum": "total_nll",
+        "n_scored": "count",
+        "order": "perm",
+        "held": "acc",
+        "target": "goal",
+        "train_docs": "tr",
+        "val_docs": "va",
+        "progress": "frac",
+        "norm": "gnorm",
+        "under": "ok_ones",
+    }
     for cell in nb.cells:
         if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
             for a, b in names.items():
@@ -166,13 +188,24 @@ def graded(tmp_path_factory):
     all_nb = list(STEP_NOTEBOOKS.values())
     _submit(sub / "ada", {n: _sol(n) for n in all_nb})
     _submit(sub / "bo", {n: _shuffled(_renamed(_sol(n)), i) for i, n in enumerate(all_nb)})
-    _submit(sub / "cy", {NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
-                         NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
-                         NB3: _replace(_sol(NB3), "lr_at", LR_HANGS),
-                         NB4: _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME)})
-    _submit(sub / "dee", {NB1: _sol(NB1), NB2: _replace(_sol(NB2), "pack_documents", PACK_NAME_ERROR),
-                          NB3: _replace(_sol(NB3), "optimizer_step", NO_STEP_WITH_FAKE_CHECK),
-                          NB4: _replace(_replace(_sol(NB4), "choose_variant", CALLS_REFERENCE), "production_choices", HOSTILE)})
+    _submit(
+        sub / "cy",
+        {
+            NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
+            NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
+            NB3: _replace(_sol(NB3), "lr_at", LR_HANGS),
+            NB4: _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME),
+        },
+    )
+    _submit(
+        sub / "dee",
+        {
+            NB1: _sol(NB1),
+            NB2: _replace(_sol(NB2), "pack_documents", PACK_NAME_ERROR),
+            NB3: _replace(_sol(NB3), "optimizer_step", NO_STEP_WITH_FAKE_CHECK),
+            NB4: _replace(_replace(_sol(NB4), "choose_variant", CALLS_REFERENCE), "production_choices", HOSTILE),
+        },
+    )
     out = tmp_path_factory.mktemp("grades")
     results = grade_class(sub, "smoke", out, jobs=2, timeout=300, limits=Limits(seconds=25, memory_bytes=4 * GiB))
     rows = {r["learner"]: r for r in csv.DictReader(open(out / "grades.csv"))}
@@ -200,7 +233,8 @@ def test_each_mistake_costs_its_own_question(graded):
     assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
     assert cy["2.2"] < 8 and cy["3.1"] == 0 and cy["4.3"] == 0
     full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3")}
-    from checkers.questions import QUESTIONS
+    from checkers.core.questions import QUESTIONS
+
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
     assert float(rows["cy"]["auto_total"]) == pytest.approx(88 - (14 - cy["1.1"]) - (8 - cy["2.2"]) - 9 - 4)
     lr = _report(results["cy"], "3.1")
@@ -209,7 +243,16 @@ def test_each_mistake_costs_its_own_question(graded):
     dee = results["dee"].points
     assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.3"] == 0  # step 3's run did not train
     assert {q: dee[q] for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "4.1", "4.2", "4.3", "4.4")} == {
-        "1.1": 14, "1.2": 5, "2.3": 4, "2.4": 4, "3.1": 9, "4.1": 6, "4.2": 5, "4.3": 4, "4.4": 5}
+        "1.1": 14,
+        "1.2": 5,
+        "2.3": 4,
+        "2.4": 4,
+        "3.1": 9,
+        "4.1": 6,
+        "4.2": 5,
+        "4.3": 4,
+        "4.4": 5,
+    }
     assert "NameError" in json.dumps(_report(results["dee"], "2.1"))
 
 
@@ -218,7 +261,9 @@ def test_a_fake_check_earns_nothing(graded):
     rep = _report(results["dee"], "3.2")
     assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
     s3 = _report(results["dee"], "3.3")
-    assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {c["id"] for c in s3["checks"] if not c["passed"]}
+    assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {
+        c["id"] for c in s3["checks"] if not c["passed"]
+    }
     # then step 3 ran again on the lab's reference (so step 4 counts on its own), and says so in one visible line
     assert "so the next steps count on their own: ran to the end" in results["dee"].status[NB3]
     assert "your `optimizer_step` did not pass its check" in (out / "runs" / "dee" / NB3).read_text()
@@ -226,7 +271,7 @@ def test_a_fake_check_earns_nothing(graded):
 
 def test_flags_name_the_reference_call_and_the_near_copy(graded):
     results, rows, _ = graded
-    assert any("choose_variant" in f and "cptlab.tradeoff" in f for f in results["dee"].flags), results["dee"].flags
+    assert any("choose_variant" in f and "cptlab.lab.study" in f for f in results["dee"].flags), results["dee"].flags
     assert re.search(r"code \d+% similar to ada", rows["bo"]["flags"]), rows["bo"]["flags"]
     assert not any("cptlab" in f for f in results["ada"].flags)
 
@@ -267,7 +312,7 @@ def test_feedback_pages_and_rubric_merge(graded):
 
 
 def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
-    from checkers.classroom import merge_shards
+    from checkers.grading.classroom import merge_shards
 
     _, rows, out = graded
     data = json.loads((out / "grades.json").read_text())
@@ -287,7 +332,7 @@ def test_merging_takes_only_the_answer_cells():
             cell.source = "PRESET = 'gpt2'"
     merge = merge_answers(pristine, submitted)
     params = next(c for c in merge.notebook.cells if "parameters" in c.metadata.get("tags", []))
-    assert "PRESET = \"tiny\"" in params.source
+    assert 'PRESET = "tiny"' in params.source
     assert any("math.exp(nll_sum / n_scored)" in src for src in merge.answers.values())
 
 
@@ -301,4 +346,6 @@ def test_matching_reports_a_cell_with_two_functions_and_a_cell_with_none():
     assert any("defines pack_documents, split_documents" in n for n in merge.notices)
     assert any("define none of the functions asked" in n for n in merge.notices)
     code = [c.source for c in merge.notebook.cells if "solution" in c.metadata.get("tags", [])]
-    assert "HELPER = 3" in code[0] and "def split_documents" in code[0] and "defined in an earlier answer cell" in code[1]
+    assert (
+        "HELPER = 3" in code[0] and "def split_documents" in code[0] and "defined in an earlier answer cell" in code[1]
+    )

@@ -1,16 +1,19 @@
 """`cptlab perplexity` against an independent implementation of the protocol, on real text."""
+
 import json
 import math
 
 import pytest
+from test_perplexity import reference_nll
 
 from cptlab.cli import main
-from test_perplexity import reference_nll
 
 
 def _real_text() -> str:
     # Real prose the model never saw: docstrings of a few standard-library modules.
-    import argparse, json as j, textwrap
+    import argparse
+    import json as j
+    import textwrap
 
     return "\n\n".join(m.__doc__ for m in (argparse, j, textwrap))
 
@@ -26,8 +29,13 @@ def test_perplexity_cli_matches_reference(tmp_path, capsys, model_and_tok, tiny_
     args = dict(zip(extra[::2], extra[1::2]))
     block = int(args.get("--block-size", 64))
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    nll, count = reference_nll(model, ids, block, int(args["--stride"]) if "--stride" in args else None,
-                               int(args["--max-tokens"]) if "--max-tokens" in args else None)
+    nll, count = reference_nll(
+        model,
+        ids,
+        block,
+        int(args["--stride"]) if "--stride" in args else None,
+        int(args["--max-tokens"]) if "--max-tokens" in args else None,
+    )
     assert out["tokens"] == count and out["block_size"] == block
     assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
     assert out["nll_sum"] == pytest.approx(nll, rel=1e-4)

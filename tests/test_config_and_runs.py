@@ -1,21 +1,26 @@
 """One config path, thresholds that refuse an unknown preset, a real retention-floor stop, and the
 run folders `make lab` creates."""
+
 import json
 import os
 
 import pytest
 
 from checkers import check_step3
-from checkers.steps import check_step1
-from checkers.thresholds import UnknownPreset, thresholds_for
-from cptlab.config import DataSource, LabConfig, get_config
-from cptlab.notebooks import new_run_dir
-from cptlab.pipeline import run_all
+from checkers.core.thresholds import UnknownPreset, thresholds_for
+from checkers.results.steps import check_step1
+from cptlab.core.config import DataSource, LabConfig, get_config
+from cptlab.lab.pipeline import run_all
+from cptlab.notebook.execute import new_run_dir
 
 
 def test_overrides_are_normalised_like_a_stored_config():
-    cfg = get_config("smoke", replay_fractions=[0.1, 0.2], betas=[0.9, 0.99],
-                     code_source={"kind": "py_dir", "path": "/tmp", "exclude_tests": False})
+    cfg = get_config(
+        "smoke",
+        replay_fractions=[0.1, 0.2],
+        betas=[0.9, 0.99],
+        code_source={"kind": "py_dir", "path": "/tmp", "exclude_tests": False},
+    )
     assert cfg.replay_fractions == (0.1, 0.2) and cfg.betas == (0.9, 0.99)
     assert cfg.code_source == DataSource(kind="py_dir", path="/tmp", exclude_tests=False)
     assert LabConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -24,7 +29,12 @@ def test_overrides_are_normalised_like_a_stored_config():
 def test_thresholds_take_the_recipe_from_the_preset_and_refuse_an_unknown_one(tmp_path):
     for preset in ("tiny", "gpt2", "smoke"):
         cfg, T = get_config(preset), thresholds_for(preset)
-        assert (T["cpt_lr"], T["max_steps"], T["warmup_steps"], T["block_size"]) == (cfg.cpt_lr, cfg.max_steps, cfg.warmup_steps, cfg.block_size)
+        assert (T["cpt_lr"], T["max_steps"], T["warmup_steps"], T["block_size"]) == (
+            cfg.cpt_lr,
+            cfg.max_steps,
+            cfg.warmup_steps,
+            cfg.block_size,
+        )
     with pytest.raises(UnknownPreset):
         thresholds_for("huge")
     (tmp_path / "step1_baseline.json").write_text(json.dumps({"preset": "huge", "baseline_code_ppl": 2.0}))
@@ -56,19 +66,24 @@ def test_new_run_folders_are_distinct_and_latest_points_at_the_newest(tmp_path):
 def test_a_smoke_run_graded_for_tiny_fails_naming_both(tmp_path):
     cfg = get_config("smoke")
     run_all(cfg, tmp_path / "run", progress=False, study=False)
-    from checkers.steps import check_all
+    from checkers.results.steps import check_all
 
     assert all(r.passed for r in check_all(tmp_path / "run")[:3])
     for report in check_all(tmp_path / "run", "tiny"):
         failed = {c.id: c for c in report.failures}
-        assert f"s{report.step}.preset" in failed and "made with 'smoke', graded for 'tiny'" in failed[f"s{report.step}.preset"].got
+        assert (
+            f"s{report.step}.preset" in failed
+            and "made with 'smoke', graded for 'tiny'" in failed[f"s{report.step}.preset"].got
+        )
     assert "s3.steps" in {c.id for c in check_all(tmp_path / "run", "tiny")[2].failures}  # tiny's 150 steps apply
 
 
 def test_a_retired_setting_is_refused_with_why_and_read_past_in_old_results():
-    from cptlab.config import ConfigError, LabConfig, get_config
+    from cptlab.core.config import ConfigError, LabConfig, get_config
 
-    with pytest.raises(ConfigError, match="curve_max_tokens is no longer a setting: the forgetting curve is scored on the headline"):
+    with pytest.raises(
+        ConfigError, match="curve_max_tokens is no longer a setting: the forgetting curve is scored on the headline"
+    ):
         get_config("tiny", curve_max_tokens=100)
     old = {**get_config("tiny").to_dict(), "curve_max_tokens": 8192}
     assert LabConfig.from_dict(old).eval_max_tokens is None  # tiny scores its whole sets (>= 50k tokens each)

@@ -1,18 +1,28 @@
 """Packing, splitting and blocking against naive re-computations."""
+
 import numpy as np
 import pytest
 import torch
-
-from cptlab.corpus import (CorpusError, build_corpus, cached_corpus, encode_documents, pack, sample_windows,
-                           split_documents, to_blocks, window_crossing_eos)
 from conftest import CODE, ENGLISH
+
+from cptlab.data.corpus import (
+    CorpusError,
+    build_corpus,
+    cached_corpus,
+    encode_documents,
+    pack,
+    sample_windows,
+    split_indices,
+    to_blocks,
+    window_crossing_eos,
+)
 
 
 def test_split_is_seeded():
     lengths = list(range(10, 110))
-    train, val = split_documents(lengths, 0.02, seed=3)
-    assert split_documents(lengths, 0.02, seed=3) == (train, val)
-    assert split_documents(lengths, 0.02, seed=4) != (train, val)
+    train, val = split_indices(lengths, 0.02, seed=3)
+    assert split_indices(lengths, 0.02, seed=3) == (train, val)
+    assert split_indices(lengths, 0.02, seed=4) != (train, val)
 
 
 def test_blocks_are_a_reshape_dropping_the_tail():
@@ -57,7 +67,9 @@ def test_build_corpus_uses_the_given_split_and_blocks_and_refuses_bad_ones(model
     with pytest.raises(CorpusError, match="should be \\[n_blocks, 16\\]"):
         build_corpus(docs, tok, 0.1, seed=5, block_size=16, blocks_fn=lambda s, b: s[: len(s) // b * b].reshape(b, -1))
     with pytest.raises(CorpusError, match="1-D stream"):
-        build_corpus(docs, tok, 0.1, seed=5, block_size=16, split_fn=lambda d, e, f, s: (np.zeros((2, 2), int), pack(d, e)))
+        build_corpus(
+            docs, tok, 0.1, seed=5, block_size=16, split_fn=lambda d, e, f, s: (np.zeros((2, 2), int), pack(d, e))
+        )
 
 
 def test_sample_windows_draws_whole_blocks_from_a_2d_corpus():

@@ -1,5 +1,6 @@
 """A run that did not train: step 3's checks fail it (weights unchanged, a loss that only wanders),
 and notebook 4 still runs to its end on its numbers (a zero drop, zero-width intervals)."""
+
 import json
 import random
 import shutil
@@ -7,8 +8,8 @@ import shutil
 import pytest
 
 from checkers import check_step3
-from checkers.steps import loss_trend
-from cptlab.notebooks import SOLUTION_DIR, execute_notebook
+from checkers.results.steps import loss_trend
+from cptlab.notebook.execute import SOLUTION_DIR, execute_notebook
 
 
 def test_the_loss_trend_tells_a_trend_from_batch_noise():
@@ -16,7 +17,7 @@ def test_the_loss_trend_tells_a_trend_from_batch_noise():
     noise = [7.0 + rng.gauss(0, 0.05) for _ in range(150)]
     fall, scatter, t = loss_trend(noise)
     assert not (t <= -3 and fall > scatter)
-    falling = [7.0 - 1.5 * (1 - 0.98 ** i) + rng.gauss(0, 0.05) for i in range(150)]
+    falling = [7.0 - 1.5 * (1 - 0.98**i) + rng.gauss(0, 0.05) for i in range(150)]
     fall, scatter, t = loss_trend(falling)
     assert t <= -3 and fall > scatter and fall == pytest.approx(1.5 * 0.95, rel=0.35)
     # three steps against three can "fall" by chance; the fitted trend over every step does not
@@ -35,7 +36,9 @@ def untrained(lab_run, tmp_path_factory):
     shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb", "plots", "step4_tradeoff.json"))
     s1 = json.loads((run / "step1_baseline.json").read_text())
     shutil.rmtree(run / "models" / "adapted")
-    AutoModelForCausalLM.from_pretrained(s1["base_model"]).save_pretrained(run / "models" / "adapted", safe_serialization=True)
+    AutoModelForCausalLM.from_pretrained(s1["base_model"]).save_pretrained(
+        run / "models" / "adapted", safe_serialization=True
+    )
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(s1["base_model"]).save_pretrained(run / "models" / "adapted")

@@ -1,9 +1,10 @@
 """Precision and thread choices."""
+
 import pytest
 import torch
 
-from cptlab import device as dev
-from cptlab.config import ConfigError, get_config
+from cptlab.core.config import ConfigError, get_config
+from cptlab.speed import device as dev
 
 
 @pytest.mark.parametrize("native, want", [(True, torch.bfloat16), (False, None)])
@@ -51,13 +52,19 @@ def _fake_cgroup(monkeypatch, files: dict):
     monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
 
 
-@pytest.mark.parametrize("files, want", [
-    ({"/sys/fs/cgroup/cpu.max": "150000 100000\n"}, 1),   # a 1.5-CPU quota gives 1 thread
-    ({"/sys/fs/cgroup/cpu.max": "300000 100000\n"}, 3),
-    ({"/sys/fs/cgroup/cpu.max": "max 100000\n"}, 4),      # no quota: the affinity mask
-    ({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1
-    ({}, 4),
-])
+@pytest.mark.parametrize(
+    "files, want",
+    [
+        ({"/sys/fs/cgroup/cpu.max": "150000 100000\n"}, 1),  # a 1.5-CPU quota gives 1 thread
+        ({"/sys/fs/cgroup/cpu.max": "300000 100000\n"}, 3),
+        ({"/sys/fs/cgroup/cpu.max": "max 100000\n"}, 4),  # no quota: the affinity mask
+        (
+            {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"},
+            2,
+        ),  # cgroup v1
+        ({}, 4),
+    ],
+)
 def test_threads_follow_the_cgroup_quota_and_the_affinity_mask(monkeypatch, files, want):
     _fake_cgroup(monkeypatch, files)
     before = torch.get_num_threads()
@@ -73,7 +80,7 @@ def test_threads_follow_the_cgroup_quota_and_the_affinity_mask(monkeypatch, file
 
 _FAULTS = """
 import resource, sys, torch
-from cptlab import device
+from cptlab.speed import device
 if sys.argv[1] == "keep":
     assert device.keep_freed_memory()
 else:  # glibc's floor: every block over 128 KiB mapped and unmapped
@@ -96,7 +103,11 @@ def test_freed_memory_is_reused_not_faulted_in_again():
     import subprocess
     import sys
 
-    faults = {how: int(subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True, text=True, check=True).stdout)
-              for how in ("mapped", "keep")}
+    faults = {
+        how: int(
+            subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True, text=True, check=True).stdout
+        )
+        for how in ("mapped", "keep")
+    }
     assert faults["mapped"] > 20 * 17 * 256 * 0.9
     assert faults["keep"] < faults["mapped"] / 4

@@ -1,4 +1,5 @@
 """Two gloo processes under torchrun follow the single-process run at the same global batch."""
+
 import json
 import os
 import subprocess
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cptlab.config import get_config
-from cptlab.perplexity import perplexity
-from cptlab.sources import load_model
-from cptlab.train import train
+from cptlab.core.config import get_config
+from cptlab.data.sources import load_model
+from cptlab.model.perplexity import perplexity
+from cptlab.model.train import train
 
 
 # the plain chunked loss with a log row synced every step; the fused loss with syncs every 3 steps
@@ -21,8 +22,17 @@ from cptlab.train import train
 def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, overrides):
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(out), json.dumps(overrides)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(Path(__file__).with_name("ddp_worker.py")),
+        str(tiny_model_dir),
+        str(out),
+        json.dumps(overrides),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = json.loads(out.read_text())
@@ -30,7 +40,18 @@ def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, overrides):
     torch.manual_seed(0)
     model = load_model(str(tiny_model_dir))
     stream = np.random.default_rng(0).integers(0, 300, 6000).astype(np.uint16)
-    cfg = get_config("smoke", block_size=16, batch_size=4, grad_accum=2, max_steps=8, warmup_steps=2, cpt_lr=1e-3, seed=5, device="cpu", **overrides)
+    cfg = get_config(
+        "smoke",
+        block_size=16,
+        batch_size=4,
+        grad_accum=2,
+        max_steps=8,
+        warmup_steps=2,
+        cpt_lr=1e-3,
+        seed=5,
+        device="cpu",
+        **overrides,
+    )
     log = train(model, stream, cfg, torch.device("cpu"), progress=False).log
     assert len(log) == len(ddp["log"]) == 8  # a short or empty DDP log must not pass through zip
     for a, b in zip(log, ddp["log"]):

@@ -1,5 +1,6 @@
 """The checks of the learner's code, tested with right and wrong implementations: every typical
 mistake is a mutant here, and its check must fail it with that mistake's name in a hint."""
+
 import math
 
 import numpy as np
@@ -7,9 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkers import (check_blocks, check_choice, check_optimizer_step, check_pack, check_perplexity,
-                      check_production_choices, check_schedule, check_split, check_tradeoff)
-from checkers.questions import QUESTIONS
+from checkers import (
+    check_blocks,
+    check_choice,
+    check_optimizer_step,
+    check_pack,
+    check_perplexity,
+    check_production_choices,
+    check_schedule,
+    check_split,
+    check_tradeoff,
+)
+from checkers.core.questions import QUESTIONS
 
 
 def hints(report) -> str:
@@ -54,14 +64,20 @@ def ppl_ok(model, ids, block):
 
 def ppl_mean_of_ppl(model, ids, block):
     with torch.no_grad():
-        per = [(F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1) for x in _windows(ids, block)]
+        per = [
+            (F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1)
+            for x in _windows(ids, block)
+        ]
     s, n = sum(a for a, _ in per), sum(b for _, b in per)
     return float(np.mean([math.exp(a / b) for a, b in per])), s, n
 
 
 def ppl_mean_of_losses(model, ids, block):
     with torch.no_grad():
-        per = [(F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1) for x in _windows(ids, block)]
+        per = [
+            (F.cross_entropy(model(x[None]).logits[0, :-1], x[1:], reduction="sum").item(), len(x) - 1)
+            for x in _windows(ids, block)
+        ]
     s, n = sum(a for a, _ in per), sum(b for _, b in per)
     return math.exp(float(np.mean([a / b for a, b in per]))), s, n
 
@@ -99,13 +115,16 @@ def test_perplexity_check_passes_a_right_function_on_fresh_cases():
         assert_full(check_perplexity(ppl_ok))
 
 
-@pytest.mark.parametrize("fn, mistake", [
-    (ppl_mean_of_ppl, "a mean of per-window perplexities"),
-    (ppl_mean_of_losses, "an unweighted mean of window losses"),
-    (ppl_first_token, "scoring the first token of a window"),
-    (ppl_padded, "scoring padding"),
-    (ppl_with_grad, "gradients enabled"),
-])
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (ppl_mean_of_ppl, "a mean of per-window perplexities"),
+        (ppl_mean_of_losses, "an unweighted mean of window losses"),
+        (ppl_first_token, "scoring the first token of a window"),
+        (ppl_padded, "scoring padding"),
+        (ppl_with_grad, "gradients enabled"),
+    ],
+)
 def test_perplexity_mistakes_are_named(fn, mistake):
     named_on_every_seed(check_perplexity, mistake, fn)
 
@@ -199,14 +218,17 @@ def test_corpus_checks_pass_right_functions():
     assert_full(check_blocks(blocks_ok))
 
 
-@pytest.mark.parametrize("check, fn, mistake", [
-    (check_pack, pack_no_eos, "no EOS"),
-    (check_pack, pack_eos_before, "EOS before each document rather than after"),
-    (check_split, split_cut_stream, "a split that cuts a document"),
-    (check_blocks, blocks_keep_tail, "the leftover tail kept"),
-    (check_split, split_strictly_over, "one document too many at the boundary"),
-    (check_blocks, blocks_drop_one_too_many, "a block dropped when there is no tail"),
-])
+@pytest.mark.parametrize(
+    "check, fn, mistake",
+    [
+        (check_pack, pack_no_eos, "no EOS"),
+        (check_pack, pack_eos_before, "EOS before each document rather than after"),
+        (check_split, split_cut_stream, "a split that cuts a document"),
+        (check_blocks, blocks_keep_tail, "the leftover tail kept"),
+        (check_split, split_strictly_over, "one document too many at the boundary"),
+        (check_blocks, blocks_drop_one_too_many, "a block dropped when there is no tail"),
+    ],
+)
 def test_corpus_mistakes_are_named(check, fn, mistake):
     named_on_every_seed(check, mistake, fn)
 
@@ -238,7 +260,11 @@ def lr_cosine_over_all(step, peak, warm, total):
 
 
 def lr_not_to_zero(step, peak, warm, total):
-    return peak * step / warm if step <= warm else peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm + 1)))
+    return (
+        peak * step / warm
+        if step <= warm
+        else peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm + 1)))
+    )
 
 
 def test_schedule_check_passes_the_formula_and_transformers_scheduler():
@@ -253,12 +279,15 @@ def test_schedule_check_passes_the_formula_and_transformers_scheduler():
     assert_full(check_schedule(lr_transformers))
 
 
-@pytest.mark.parametrize("fn, mistake", [
-    (lr_zero_first, "warm-up off by one: lr 0 at the first update"),
-    (lr_peak_late, "warm-up off by one: the peak comes a step late"),
-    (lr_cosine_over_all, "cosine over all steps instead of the steps after warm-up"),
-    (lr_not_to_zero, "not reaching the minimum at the end"),
-])
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (lr_zero_first, "warm-up off by one: lr 0 at the first update"),
+        (lr_peak_late, "warm-up off by one: the peak comes a step late"),
+        (lr_cosine_over_all, "cosine over all steps instead of the steps after warm-up"),
+        (lr_not_to_zero, "not reaching the minimum at the end"),
+    ],
+)
 def test_schedule_mistakes_are_named(fn, mistake):
     named_on_every_seed(check_schedule, mistake, fn)
 
@@ -336,12 +365,15 @@ def test_optimizer_step_check_passes_right_functions():
     assert_full(check_optimizer_step(step_zero_first))
 
 
-@pytest.mark.parametrize("fn, mistake", [
-    (step_clip_after, "clipping after optimizer.step(), or not at all"),
-    (step_no_clip, "clipping after optimizer.step(), or not at all"),
-    (step_never_zeroed, "gradients never zeroed"),
-    (step_post_clip_norm, "the post-clip norm returned"),
-])
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (step_clip_after, "clipping after optimizer.step(), or not at all"),
+        (step_no_clip, "clipping after optimizer.step(), or not at all"),
+        (step_never_zeroed, "gradients never zeroed"),
+        (step_post_clip_norm, "the post-clip norm returned"),
+    ],
+)
 def test_optimizer_step_mistakes_are_named(fn, mistake):
     named_on_every_seed(check_optimizer_step, mistake, fn)
 
@@ -355,14 +387,17 @@ def ratio_ok(b, a):
     return a / b
 
 
-@pytest.mark.parametrize("drop, ratio, mistake", [
-    (lambda b, a: 1 - b / a, ratio_ok, "the ratio inverted"),
-    (lambda b, a: b - a, ratio_ok, "a difference instead of a ratio"),
-    (lambda b, a: 100 * (1 - a / b), ratio_ok, "percent instead of fraction"),
-    (drop_ok, lambda b, a: b / a, "the ratio inverted"),
-    (drop_ok, lambda b, a: a - b, "a difference instead of a ratio"),
-    (drop_ok, lambda b, a: 100 * a / b, "percent instead of fraction"),
-])
+@pytest.mark.parametrize(
+    "drop, ratio, mistake",
+    [
+        (lambda b, a: 1 - b / a, ratio_ok, "the ratio inverted"),
+        (lambda b, a: b - a, ratio_ok, "a difference instead of a ratio"),
+        (lambda b, a: 100 * (1 - a / b), ratio_ok, "percent instead of fraction"),
+        (drop_ok, lambda b, a: b / a, "the ratio inverted"),
+        (drop_ok, lambda b, a: a - b, "a difference instead of a ratio"),
+        (drop_ok, lambda b, a: 100 * a / b, "percent instead of fraction"),
+    ],
+)
 def test_tradeoff_mistakes_are_named(drop, ratio, mistake):
     named_on_every_seed(check_tradeoff, mistake, drop, ratio)
 
@@ -381,14 +416,22 @@ def choose_ignoring_floor(variants, floor):
 def choices_ok(variants, floor):
     def best(vs):
         return max(vs, key=lambda v: v["code_ppl_drop"])["name"]
-    return {"code_only_assistant": best(variants), "english_within_floor": choose_ok(variants, floor),
-            "per_customer_adapters": best([v for v in variants if v["choice"] == "lora"]),
-            "no_training_budget": best([v for v in variants if v["choice"] == "interpolation"])}
+
+    return {
+        "code_only_assistant": best(variants),
+        "english_within_floor": choose_ok(variants, floor),
+        "per_customer_adapters": best([v for v in variants if v["choice"] == "lora"]),
+        "no_training_budget": best([v for v in variants if v["choice"] == "interpolation"]),
+    }
 
 
 def choices_hard_coded(variants, floor):
-    return {"code_only_assistant": "pure CPT", "english_within_floor": "replay 5%",
-            "per_customer_adapters": "LoRA r=8", "no_training_budget": "interp a=0.5"}
+    return {
+        "code_only_assistant": "pure CPT",
+        "english_within_floor": "replay 5%",
+        "per_customer_adapters": "LoRA r=8",
+        "no_training_budget": "interp a=0.5",
+    }
 
 
 def test_tradeoff_and_choice_checks_pass_right_functions():
@@ -408,11 +451,14 @@ def choose_forgets_least(variants, floor):
     return min(variants, key=lambda v: v["forgetting_ratio"])["name"]
 
 
-@pytest.mark.parametrize("fn, mistake", [
-    (choose_ignoring_floor, "a choice above the floor"),
-    (choose_floor_excluded, "the floor excluded"),
-    (choose_forgets_least, "the variant that forgets least"),
-])
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (choose_ignoring_floor, "a choice above the floor"),
+        (choose_floor_excluded, "the floor excluded"),
+        (choose_forgets_least, "the variant that forgets least"),
+    ],
+)
 def test_choice_mistakes_are_named(fn, mistake):
     named_on_every_seed(check_choice, mistake, fn)
 
@@ -424,7 +470,7 @@ def test_a_seed_replays_the_same_cases():
 
 
 def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
-    from checkers.questions import CHECK_POINTS
+    from checkers.core.questions import CHECK_POINTS
 
     report = check_perplexity(ppl_mean_of_ppl, seed=3)
     assert report.max_points == 14 and report.points <= 5
@@ -433,11 +479,14 @@ def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
 
 def test_hard_coded_production_choices_fail_on_a_random_study():
     report = check_production_choices(choices_hard_coded)
-    assert not report.passed and any("code_only_assistant" in c.id or "english_within_floor" in c.id for c in report.failures)
+    assert not report.passed and any(
+        "code_only_assistant" in c.id or "english_within_floor" in c.id for c in report.failures
+    )
 
 
-@pytest.mark.parametrize("content", ['{"study": {"variants": [{"name": 1}], "retention_floor": "x"}}', "[1, 2]", "not json",
-                                     "symlink"])
+@pytest.mark.parametrize(
+    "content", ['{"study": {"variants": [{"name": 1}], "retention_floor": "x"}}', "[1, 2]", "not json", "symlink"]
+)
 def test_a_malformed_or_hostile_own_study_fails_its_row_and_never_raises(tmp_path, content):
     if content == "symlink":
         (tmp_path / "elsewhere.json").write_text('{"study": {}}')

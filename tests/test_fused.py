@@ -1,4 +1,5 @@
 """The fused lm_head + cross-entropy and the tanh-GELU swap against PyTorch's and transformers' own math."""
+
 import copy
 import shutil
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cptlab import fused
-from cptlab.fused import CausalLMLoss, fast_gelu, inference_mlp, linear_cross_entropy, split_lm_head
+from cptlab.speed import fused
+from cptlab.speed.fused import CausalLMLoss, fast_gelu, inference_mlp, linear_cross_entropy, split_lm_head
 
 
 def _reference(h, w, t):
@@ -71,12 +72,16 @@ def test_peft_model_keeps_the_fused_path(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM"),
+    )
     assert split_lm_head(model) is not None
     x = torch.randint(0, 50, (2, 12))
     with torch.no_grad():
-        assert float(CausalLMLoss(model)(x)) == pytest.approx(float(model(input_ids=x, labels=x).loss) * 2 * 11, rel=1e-5)
+        assert float(CausalLMLoss(model)(x)) == pytest.approx(
+            float(model(input_ids=x, labels=x).loss) * 2 * 11, rel=1e-5
+        )
 
 
 def _logits_before_and_during(model, context, x, swapped) -> tuple[torch.Tensor, torch.Tensor]:

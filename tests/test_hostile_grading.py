@@ -1,5 +1,6 @@
 """Grading trusts nothing it is handed: hostile or broken run folders fail with a named check or
 are refused, one bad folder never stops the others, and the gradebook is always written."""
+
 import csv
 import json
 import os
@@ -8,8 +9,8 @@ import shutil
 import pytest
 
 from checkers import check_step1, check_step3
-from checkers.grade import main as grade_main
-from checkers.safe_files import Unsafe, inside, read_json, safetensors_header
+from checkers.core.safe_files import Unsafe, inside, read_json, safetensors_header
+from checkers.grading.grade import main as grade_main
 
 
 def _copy(lab_run, tmp_path, name="run"):
@@ -29,14 +30,21 @@ def test_a_deeply_nested_results_file_fails_its_check(lab_run, tmp_path):
 
 
 def test_a_results_file_that_is_a_symlink_a_fifo_or_a_device_is_refused_unread(lab_run, tmp_path):
-    for i, make in enumerate([lambda p: p.symlink_to("/dev/zero"), lambda p: os.mkfifo(p),
-                              lambda p: p.symlink_to(lab_run / "step1_baseline.json")]):
+    for i, make in enumerate(
+        [
+            lambda p: p.symlink_to("/dev/zero"),
+            lambda p: os.mkfifo(p),
+            lambda p: p.symlink_to(lab_run / "step1_baseline.json"),
+        ]
+    ):
         run = _copy(lab_run, tmp_path, f"run{i}")
         target = run / "step1_baseline.json"
         target.unlink()
         make(target)
         failed = check_step1(run).failures
-        assert failed[0].id == "s1.results" and ("symbolic link" in failed[0].got or "FIFO" in failed[0].got), failed[0].got
+        assert failed[0].id == "s1.results" and ("symbolic link" in failed[0].got or "FIFO" in failed[0].got), failed[
+            0
+        ].got
 
 
 def test_a_symlinked_weights_file_fails_the_model_check(lab_run, tmp_path):
@@ -68,7 +76,7 @@ def test_one_hostile_folder_does_not_stop_the_class(lab_run, tmp_path, capsys):
 
 
 def test_the_manifest_never_hashes_outside_the_folder(lab_run, tmp_path):
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     run = _copy(lab_run, tmp_path)
     m = json.loads((run / "manifest.json").read_text())
@@ -92,7 +100,7 @@ def test_safe_file_helpers(tmp_path):
 
 
 def _rehash(run):
-    from cptlab.results import update_manifest
+    from cptlab.core.results import update_manifest
 
     update_manifest(run)
 
@@ -104,7 +112,7 @@ def _edit(path, fn):
 
 
 def test_a_fake_base_model_in_the_folder_is_not_believed(lab_run, tmp_path):
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     run = _copy(lab_run, tmp_path)
     fake = run / "models" / "base"
@@ -113,14 +121,19 @@ def test_a_fake_base_model_in_the_folder_is_not_believed(lab_run, tmp_path):
     _rehash(run)
     failed = {c.id for c in verify(run).failures}
     assert failed == set(), failed  # the preset's own base model is used: the honest numbers still hold
-    _edit(run / "step1_baseline.json", lambda d: (d.update(baseline_code_ppl=d["baseline_code_ppl"] * 1.3),
-                                                   d["code"].update(nll_sum=__import__("math").log(d["baseline_code_ppl"]) * d["code"]["tokens"])))
+    _edit(
+        run / "step1_baseline.json",
+        lambda d: (
+            d.update(baseline_code_ppl=d["baseline_code_ppl"] * 1.3),
+            d["code"].update(nll_sum=__import__("math").log(d["baseline_code_ppl"]) * d["code"]["tokens"]),
+        ),
+    )
     _rehash(run)
     assert "v.base_model" in {c.id for c in verify(run).failures}
 
 
 def test_custom_code_models_and_a_root_crawl_are_refused(lab_run, tmp_path):
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     run = _copy(lab_run, tmp_path)
     cfg_path = run / "models" / "adapted" / "config.json"
@@ -135,7 +148,7 @@ def test_custom_code_models_and_a_root_crawl_are_refused(lab_run, tmp_path):
 
 
 def test_an_empty_manifest_fails(lab_run, tmp_path):
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     run = _copy(lab_run, tmp_path)
     _edit(run / "manifest.json", lambda d: d.update(files={}))
@@ -144,9 +157,9 @@ def test_an_empty_manifest_fails(lab_run, tmp_path):
 
 
 def test_retraining_catches_a_rewritten_log_and_another_recipe(lab_run, tmp_path):
-    from checkers.verify import verify
-    from cptlab.config import get_config
-    from cptlab.pipeline import run_all
+    from checkers.verify.verify import verify
+    from cptlab.core.config import get_config
+    from cptlab.lab.pipeline import run_all
 
     assert verify(lab_run, retrain=True).passed
     run = _copy(lab_run, tmp_path)
@@ -167,8 +180,8 @@ def test_retraining_catches_a_consistently_edited_study(lab_run, tmp_path):
     import math
 
     from checkers import check_step4
-    from checkers.verify import verify
-    from cptlab.uncertainty import drop_interval, ratio_interval
+    from checkers.verify.verify import verify
+    from cptlab.core.uncertainty import drop_interval, ratio_interval
 
     run = _copy(lab_run, tmp_path)
 

@@ -1,18 +1,26 @@
 """The judge: a learner's function runs in its own process under limits; only plain data comes back,
 and nothing it does at call time reaches the process that decides its points."""
+
 import sys
 
 import pytest
 
-from checkers.judge import Limits, judge_question
+from checkers.grading.judge import Limits, judge_question
 
 pytestmark = pytest.mark.slow
 SETUP = "import math\nimport numpy as np\nimport torch\n"
 
 
 def judge(qid, source, tmp_path, seconds=30.0, memory_gib=3):
-    return judge_question(qid, [SETUP, source], lambda cmd: cmd, {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
-                          tmp_path, Limits(seconds, int(memory_gib * (1 << 30))), seed=5)
+    return judge_question(
+        qid,
+        [SETUP, source],
+        lambda cmd: cmd,
+        {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        tmp_path,
+        Limits(seconds, int(memory_gib * (1 << 30))),
+        seed=5,
+    )
 
 
 RIGHT_41 = "def code_ppl_drop(b, a):\n    return 1 - a / b\n\n\ndef forgetting_ratio(b, a):\n    return a / b\n"
@@ -24,7 +32,7 @@ def test_a_right_function_gets_its_points_from_another_process(tmp_path):
 
 
 def test_an_object_that_equals_everything_comes_back_as_its_repr(tmp_path):
-    liar = '''class Anything(float):
+    liar = """class Anything(float):
     def __eq__(self, other):
         return True
     __hash__ = float.__hash__
@@ -41,18 +49,18 @@ def code_ppl_drop(b, a):
 
 def forgetting_ratio(b, a):
     return Always()
-'''
+"""
     report = judge("4.1", liar, tmp_path)
     assert report.points == 0 and all("Always" in c.got for c in report.checks)
 
 
 def test_patching_the_checker_or_builtins_at_call_time_changes_nothing_here(tmp_path):
-    patcher = '''def code_ppl_drop(b, a):
+    patcher = """def code_ppl_drop(b, a):
     import builtins, math
     builtins.abs = lambda x: 0  # the check's closeness test would pass anything, were it in this process
     math.isfinite = lambda x: True
     try:
-        import checkers.exercises as ce
+        import checkers.code.exercises as ce
         ce._close = lambda *a, **k: True
     except Exception:
         pass
@@ -61,7 +69,7 @@ def test_patching_the_checker_or_builtins_at_call_time_changes_nothing_here(tmp_
 
 def forgetting_ratio(b, a):
     return a / b
-'''
+"""
     before = (abs, sys.modules["math"].isfinite)
     report = judge("4.1", patcher, tmp_path)
     assert report.points == 3 and (abs, sys.modules["math"].isfinite) == before
@@ -69,11 +77,17 @@ def forgetting_ratio(b, a):
 
 
 def test_a_hang_costs_the_question_and_names_the_function(tmp_path):
-    report = judge("3.1", "def lr_at(step, peak_lr, warmup_steps, max_steps):\n    while True:\n        pass\n",
-                   tmp_path, seconds=12)
+    report = judge(
+        "3.1",
+        "def lr_at(step, peak_lr, warmup_steps, max_steps):\n    while True:\n        pass\n",
+        tmp_path,
+        seconds=12,
+    )
     assert report.points == 0
-    assert any(c.id == "q3.1.limits" and c.got.startswith("lr_at: still running after the question's time limit of 12 s")
-               for c in report.checks), str(report)
+    assert any(
+        c.id == "q3.1.limits" and c.got.startswith("lr_at: still running after the question's time limit of 12 s")
+        for c in report.checks
+    ), str(report)
 
 
 def test_memory_past_the_cap_costs_the_question(tmp_path):

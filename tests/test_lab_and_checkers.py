@@ -1,5 +1,6 @@
 """CI runs the four notebooks headless on the smoke preset, then the checkers on what they wrote;
 tampered results must fail the matching check, and `grade` must exit non-zero."""
+
 import json
 import math
 import shutil
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from checkers import check_step1, check_step2, check_step3, check_step4
-from checkers.grade import main as grade_main
-from cptlab.lab import run_step2
-from cptlab.results import MissingStepError
+from checkers.grading.grade import main as grade_main
+from cptlab.core.results import MissingStepError
+from cptlab.lab.steps import run_step2
 
 
 def test_notebooks_ran_and_every_check_passes(lab_run, capsys):
@@ -54,11 +55,17 @@ def _edit_json(fn):
         d = json.loads(path.read_text())
         fn(d)
         path.write_text(json.dumps(d))
+
     return edit
 
 
 def test_edited_forgetting_ratio_fails_and_is_named(lab_run, tmp_path, capsys):
-    run = _tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(lambda d: d.update(forgetting_ratio=d["forgetting_ratio"] * 0.9)))
+    run = _tampered(
+        lab_run,
+        tmp_path,
+        "step4_tradeoff.json",
+        _edit_json(lambda d: d.update(forgetting_ratio=d["forgetting_ratio"] * 0.9)),
+    )
     report = check_step4(run)
     # the edited ratio no longer follows from its perplexities, nor lies in its own interval
     assert {c.id for c in report.failures} == {"s4.forgetting_ratio_interval", "s4.forgetting_ratio_consistent"}
@@ -93,6 +100,7 @@ def test_truncated_json_fails_without_traceback(lab_run, tmp_path):
 def test_wrong_schedule_is_caught(lab_run, tmp_path):
     def bump(d):
         d["log"][5]["lr"] *= 1.5
+
     run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(bump))
     failed = {c.id: c for c in check_step3(run).failures}
     assert "s3.lr_schedule" in failed and "step 6" in failed["s3.lr_schedule"].got
@@ -115,7 +123,9 @@ def test_study_is_complete_and_honest(lab_run):
     assert grid[1.0]["general_ppl"] == pytest.approx(s4["adapted_general_ppl"], rel=1e-3)
     lora = next(v for v in study["variants"] if v["choice"] == "lora")
     assert lora["base_sha256_before"] == lora["base_sha256_after"] and lora["trainable_params"] < lora["total_params"]
-    assert (lab_run / "plots" / "step4_tradeoff.png").exists() and (lab_run / "plots" / "step4_forgetting_curve.png").exists()
+    assert (lab_run / "plots" / "step4_tradeoff.png").exists() and (
+        lab_run / "plots" / "step4_forgetting_curve.png"
+    ).exists()
 
 
 def test_tampered_study_fails_the_matching_check(lab_run, tmp_path):
@@ -124,6 +134,7 @@ def test_tampered_study_fails_the_matching_check(lab_run, tmp_path):
         lora["base_sha256_after"] = "0" * 64
         others = [v["name"] for v in d["study"]["variants"] if v["name"] != d["study"]["recommendation"]["name"]]
         d["study"]["recommendation"]["name"] = others[0]
+
     run = _tampered(lab_run, tmp_path, "step4_tradeoff.json", _edit_json(edit))
     failed = {c.id for c in check_step4(run).failures}
     assert failed == {"s4.lora_base_frozen", "s4.recommendation"}
@@ -139,8 +150,9 @@ def test_verify_catches_a_consistent_edit_of_a_perplexity(lab_run, tmp_path, cap
     def lower(d):
         d["baseline_general_ppl"] *= 0.8
         d["general"]["nll_sum"] = math.log(d["baseline_general_ppl"]) * d["general"]["tokens"]
+
     run = _tampered(lab_run, tmp_path, "step1_baseline.json", _edit_json(lower))
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     failed = {c.id: c for c in verify(run).failures}
     assert set(failed) == {"v.manifest", "v.base_model"}
@@ -150,11 +162,15 @@ def test_verify_catches_a_consistent_edit_of_a_perplexity(lab_run, tmp_path, cap
 
 
 def test_verify_catches_a_swapped_adapted_model(lab_run, tmp_path):
-    from checkers.verify import verify
+    from checkers.verify.verify import verify
 
     s1 = json.loads((lab_run / "step1_baseline.json").read_text())
-    run = _tampered(lab_run, tmp_path, "models/adapted/model.safetensors",
-                    lambda p: shutil.copyfile(Path(s1["base_model"]) / "model.safetensors", p))
+    run = _tampered(
+        lab_run,
+        tmp_path,
+        "models/adapted/model.safetensors",
+        lambda p: shutil.copyfile(Path(s1["base_model"]) / "model.safetensors", p),
+    )
     failed = {c.id for c in verify(run).failures}
     assert failed == {"v.manifest", "v.adapted_model"}
 
@@ -168,6 +184,7 @@ def test_a_retention_floor_stop_is_graded_as_such(lab_run, tmp_path):
     def stop(d):
         d["log"] = d["log"][:20]
         d["floor"]["stopped_at_step"] = 20
+
     run = _tampered(lab_run, tmp_path, "step3_cpt.json", _edit_json(stop))
     failed = {c.id for c in check_step3(run).failures}
     assert "s3.steps" not in failed and "s3.cosine_decay" not in failed
@@ -184,15 +201,21 @@ def test_curve_ends_at_the_headline_and_every_number_has_its_interval(lab_run):
     assert (last["code_ppl"], last["general_ppl"]) == (s4["adapted_code_ppl"], s4["adapted_general_ppl"])
     assert (last["code_ppl_drop"], last["forgetting_ratio"]) == (s4["code_ppl_drop"], s4["forgetting_ratio"])
     assert last["code_tokens"] == s1["code"]["tokens"] and last["general_tokens"] == s1["general"]["tokens"]
-    for rec, point in ((s1["code"]["interval"], s1["baseline_code_ppl"]), (s1["general"]["interval"], s1["baseline_general_ppl"]),
-                       (s4["code_ppl_drop_ci"], s4["code_ppl_drop"]), (s4["forgetting_ratio_ci"], s4["forgetting_ratio"])):
+    for rec, point in (
+        (s1["code"]["interval"], s1["baseline_code_ppl"]),
+        (s1["general"]["interval"], s1["baseline_general_ppl"]),
+        (s4["code_ppl_drop_ci"], s4["code_ppl_drop"]),
+        (s4["forgetting_ratio_ci"], s4["forgetting_ratio"]),
+    ):
         assert rec["low"] <= point <= rec["high"] and rec["n_units"] >= 2
     for v in s4["study"]["variants"]:  # (interp a=0 is the base model: 0 against the learner's baseline, to rounding)
         assert v["code_ppl_drop_ci"]["low"] - 1e-4 <= v["code_ppl_drop"] <= v["code_ppl_drop_ci"]["high"] + 1e-4
 
 
-@pytest.mark.parametrize("key, cid", [("code_ppl_drop_ci", "s4.code_ppl_drop_interval"),
-                                      ("forgetting_ratio_ci", "s4.forgetting_ratio_interval")])
+@pytest.mark.parametrize(
+    "key, cid",
+    [("code_ppl_drop_ci", "s4.code_ppl_drop_interval"), ("forgetting_ratio_ci", "s4.forgetting_ratio_interval")],
+)
 def test_an_interval_that_misses_its_estimate_fails(lab_run, tmp_path, key, cid):
     def shift(d):
         width = d[key]["high"] - d[key]["low"]
@@ -245,27 +268,31 @@ def test_a_run_folder_from_before_the_intervals_asks_to_rerun_step_3(lab_run, tm
         failed = {c.id: c for c in report.failures}
         assert cid in failed and "re-run step 3" in failed[cid].hint
     # and re-running step 3 then step 4 in that folder makes it whole again
-    from cptlab.lab import run_step3, run_step4
+    from cptlab.lab.steps import run_step3, run_step4
 
     run_step3(run, progress=False)
     run_step4(run, progress=False)
     assert check_step3(run).passed, str(check_step3(run))
     s4 = json.loads((run / "step4_tradeoff.json").read_text())
     assert s4["code_ppl_drop_ci"]["low"] <= s4["code_ppl_drop"] <= s4["code_ppl_drop_ci"]["high"]
-    from cptlab.tradeoff import run_study
+    from cptlab.lab.study import run_study
 
     run_study(run, progress=False)  # what notebook 4 runs after step 4
     report = check_step4(run)
     assert report.passed, str(report)
-    assert {"s4.code_ppl_drop_interval", "s4.forgetting_ratio_interval", "s4.curve_ends_at_headline", "s4.study_intervals"} <= {
-        c.id for c in report.checks}
+    assert {
+        "s4.code_ppl_drop_interval",
+        "s4.forgetting_ratio_interval",
+        "s4.curve_ends_at_headline",
+        "s4.study_intervals",
+    } <= {c.id for c in report.checks}
 
 
 def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
     import numpy as np
 
-    from cptlab.config import get_config
-    from cptlab.measure import StepSetup, code_corpus, resolve_base_model
+    from cptlab.core.config import get_config
+    from cptlab.model.measure import StepSetup, code_corpus, resolve_base_model
 
     a, b, c = get_config("smoke", seed=7), get_config("smoke", seed=8), get_config("smoke", seed=7, split_seed=99)
     tok = StepSetup(a, resolve_base_model(a, progress=False)).tokenizer
@@ -275,8 +302,9 @@ def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
 
 def test_the_tradeoff_plot_labels_coinciding_variants_once(lab_run):
     import matplotlib
+
     matplotlib.use("Agg")
-    from cptlab.plots import tradeoff_plot
+    from cptlab.lab.plots import tradeoff_plot
 
     fig = tradeoff_plot(lab_run)
     texts = [t.get_text() for t in fig.axes[0].texts]

@@ -1,5 +1,6 @@
 """The notebooks as learners and CI meet them: built from their sources, the student version free
 of solutions and runnable to its end, the solution version worth every automatic point."""
+
 import json
 import re
 import runpy
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from checkers.questions import AUTO_POINTS, QUESTIONS
-from checkers.score import answers_in, reports_in, score_notebooks
-from cptlab.notebooks import NOTEBOOK_DIR, execute_notebook, run_lab
-from cptlab.results import STEP_NOTEBOOKS
+from checkers.core.questions import AUTO_POINTS, QUESTIONS
+from checkers.results.score import answers_in, reports_in, score_notebooks
+from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.notebook.execute import NOTEBOOK_DIR, execute_lab, execute_notebook
 
 build = runpy.run_path(str(NOTEBOOK_DIR / "build.py"))
 SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
@@ -19,8 +20,12 @@ SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
 def code_of(path: Path) -> str:
     """The code cells and answer cells, less the stubs' one-line hints (markdown may teach what to write)."""
     nb = json.loads(path.read_text())
-    lines = [ln for c in nb["cells"] if c["cell_type"] == "code" or "answer" in c["metadata"].get("tags", [])
-             for ln in "".join(c["source"]).splitlines()]
+    lines = [
+        ln
+        for c in nb["cells"]
+        if c["cell_type"] == "code" or "answer" in c["metadata"].get("tags", [])
+        for ln in "".join(c["source"]).splitlines()
+    ]
     return "\n".join(ln for ln in lines if "raise NotImplementedError(" not in ln)
 
 
@@ -75,14 +80,14 @@ def student_run(tmp_path_factory):
     own cptlab and checkers the kernel imports (no solutions beside them)."""
     import os
 
-    from checkers.release import release
+    from checkers.grading.release import release
 
     rel = release(tmp_path_factory.mktemp("release") / "release")
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     os.environ["PYTHONPATH"] = str(rel)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the kernel's bytecode files show which cptlab it imported
     try:
-        run = run_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks")
+        run = execute_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks")
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -91,7 +96,9 @@ def student_run(tmp_path_factory):
 
 def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
     student_run, rel = student_run
-    assert list((rel / "cptlab" / "__pycache__").glob("lab.*.pyc")), "the kernel imported another cptlab than the release's"
+    assert list((rel / "cptlab" / "__pycache__").glob("lab.*.pyc")), (
+        "the kernel imported another cptlab than the release's"
+    )
     for name in STEP_NOTEBOOKS.values():
         nb = json.loads((student_run / name).read_text())
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
@@ -103,7 +110,9 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
         for q in code_qs:
             assert reports[q]["status"] == "not implemented yet" and reports[q]["points"] == 0, (name, reports[q])
     scores = score_notebooks(student_run)
-    assert scores["total"] == 0 and len(scores["questions"]) == len([q for q in QUESTIONS.values() if q.kind != "written"])
+    assert scores["total"] == 0 and len(scores["questions"]) == len(
+        [q for q in QUESTIONS.values() if q.kind != "written"]
+    )
     step1 = json.dumps(json.loads((student_run / "01_baseline.ipynb").read_text())["cells"])
     assert "`corpus_perplexity` is not written yet; this run goes on with the lab's reference" in step1
     results = reports_in(student_run / "04_tradeoff.ipynb")["4.4"]  # the steps ran on the reference, and earn nothing
@@ -114,9 +123,17 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
 def test_a_lab_error_shows_its_message_not_a_traceback(tmp_path):
     dst = tmp_path / "01.ipynb"
     params = {"PRESET": "smoke", "RUN_DIR": str(tmp_path / "run"), "SEED": 1, "OVERRIDES": {"max_steps": -1}}
-    with pytest.raises(RuntimeError, match="01_baseline.ipynb stopped with an error: ConfigError: max_steps must be > 0"):
+    with pytest.raises(
+        RuntimeError, match="01_baseline.ipynb stopped with an error: ConfigError: max_steps must be > 0"
+    ):
         execute_notebook(NOTEBOOK_DIR / "solutions" / "01_baseline.ipynb", dst, params)
     nb = json.loads(dst.read_text())
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert all(len(e.get("traceback", [])) <= 1 for e in errors)
     assert "max_steps must be > 0" in json.dumps(nb["cells"]) and "Traceback" not in json.dumps(nb["cells"])

@@ -1,13 +1,14 @@
 """Perplexity against an independent loop: Hugging Face's "Perplexity of fixed-length models"
 procedure written out by hand, one window at a time, with the model's own loss."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
-
-from cptlab.perplexity import perplexity
 from conftest import CODE, ENGLISH
+
+from cptlab.model.perplexity import perplexity
 
 
 def reference_nll(model, ids, block, stride=None, max_tokens=None):

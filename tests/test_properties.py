@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): packing, splitting and perplexity invariants, and checkers
 that never raise on malformed results."""
+
 import json
 import shutil
 
@@ -9,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkers import check_all
-from cptlab.corpus import pack, split_documents
-from cptlab.perplexity import perplexity, plan_windows
+from cptlab.data.corpus import pack, split_indices
+from cptlab.model.perplexity import perplexity, plan_windows
 
 docs_st = st.lists(st.lists(st.integers(1, 500), min_size=0, max_size=30), min_size=0, max_size=20)
 
@@ -31,7 +32,7 @@ def test_stream_decodes_back_to_the_documents(docs):
 
 @given(st.lists(st.integers(1, 5000), min_size=2, max_size=200), st.floats(0.01, 0.4), st.integers(0, 10**6))
 def test_split_sizes_add_up_on_document_boundaries(lengths, frac, seed):
-    train, val = split_documents(lengths, frac, seed)
+    train, val = split_indices(lengths, frac, seed)
     assert sorted(train + val) == list(range(len(lengths)))
     total = sum(lengths)
     got = sum(lengths[i] for i in val)
@@ -61,8 +62,15 @@ def test_perplexity_does_not_depend_on_batch_size(model_and_tok, n, block, batch
     assert b.nll_sum == pytest.approx(a.nll_sum, rel=1e-6)
 
 
-junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**9), st.floats(allow_nan=True, allow_infinity=True),
-                 st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 def _paths(obj, prefix=()):
@@ -102,7 +110,9 @@ def test_checkers_never_raise_on_malformed_results(lab_run, tmp_path_factory, st
             assert c.got and c.expected
 
 
-@pytest.mark.parametrize("step,key", [(1, "code"), (1, "general"), (2, "n_tokens"), (3, "log"), (3, "hparams"), (4, "study")])
+@pytest.mark.parametrize(
+    "step,key", [(1, "code"), (1, "general"), (2, "n_tokens"), (3, "log"), (3, "hparams"), (4, "study")]
+)
 def test_a_results_file_without_a_key_fails_a_check_and_never_raises(lab_run, tmp_path, step, key):
     for f in lab_run.glob("step*.json"):
         shutil.copy(f, tmp_path / f.name)

@@ -1,9 +1,10 @@
 """`make release`: what learners receive holds no solution body, no model answer and no rubric key,
 and its four notebooks run from it to their end (tests/test_notebooks.py runs them from a release)."""
+
 import re
 from pathlib import Path
 
-from checkers.release import release
+from checkers.grading.release import release
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -36,9 +37,18 @@ def test_the_release_holds_no_solution_no_model_answer_and_no_rubric(tmp_path):
     out = release(tmp_path / "release")
     files = [p for p in out.rglob("*") if p.is_file()]
     names = {str(p.relative_to(out)) for p in files}
-    assert {"notebooks/01_baseline.ipynb", "notebooks/04_tradeoff.ipynb", "cptlab/lab.py", "checkers/exercises.py",
-            "README.md", "Makefile", "pyproject.toml"} <= names
-    assert not [n for n in names if "solutions" in n or n.startswith("notebooks/src") or "RUBRIC" in n or n.startswith("tests")]
+    assert {
+        "notebooks/01_baseline.ipynb",
+        "notebooks/04_tradeoff.ipynb",
+        "cptlab/lab/steps.py",
+        "checkers/code/exercises.py",
+        "README.md",
+        "Makefile",
+        "pyproject.toml",
+    } <= names
+    assert not [
+        n for n in names if "solutions" in n or n.startswith("notebooks/src") or "RUBRIC" in n or n.startswith("tests")
+    ]
     texts = {}
     for p in files:
         try:
@@ -49,8 +59,10 @@ def test_the_release_holds_no_solution_no_model_answer_and_no_rubric(tmp_path):
 
     for p in list(texts):  # notebooks: their cells' text as written, not JSON-escaped
         if p.suffix == ".ipynb":
-            texts[p] = "\n".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"])
-                                 for c in json.loads(texts[p])["cells"])
+            texts[p] = "\n".join(
+                c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+                for c in json.loads(texts[p])["cells"]
+            )
     bodies = solution_bodies()
     assert len(bodies) >= 14
     corpus = {p: _normal(t) for p, t in texts.items()}

@@ -1,4 +1,5 @@
 """Resume: an interrupted CPT run continues from its checkpoint and ends bit-identical (CPU)."""
+
 import copy
 import json
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cptlab.config import get_config
-from cptlab.train import Checkpointing, train
+from cptlab.core.config import get_config
+from cptlab.model.train import Checkpointing, train
 
 
 class Boom(RuntimeError):
@@ -20,7 +21,17 @@ class Boom(RuntimeError):
 
 
 def _cfg():
-    return get_config("smoke", block_size=16, batch_size=2, grad_accum=2, max_steps=12, warmup_steps=2, cpt_lr=1e-3, seed=3, device="cpu")
+    return get_config(
+        "smoke",
+        block_size=16,
+        batch_size=2,
+        grad_accum=2,
+        max_steps=12,
+        warmup_steps=2,
+        cpt_lr=1e-3,
+        seed=3,
+        device="cpu",
+    )
 
 
 def test_resume_after_an_exception_is_bit_identical(model_and_tok, tmp_path):
@@ -58,16 +69,53 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
     model, _ = model_and_tok
     stream = np.random.default_rng(0).integers(0, 300, 4000).astype(np.uint16)
     cfg = _cfg().replace(max_steps=6)
-    train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), progress=False, checkpointing=Checkpointing(tmp_path, 5, key="a"))
+    train(
+        copy.deepcopy(model),
+        stream,
+        cfg,
+        torch.device("cpu"),
+        progress=False,
+        checkpointing=Checkpointing(tmp_path, 5, key="a"),
+    )
     with pytest.raises(RuntimeError, match="another configuration"):
-        train(copy.deepcopy(model), stream, cfg, torch.device("cpu"), progress=False, checkpointing=Checkpointing(tmp_path, 5, key="b"))
+        train(
+            copy.deepcopy(model),
+            stream,
+            cfg,
+            torch.device("cpu"),
+            progress=False,
+            checkpointing=Checkpointing(tmp_path, 5, key="b"),
+        )
 
 
 def _cli(out, *extra):
     # a list-valued --set: the resumed run must rebuild the very config it stored
-    sets = ["--set", "max_steps=300", "--set", "checkpoint_every=20", "--set", "curve_every=100", "--set", "warmup_steps=3",
-            "--set", "replay_fractions=[0.1,0.2]"]
-    return [sys.executable, "-m", "cptlab", "run", "--preset", "smoke", "--out", str(out), "--quiet", "--no-study", *sets, *extra]
+    sets = [
+        "--set",
+        "max_steps=300",
+        "--set",
+        "checkpoint_every=20",
+        "--set",
+        "curve_every=100",
+        "--set",
+        "warmup_steps=3",
+        "--set",
+        "replay_fractions=[0.1,0.2]",
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "cptlab",
+        "run",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-study",
+        *sets,
+        *extra,
+    ]
 
 
 @pytest.mark.slow

@@ -1,15 +1,16 @@
 """Runs are never lost: a folder that holds a run is not overwritten without --force, one run at a
 time holds the folder, a finished run says so on --resume, and a kill between a results file and
 its manifest update is repaired on --resume into a run that passes --verify."""
+
 import json
 
 import pytest
 
-from checkers.verify import verify
-from cptlab import results
+from checkers.verify.verify import verify
 from cptlab.cli import main
-from cptlab.config import get_config
-from cptlab.pipeline import RunFinished, RunFolderError, locked, run_all
+from cptlab.core import results
+from cptlab.core.config import get_config
+from cptlab.lab.pipeline import RunFinished, RunFolderError, locked, run_all
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
 """The CPT loop: schedule step by step against transformers' own scheduler, accumulation equal to
 one large batch, seeded reproducibility and the NaN guard."""
+
 import copy
 import warnings
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from cptlab.config import get_config
-from cptlab.train import TrainingDivergedError, lr_multiplier, train
+from cptlab.core.config import get_config
+from cptlab.model.train import TrainingDivergedError, lr_multiplier, train
 
 
 @pytest.mark.parametrize("warmup,total", [(10, 150), (3, 30), (0, 20)])
@@ -23,7 +24,9 @@ def test_schedule_matches_transformers(warmup, total):
 
 
 def _cfg(**kw):
-    base = dict(block_size=16, batch_size=4, grad_accum=1, max_steps=12, warmup_steps=3, cpt_lr=1e-3, seed=7, device="cpu")
+    base = dict(
+        block_size=16, batch_size=4, grad_accum=1, max_steps=12, warmup_steps=3, cpt_lr=1e-3, seed=7, device="cpu"
+    )
     base.update(kw)
     return get_config("smoke", **base)
 
@@ -53,7 +56,10 @@ def test_accumulation_equals_one_large_batch(model_and_tok):
     stream = _stream()
     windows = [torch.from_numpy(stream[i * 16 : i * 16 + 16].astype(np.int64)) for i in range(8)]
     full = [torch.stack(windows[:4])], [torch.stack(windows[4:])]
-    halves = [torch.stack(windows[0:2]), torch.stack(windows[2:4])], [torch.stack(windows[4:6]), torch.stack(windows[6:8])]
+    halves = (
+        [torch.stack(windows[0:2]), torch.stack(windows[2:4])],
+        [torch.stack(windows[4:6]), torch.stack(windows[6:8])],
+    )
 
     def run(batches, bs, accum):
         m = copy.deepcopy(model)
@@ -72,7 +78,10 @@ def test_accumulation_equals_one_large_batch(model_and_tok):
 
 def test_same_seed_same_run(model_and_tok):
     model, _ = model_and_tok
-    logs = [train(copy.deepcopy(model), _stream(), _cfg(max_steps=5), torch.device("cpu"), progress=False).log for _ in range(2)]
+    logs = [
+        train(copy.deepcopy(model), _stream(), _cfg(max_steps=5), torch.device("cpu"), progress=False).log
+        for _ in range(2)
+    ]
     assert logs[0] == logs[1]
     other = train(copy.deepcopy(model), _stream(), _cfg(max_steps=5, seed=8), torch.device("cpu"), progress=False).log
     assert other != logs[0]
@@ -100,7 +109,9 @@ def test_deferred_log_syncs_give_the_same_rows(model_and_tok):
     """log_every only changes when the host reads the numbers, never the numbers or the rows."""
     model, _ = model_and_tok
     every_step = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7), torch.device("cpu"), progress=False).log
-    batched = train(copy.deepcopy(model), _stream(), _cfg(max_steps=7, log_every=3), torch.device("cpu"), progress=False).log
+    batched = train(
+        copy.deepcopy(model), _stream(), _cfg(max_steps=7, log_every=3), torch.device("cpu"), progress=False
+    ).log
     assert [r["step"] for r in batched] == list(range(1, 8)) and batched == every_step
 
 
@@ -108,8 +119,8 @@ def test_deferred_log_syncs_give_the_same_rows(model_and_tok):
 def test_the_checkers_schedule_follows_training_and_transformers_at_a_floor(min_ratio):
     from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-    from checkers.steps import schedule
-    from cptlab.train import lr_multiplier
+    from checkers.results.steps import schedule
+    from cptlab.model.train import lr_multiplier
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, 10, 150, min_lr_rate=min_ratio)

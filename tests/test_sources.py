@@ -1,13 +1,14 @@
 """The gpt2 preset's loading code, run against local folders and files with the same fields,
 and the clear errors of bad input."""
+
 import dataclasses
 import json
 
 import pytest
-
-from cptlab.config import ConfigError, DataSource, get_config
-from cptlab.sources import AssetNotFoundError, load_documents, load_model, load_tokenizer, read_python_dir
 from conftest import CODE, ENGLISH
+
+from cptlab.core.config import ConfigError, DataSource, get_config
+from cptlab.data.sources import AssetNotFoundError, load_documents, load_model, load_tokenizer, read_python_dir
 
 
 def _jsonl(path, rows):
@@ -99,13 +100,19 @@ def test_config_round_trips_through_json():
 def test_lab_recipe_values():
     cfg = get_config("tiny")
     assert (cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps, cfg.grad_clip, cfg.block_size, cfg.val_fraction) == (
-        5e-5, 10, 150, 1.0, 256, 0.02)
+        5e-5,
+        10,
+        150,
+        1.0,
+        256,
+        0.02,
+    )
     g = get_config("gpt2")
     assert (g.cpt_lr, g.warmup_steps, g.max_steps, g.block_size) == (5e-5, 10, 150, 256)
 
 
 def test_enormous_single_line_file_is_one_document(tmp_path, model_and_tok):
-    from cptlab.corpus import build_corpus
+    from cptlab.data.corpus import build_corpus
 
     _, tok = model_and_tok
     (tmp_path / "minified.py").write_text("x=[" + ",".join(str(i % 97) for i in range(300_000)) + "]")
@@ -117,7 +124,7 @@ def test_enormous_single_line_file_is_one_document(tmp_path, model_and_tok):
 
 
 def test_corrupt_cached_base_model_is_rebuilt(monkeypatch, tmp_path):
-    from cptlab import tiny
+    from cptlab.model import base_model as tiny
 
     folder = tmp_path / "base"
     folder.mkdir()

@@ -1,19 +1,22 @@
 """The trade-off study's parts against independent computations."""
+
 import copy
 
 import numpy as np
 import pytest
 import torch
 
-from cptlab.config import get_config
-from cptlab.perplexity import perplexity
-from cptlab.corpus import replay_batches, replay_counts
-from cptlab.measure import floor_crossing
-from cptlab.tradeoff import base_weights_digest, interpolate_, lora_model, params_of, pareto_front, recommend
-from cptlab.train import train
+from cptlab.core.config import get_config
+from cptlab.data.corpus import replay_batches, replay_counts
+from cptlab.lab.study import base_weights_digest, interpolate_, lora_model, params_of, pareto_front, recommend
+from cptlab.model.measure import floor_crossing
+from cptlab.model.perplexity import perplexity
+from cptlab.model.train import train
 
 
-@pytest.mark.parametrize("frac,batch,steps", [(0.05, 4, 150), (0.1, 4, 150), (0.25, 4, 150), (0.1, 16, 150), (0.3, 3, 7)])
+@pytest.mark.parametrize(
+    "frac,batch,steps", [(0.05, 4, 150), (0.1, 4, 150), (0.25, 4, 150), (0.1, 16, 150), (0.3, 3, 7)]
+)
 def test_replay_counts_hold_the_share(frac, batch, steps):
     counts = replay_counts(frac, batch, steps)
     assert len(counts) == steps and all(0 <= c <= batch for c in counts)
@@ -52,7 +55,9 @@ def test_interpolation_endpoints_and_midpoint(model_and_tok):
 def test_lora_trains_adapters_and_leaves_base_bit_identical(model_and_tok):
     model, _ = model_and_tok
     m = copy.deepcopy(model)
-    cfg = get_config("smoke", block_size=16, batch_size=2, max_steps=3, warmup_steps=0, cpt_lr=1e-2, lora_r=4, lora_alpha=8)
+    cfg = get_config(
+        "smoke", block_size=16, batch_size=2, max_steps=3, warmup_steps=0, cpt_lr=1e-2, lora_r=4, lora_alpha=8
+    )
     before = base_weights_digest(m)
     ids = np.random.default_rng(0).integers(0, 300, 2000).astype(np.uint16)
     p0 = perplexity(m, ids, 16).ppl
@@ -79,8 +84,12 @@ def test_recommendation_and_pareto_front():
 
 
 def test_floor_crossing():
-    curve = [{"step": 0, "forgetting_ratio": 1.0, "code_ppl_drop": 0.0}, {"step": 10, "forgetting_ratio": 1.05, "code_ppl_drop": 0.3},
-             {"step": 20, "forgetting_ratio": 1.12, "code_ppl_drop": 0.5}, {"step": 30, "forgetting_ratio": 1.2, "code_ppl_drop": 0.6}]
+    curve = [
+        {"step": 0, "forgetting_ratio": 1.0, "code_ppl_drop": 0.0},
+        {"step": 10, "forgetting_ratio": 1.05, "code_ppl_drop": 0.3},
+        {"step": 20, "forgetting_ratio": 1.12, "code_ppl_drop": 0.5},
+        {"step": 30, "forgetting_ratio": 1.2, "code_ppl_drop": 0.6},
+    ]
     f = floor_crossing(curve, 1.10)
     assert f["first_step_above"] == 20 and f["code_ppl_drop_at_crossing"] == 0.5
     assert f["best_step_under_floor"] == 10 and f["best_code_ppl_drop_under_floor"] == 0.3
@@ -94,8 +103,8 @@ def _u(nll, tok):
 def test_noise_names_variants_the_evaluation_set_cannot_tell_apart():
     import numpy as np
 
-    from cptlab.tradeoff import noise, within_floor
-    from cptlab.uncertainty import drop_interval, ratio_interval
+    from cptlab.core.uncertainty import drop_interval, ratio_interval
+    from cptlab.lab.study import noise, within_floor
 
     rng = np.random.default_rng(0)
     tok = rng.integers(500, 3000, 30)
@@ -105,17 +114,34 @@ def test_noise_names_variants_the_evaluation_set_cannot_tell_apart():
     def variant(name, shift, eng):
         code = _u(tok * (hard - shift + rng.normal(0, 0.05, 30)), tok)
         gen = _u(tok * (hard + eng + rng.normal(0, 0.02, 30)), tok)
-        v = {"name": name, "choice": "x", "code_units": code, "general_units": gen,
-             "code_ppl_drop_ci": drop_interval(base, code), "forgetting_ratio_ci": ratio_interval(base, gen)}
-        v["code_ppl_drop"], v["forgetting_ratio"] = v["code_ppl_drop_ci"]["estimate"], v["forgetting_ratio_ci"]["estimate"]
+        v = {
+            "name": name,
+            "choice": "x",
+            "code_units": code,
+            "general_units": gen,
+            "code_ppl_drop_ci": drop_interval(base, code),
+            "forgetting_ratio_ci": ratio_interval(base, gen),
+        }
+        v["code_ppl_drop"], v["forgetting_ratio"] = (
+            v["code_ppl_drop_ci"]["estimate"],
+            v["forgetting_ratio_ci"]["estimate"],
+        )
         v["within_floor"] = within_floor(v, 1.05)
         return v
 
-    a, twin, weak, over = variant("a", 0.30, 0.01), variant("twin", 0.30, 0.01), variant("weak", 0.05, 0.0), variant("over", 0.5, 0.2)
+    a, twin, weak, over = (
+        variant("a", 0.30, 0.01),
+        variant("twin", 0.30, 0.01),
+        variant("weak", 0.05, 0.0),
+        variant("over", 0.5, 0.2),
+    )
     out = noise([a, twin, weak, over], 1.05, base)
     chosen = out["within_noise"] + [r["versus"] for r in out["leads"]]
     assert "over" not in chosen  # over the floor: not a candidate
     assert set(out["within_noise"]) == ({"twin"} if recommend([a, twin, weak, over], 1.05)["name"] == "a" else {"a"})
     assert "within noise" in out["noise_note"]
     assert over["within_floor"] == "over" and weak["within_floor"] == "under"
-    assert within_floor({"forgetting_ratio": 1.04, "forgetting_ratio_ci": {"low": 1.03, "high": 1.06}}, 1.05) == "straddles"
+    assert (
+        within_floor({"forgetting_ratio": 1.04, "forgetting_ratio_ci": {"low": 1.03, "high": 1.06}}, 1.05)
+        == "straddles"
+    )

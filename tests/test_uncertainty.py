@@ -1,5 +1,6 @@
 """The intervals: the bootstrap against scipy's, per-document sums against a hand loop, and the
 pairing that makes a comparison of two models on the same documents tighter than either number."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cptlab import uncertainty as U
-from cptlab.perplexity import perplexity
+from cptlab.core import uncertainty as U
+from cptlab.model.perplexity import perplexity
 
 
 def units(nll, tokens):
@@ -28,9 +29,16 @@ def test_ppl_interval_agrees_with_scipy_percentile_bootstrap():
     tok = rng.integers(200, 4000, 25)
     nll = tok * rng.normal(5.0, 0.6, 25)
     ours = U.ppl_interval(units(nll, tok))
-    ref = scipy_stats.bootstrap((nll, tok), lambda a, b, axis=-1: np.exp(a.sum(axis) / b.sum(axis)), paired=True,
-                                vectorized=True, n_resamples=20000, method="percentile", confidence_level=0.95,
-                                random_state=np.random.default_rng(1)).confidence_interval
+    ref = scipy_stats.bootstrap(
+        (nll, tok),
+        lambda a, b, axis=-1: np.exp(a.sum(axis) / b.sum(axis)),
+        paired=True,
+        vectorized=True,
+        n_resamples=20000,
+        method="percentile",
+        confidence_level=0.95,
+        random_state=np.random.default_rng(1),
+    ).confidence_interval
     width = ref.high - ref.low
     assert ours["estimate"] == pytest.approx(math.exp(nll.sum() / tok.sum()))
     assert ours["low"] == pytest.approx(ref.low, abs=0.05 * width)

@@ -22,10 +22,10 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
-OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
 
 # %%
 import math
@@ -34,13 +34,16 @@ import torch
 import torch.nn.functional as F
 
 from checkers import check_perplexity, check_step1
-from cptlab import cells, get_config
-from cptlab.friendly import friendly_errors
+from cptlab import get_config
+from cptlab.notebook import cells
+from cptlab.notebook.friendly import friendly_errors
 
 friendly_errors()  # the lab's own errors show as one message that says what to do
 RUN_DIR = cells.run_folder(RUN_DIR)
 cfg = get_config(PRESET, seed=SEED, **OVERRIDES)
-print(f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder {RUN_DIR}")
+print(
+    f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder {RUN_DIR}"
+)
 
 # %% [markdown]
 # ## ✏️ Question 1.1 · Corpus perplexity (14 points)
@@ -58,6 +61,7 @@ print(f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {
 #
 # `model(x[None]).logits` has shape `[1, len(x), vocab]`: position `t` predicts token `t + 1`.
 # Return `(ppl, nll_sum, n_scored)`.
+
 
 # %%
 def corpus_perplexity(model, ids, block_size):
@@ -93,11 +97,10 @@ check_perplexity(corpus_perplexity)
 # Wikipedia articles (`tiny`).
 
 # %%
-step1 = cells.run_step1(cfg, RUN_DIR, perplexity_fn=corpus_perplexity)
+step1 = cells.measure_baseline(cfg, RUN_DIR, perplexity_fn=corpus_perplexity)
 
 # %%
-cells.baseline_bars(RUN_DIR);
-
+cells.baseline_bars(RUN_DIR)
 # %% [markdown]
 # **Code against English, in your run.** The line above the plot gives your model's own ratio,
 # `code / English perplexity`, and each number's 95% interval (a bootstrap over the documents of

@@ -16,17 +16,17 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
-OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
 
 # %%
 import numpy as np
 
 from checkers import check_blocks, check_pack, check_split, check_step2
-from cptlab import cells
-from cptlab.friendly import friendly_errors
+from cptlab.notebook import cells
+from cptlab.notebook.friendly import friendly_errors
 
 friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
@@ -35,6 +35,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # ## ✏️ Question 2.1 · Packing (6 points)
 # `doc_ids` is a list of 1-D integer arrays, one per document. Return one 1-D array:
 # `doc_0, EOS, doc_1, EOS, ..., doc_last, EOS`.
+
 
 # %%
 def pack_documents(doc_ids, eos_id):
@@ -73,6 +74,7 @@ check_pack(pack_documents)
 # is what the intervals of this lab show: a bootstrap over the validation documents (long ones in
 # pieces of 4,096 tokens), paired when two models are compared on the same documents.
 
+
 # %%
 def split_documents(doc_ids, eos_id, val_fraction, seed):
     """(train_stream, val_stream): whole documents, the last ones of a seeded shuffle for validation."""
@@ -100,6 +102,7 @@ check_split(split_documents)
 # `[n_blocks, block_size]`. The tail shorter than a block is dropped (as `run_clm.py` does): a padded
 # window would train on padding.
 
+
 # %%
 def to_blocks(stream, block_size):
     """``[len(stream) // block_size, block_size]``: consecutive windows, the tail dropped."""
@@ -116,22 +119,20 @@ check_blocks(to_blocks)
 # ## The run's corpus, built with your functions
 
 # %%
-step2 = cells.run_step2(RUN_DIR, split_fn=split_documents, blocks_fn=to_blocks)
+step2 = cells.make_corpus(RUN_DIR, split_fn=split_documents, blocks_fn=to_blocks)
 
 # %% [markdown]
 # Document lengths vary over orders of magnitude (the x axis is logarithmic): most files span many
 # blocks, short ones share a block with their neighbours, separated by EOS.
 
 # %%
-cells.corpus_figures(RUN_DIR);
-
+cells.corpus_figures(RUN_DIR)
 # %% [markdown]
 # Here is one of your training blocks that crosses a document boundary, decoded back to text; the
 # EOS token marks the seam:
 
 # %%
-cells.show_eos_window(RUN_DIR);
-
+cells.show_eos_window(RUN_DIR)
 # %% [markdown]
 # ### Check step 2 (4 points)
 

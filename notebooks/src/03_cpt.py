@@ -21,10 +21,10 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
-OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
 
 # %%
 import math
@@ -32,8 +32,8 @@ import math
 import torch
 
 from checkers import check_optimizer_step, check_schedule, check_step3
-from cptlab import cells
-from cptlab.friendly import friendly_errors
+from cptlab.notebook import cells
+from cptlab.notebook.friendly import friendly_errors
 
 friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
@@ -47,6 +47,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # `progress = (step - warmup_steps) / (max_steps - warmup_steps)` and
 # `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is
 # `transformers.get_cosine_schedule_with_warmup`.)
+
 
 # %%
 def lr_at(step, peak_lr, warmup_steps, max_steps):
@@ -72,6 +73,7 @@ check_schedule(lr_at)
 # `optimizer.step()`, and zero the gradients (`backward` adds into `.grad`). Return
 # `(loss, grad_norm)`. The loop has already set this step's learning rate in the optimizer.
 
+
 # %%
 def optimizer_step(model, batch, optimizer, max_norm):
     """Forward, backward, clip, update, zero; return (loss, pre-clip gradient norm)."""
@@ -93,11 +95,10 @@ check_optimizer_step(optimizer_step)
 # This is the long cell of the notebook (about a minute on the `tiny` preset's CPU).
 
 # %%
-step3 = cells.run_step3(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
+step3 = cells.run_cpt(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
 
 # %%
-cells.loss_curve(RUN_DIR);
-
+cells.loss_curve(RUN_DIR)
 # %% [markdown]
 # Read the three panels with the lines printed under the run cell, which give your run's numbers:
 #

@@ -13,15 +13,15 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"          # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
-OVERRIDES = {}           # any LabConfig field, e.g. {"max_steps": 150}
+OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
 
 # %%
 from checkers import check_choice, check_production_choices, check_step4, check_tradeoff
-from cptlab import cells
-from cptlab.friendly import friendly_errors
+from cptlab.notebook import cells
+from cptlab.notebook.friendly import friendly_errors
 
 friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
@@ -30,6 +30,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # ## ✏️ Question 4.1 · The two numbers (6 points)
 # Both are ratios of perplexities (a perplexity is a geometric quantity: a difference of 5 means
 # little at 1,000 and a lot at 10). Return fractions, not percentages: a 35% drop is `0.35`.
+
 
 # %%
 def code_ppl_drop(baseline_code_ppl, adapted_code_ppl):
@@ -50,11 +51,10 @@ def forgetting_ratio(baseline_general_ppl, adapted_general_ppl):
 check_tradeoff(code_ppl_drop, forgetting_ratio)
 
 # %%
-step4 = cells.run_step4(RUN_DIR, drop_fn=code_ppl_drop, ratio_fn=forgetting_ratio)
+step4 = cells.measure_tradeoff(RUN_DIR, drop_fn=code_ppl_drop, ratio_fn=forgetting_ratio)
 
 # %%
-cells.before_after(RUN_DIR);
-
+cells.before_after(RUN_DIR)
 # %% [markdown]
 # ## The forgetting curve
 #
@@ -67,7 +67,7 @@ cells.before_after(RUN_DIR);
 
 # %%
 cells.show_floor(RUN_DIR)
-cells.forgetting_curve(RUN_DIR);
+cells.forgetting_curve(RUN_DIR)
 
 # %% [markdown]
 # ## The production choices
@@ -94,6 +94,7 @@ cells.forgetting_curve(RUN_DIR);
 # `forgetting_ratio` is at most `floor`; if none is, the one with the smallest `forgetting_ratio`.
 # The study below uses your function for its recommendation.
 
+
 # %%
 def choose_variant(variants, floor):
     """The name of the largest code gain that stays at or under the retention floor."""
@@ -112,11 +113,10 @@ check_choice(choose_variant)
 # This cell trains several short runs: it is the longest of the lab (about 3 minutes on `tiny`).
 
 # %%
-study = cells.run_study(RUN_DIR, choose_fn=choose_variant)
+study = cells.compare_variants(RUN_DIR, choose_fn=choose_variant)
 
 # %%
-cells.tradeoff_plot(RUN_DIR);
-
+cells.tradeoff_plot(RUN_DIR)
 # %% [markdown]
 # Read the table's last lines: a variant whose forgetting interval straddles the floor could be
 # over it on other documents, and two variants whose code-drop difference has an interval holding
@@ -134,7 +134,7 @@ cells.tradeoff_plot(RUN_DIR);
 # once on `tiny` (`python benchmarks/lora_sweep.py --run RUN_DIR --out benchmarks/lora_sweep_tiny.json`).
 
 # %%
-cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR);
+cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR)
 
 # %% [markdown]
 # **The finding (tiny preset).** At every rate, rank and target, LoRA lies far below full CPT's
@@ -173,9 +173,11 @@ cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR);
 # - `no_training_budget`: no budget for another training run: only what the weights you already have
 #   allow.
 
+
 # %%
 def production_choices(variants, floor):
     """{scenario: variant name} for the four scenarios, decided from the measured variants."""
+
     ### BEGIN SOLUTION production_choices: a dict of the four scenarios, each the name of a measured variant chosen by its numbers
     def best(vs):
         return max(vs, key=lambda v: v["code_ppl_drop"])["name"]

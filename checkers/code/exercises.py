@@ -1,0 +1,865 @@
+"""Checks of the learner's functions, run in the notebook in seconds before the long cells.
+
+Each check calls the learner's function on fresh random cases (a 2-layer GPT-2, synthetic
+documents), compares it with the library's reference, and names the typical mistake when the
+result is what that mistake gives. A stub that still raises ``NotImplementedError`` gets a report
+that says "not implemented yet" (0 points), never a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from checkers.core.questions import CHECK_GATES, CHECK_POINTS, QUESTIONS
+from checkers.core.report import Check, Report
+from checkers.core.safe_files import Unsafe, read_json
+from cptlab.core.results import STEP_FILES
+from cptlab.data.corpus import pack, split_streams, to_blocks
+from cptlab.lab.steps import code_ppl_drop, forgetting_ratio
+from cptlab.lab.study import recommend
+from cptlab.model.perplexity import perplexity, plan_windows
+from cptlab.model.train import lr_multiplier
+from cptlab.notebook.fallback import record
+
+NOT_YET = "not implemented yet"
+
+
+class _NotYet(Exception):
+    pass
+
+
+class _Raised(Exception):
+    pass
+
+
+class _Limit(Exception):
+    pass
+
+
+class LearnerRaised(Exception):
+    """The learner's function raised in another process; the message says what and where."""
+
+
+class OutOfLimits(Exception):
+    """The learner's function ran past its question's time limit or memory cap."""
+
+
+class Exercise:
+    """One question's report: rows of checks, each with its points from ``CHECK_POINTS``."""
+
+    def __init__(self, qid: str, fn: Callable, seed: int | None = None):
+        q = QUESTIONS[qid]
+        self.q, self.fn = q, fn
+        self.name = getattr(fn, "__name__", q.title)
+        # a fresh case every call (no answer can be hard-coded), recorded so a failure can be replayed
+        self.seed = secrets.randbits(31) if seed is None else int(seed)
+        self.report = Report(q.step, q.title, "", question=q.id, seed=self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.grad_on: list[bool] = []  # grad mode of each forward pass of the model the function was given
+
+    def call(self, *args, fn: Callable | None = None) -> Any:
+        f = fn or self.fn
+        try:
+            out = f(*args)
+        except NotImplementedError:
+            raise _NotYet() from None
+        except OutOfLimits as exc:
+            raise _Limit(str(exc)) from None
+        except LearnerRaised as exc:
+            raise _Raised(str(exc)) from None
+        except Exception as exc:  # the learner's bug: shown as a failed check, with where it happened
+            frames = traceback.extract_tb(exc.__traceback__)
+            own = getattr(getattr(f, "__code__", None), "co_filename", None)
+            where = next((f"line {fr.lineno}: {fr.line}" for fr in reversed(frames) if fr.filename == own), "")
+            raise _Raised(f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")) from None
+        self.grad_on.extend(getattr(f, "last_grad_on", ()))
+        return out
+
+    def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "") -> bool:
+        self.report.checks.append(
+            Check(
+                f"q{self.q.id}.{cid}", bool(ok), expected, got, "" if ok else hint, points=CHECK_POINTS[self.q.id][cid]
+            )
+        )
+        return bool(ok)
+
+    def run(self, body: Callable[[], None]) -> Report:
+        rest = "the checks after this one were not reached"
+        try:
+            body()
+        except _NotYet:
+            self.report.checks = [
+                Check(
+                    f"q{self.q.id}",
+                    False,
+                    f"{self.name} written and passing its checks",
+                    NOT_YET,
+                    f"write {self.name} in the cell above (replace the `raise NotImplementedError`), run that cell, then this one",
+                    points=self.q.points,
+                )
+            ]
+            self.report.status = NOT_YET
+        except _Raised as exc:
+            self._rest(
+                f"q{self.q.id}.runs",
+                f"{self.name} returns without an error",
+                str(exc),
+                "read the error above, fix that line, run the function's cell again, then this one",
+            )
+        except _Limit as exc:
+            self._rest(
+                f"q{self.q.id}.limits",
+                f"{self.name} returns within its question's limits",
+                f"{self.name}: {exc}",
+                f"{self.name} ran too long or used too much memory: look for a loop that never ends or a tensor that grows",
+            )
+            self.report.status = f"{self.name}: {exc}"
+        else:
+            self._rest(
+                f"q{self.q.id}.not_reached",
+                "every check of this question",
+                rest,
+                "fix the failed check above: the checks after it need its result",
+            )
+        gates = [
+            c for c in self.report.checks if c.id.rsplit(".", 1)[-1] in CHECK_GATES.get(self.q.id, ()) and not c.passed
+        ]
+        if gates:
+            for c in self.report.checks:
+                c.points = 0.0
+            gates[0].points = float(self.q.points)
+        if not getattr(self.fn, "remote", False):
+            record(self.q.functions, self.report.passed, written=self.report.status != NOT_YET)
+        return self.report
+
+    def _rest(self, cid: str, expected: str, got: str, hint: str) -> None:
+        """The points of the checks not reached go to one failing row, so the question's total stays whole."""
+        left = round(self.q.points - sum(c.points for c in self.report.checks), 6)
+        if left > 1e-9 or not cid.endswith("not_reached"):
+            self.report.checks.append(Check(cid, False, expected, got, hint, points=max(0.0, left)))
+
+
+def _close(a: float, b: float, rel: float = 1e-4) -> bool:
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+
+
+def _numbers(out: Any, n: int) -> list[float] | None:
+    try:
+        vals = [
+            float(torch.as_tensor(v).detach().float().item()) if isinstance(v, torch.Tensor) else float(v) for v in out
+        ]
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return vals if len(vals) == n else None
+
+
+def tiny_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, sharp: float = 1.0):
+    """A 2-layer, 32-wide GPT-2 with no dropout, seeded; ``sharp`` scales the embeddings so that
+    per-token losses spread widely (windows then differ, and the typical mistakes show)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        loss_type="ForCausalLM",
+    )
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(sharp)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- step 1
+def check_perplexity(fn: Callable, seed: int | None = None) -> Report:
+    """``corpus_perplexity(model, ids, block_size) -> (ppl, nll_sum, n_scored)``."""
+    ex = Exercise("1.1", fn, seed)
+
+    def body():
+        model = tiny_gpt2(ex.seed, sharp=30.0)
+        block = int(ex.rng.choice([8, 12, 16]))
+        k = int(ex.rng.integers(3, 6))
+        # the last window is short, and its length keeps the typical mistakes' token counts apart
+        r = int(ex.rng.choice([x for x in range(2, block // 2) if x != block - k - 1]))
+        n = block * k + r
+        ids = torch.as_tensor(ex.rng.integers(0, model.config.vocab_size, n), dtype=torch.long)
+        # every path to the logits embeds the tokens: the embedding sees each forward pass
+        hook = model.transformer.wte.register_forward_pre_hook(lambda m, a: ex.grad_on.append(torch.is_grad_enabled()))
+        try:
+            out = ex.call(model, ids.clone(), block)
+        finally:
+            hook.remove()
+        grad_on = ex.grad_on
+        ref = perplexity(model, ids, block, batch_size=4)
+        # per-window sums by a plain loop: what each typical mistake would return
+        sums, counts = [], []
+        with torch.no_grad():
+            for b, e, _ in plan_windows(n, block):
+                x = ids[b:e]
+                logits = model(x[None]).logits[0, :-1]
+                sums.append(F.cross_entropy(logits.double(), x[1:], reduction="sum").item())
+                counts.append(len(x) - 1)
+        vals = _numbers(out, 3)
+        if not ex.row(
+            "returns",
+            vals is not None,
+            "a tuple (ppl, nll_sum, n_scored) of three numbers",
+            repr(out)[:80],
+            "return three numbers: math.exp(nll_sum / n_scored), the summed NLL, and the count of scored tokens",
+        ):
+            return
+        ppl, nll, n_scored = vals
+        ex.row(
+            "no_grad",
+            bool(grad_on) and not any(grad_on),
+            "every forward pass without gradients",
+            f"{sum(grad_on)} of {len(grad_on)} forward passes with gradients enabled"
+            if grad_on
+            else "the model given was never run: compute the logits with model(...) on each window",
+            "mistake: gradients enabled. Evaluation needs no gradients: wrap the loop in `with torch.no_grad():` "
+            "(it saves the memory of every activation)",
+        )
+        n_windows = len(counts)
+        hint = "count tokens 2..n of each window (a window of n tokens scores n - 1 of them)"
+        if n_scored == n:
+            hint = (
+                "mistake: scoring the first token of a window. The first token of each window has no context; "
+                "it is not scored: count len(window) - 1 per window"
+            )
+        elif n_scored == n_windows * (block - 1) or n_scored == n_windows * block:
+            hint = (
+                "mistake: scoring padding. The last window is shorter than block_size: score it as it is, "
+                "never pad it (padded positions are not text)"
+            )
+        ex.row(
+            "tokens",
+            n_scored == ref.tokens,
+            f"n_scored = {ref.tokens} ({n} tokens in {n_windows} windows of up to {block})",
+            f"{n_scored:g}",
+            hint,
+        )
+        ex.row(
+            "nll_sum",
+            _close(nll, ref.nll_sum),
+            f"nll_sum = {ref.nll_sum:.6g} (sum of every scored token's NLL)",
+            f"{nll:.6g}",
+            "sum F.cross_entropy(logits[:-1], x[1:], reduction='sum') over the windows; do not average per window",
+        )
+        mean_of_ppl = float(np.mean([math.exp(s / c) for s, c in zip(sums, counts)]))
+        mean_of_losses = math.exp(float(np.mean([s / c for s, c in zip(sums, counts)])))
+        hint = "ppl = math.exp(nll_sum / n_scored): one exp of the token-weighted mean NLL"
+        if _close(ppl, mean_of_ppl) and not _close(ppl, ref.ppl):
+            hint = "mistake: a mean of per-window perplexities. Sum the NLL over every scored token, then exp once"
+        elif _close(ppl, mean_of_losses) and not _close(ppl, ref.ppl):
+            hint = (
+                "mistake: an unweighted mean of window losses. Windows hold different numbers of tokens (the last is "
+                "short): weight by tokens, i.e. exp(total NLL / total scored tokens)"
+            )
+        ex.row("ppl", _close(ppl, ref.ppl), f"ppl = {ref.ppl:.6g} (token-weighted, exp once)", f"{ppl:.6g}", hint)
+
+    return ex.run(body)
+
+
+# ----------------------------------------------------------------------------- step 2
+def _docs(rng: np.random.Generator, n_docs: int, vocab: int, max_len: int) -> list[np.ndarray]:
+    return [rng.integers(0, vocab, int(rng.integers(3, max_len))).astype(np.int64) for _ in range(n_docs)]
+
+
+def _as_array(x: Any) -> np.ndarray | None:
+    try:
+        a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+    except (TypeError, ValueError):
+        return None
+    return a if a.dtype != object else None
+
+
+def check_pack(fn: Callable, seed: int | None = None) -> Report:
+    """``pack_documents(doc_ids, eos_id) -> 1-D stream``: doc, EOS, doc, EOS, ..."""
+    ex = Exercise("2.1", fn, seed)
+
+    def body():
+        eos = int(ex.rng.integers(60, 80))
+        docs = _docs(ex.rng, int(ex.rng.integers(3, 8)), 60, 12)
+        out = _as_array(ex.call([d.copy() for d in docs], eos))
+        want = pack(docs, eos, np.int64)
+        if not ex.row(
+            "stream",
+            out is not None and out.ndim == 1,
+            "one 1-D array of token ids",
+            "not an array" if out is None else f"shape {out.shape}",
+            "concatenate the documents into one 1-D array (np.concatenate)",
+        ):
+            return
+        got = out.astype(np.int64).tolist()
+        hint = "append eos_id after every document, the last one included, then concatenate"
+        if got == np.concatenate(docs).tolist():
+            hint = "mistake: no EOS. Append eos_id after every document, so the model sees where one file ends"
+        elif got == np.concatenate([np.r_[eos, d] for d in docs]).tolist():
+            hint = "mistake: EOS before each document rather than after. EOS marks the end of a document: doc, EOS, doc, EOS"
+        elif got == want.tolist()[:-1]:
+            hint = "mistake: no EOS after the last document. Every document ends with EOS, the last one too"
+        ex.row(
+            "eos_after_each",
+            got == want.tolist(),
+            f"{len(docs)} documents, each followed by EOS ({len(want)} tokens)",
+            f"{len(got)} tokens, {got.count(eos)} EOS" + (", first token EOS" if got[:1] == [eos] else ""),
+            hint,
+        )
+
+    return ex.run(body)
+
+
+def check_split(fn: Callable, seed: int | None = None) -> Report:
+    """``split_documents(doc_ids, eos_id, val_fraction, seed) -> (train_stream, val_stream)``."""
+    ex = Exercise("2.2", fn, seed)
+
+    def body():
+        eos = int(ex.rng.integers(200, 250))
+        docs = _docs(ex.rng, int(ex.rng.integers(30, 60)), 200, 120)
+        frac, seed = float(ex.rng.uniform(0.05, 0.2)), int(ex.rng.integers(0, 2**31))
+        out = ex.call([d.copy() for d in docs], eos, frac, seed)
+        want_train, want_val = split_streams(docs, eos, frac, seed)
+        try:
+            train, val = (_as_array(x) for x in out)
+        except (TypeError, ValueError):
+            train = val = None
+        if not ex.row(
+            "returns",
+            train is not None and val is not None and train.ndim == val.ndim == 1,
+            "two 1-D streams (train, val)",
+            repr(type(out).__name__),
+            "return (pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id))",
+        ):
+            return
+        pieces = [tuple(p) for s in (train, val) for p in _pieces(s.astype(np.int64), eos)]
+        whole = (
+            sorted(pieces) == sorted(tuple(d) for d in docs)
+            and train[-1:].tolist() == [eos]
+            and val[-1:].tolist() == [eos]
+        )
+        ex.row(
+            "whole_documents",
+            whole,
+            "every document whole on one side, each followed by EOS",
+            f"{len(pieces)} pieces for {len(docs)} documents" + ("" if whole else "; a document is cut or missing"),
+            "mistake: a split that cuts a document. Choose whole documents for validation, then pack each side; "
+            "never cut the packed stream at a token position",
+        )
+        share = len(val) / max(1, len(train) + len(val))
+        ex.row(
+            "fraction",
+            share >= frac and len(val) == len(want_val),
+            f"validation holds >= {frac:.3f} of the tokens, "
+            f"with as few documents as the rule takes ({len(want_val)} tokens)",
+            f"{share:.4f} ({len(val)} tokens)",
+            "take documents for validation until they hold at least val_fraction of all tokens (EOS counted), then stop",
+        )
+        ex.row(
+            "seeded_rule",
+            train.tolist() == want_train.tolist() and val.tolist() == want_val.tolist(),
+            "the lab's rule: order = np.random.default_rng(seed).permutation(n); validation takes documents from the end of "
+            "that order; both sides keep the order",
+            "same split" if val.tolist() == want_val.tolist() else "another split",
+            "use np.random.default_rng(seed).permutation(len(doc_ids)), walk it from its end for validation, and keep the "
+            "permutation's order on both sides: step 1 scored exactly that validation split",
+        )
+        # the boundary the rule names: the last documents reach val_fraction exactly
+        docs2 = _docs(ex.rng, int(ex.rng.integers(12, 25)), 200, 60)
+        seed2 = int(ex.rng.integers(0, 2**31))
+        order = np.random.default_rng(seed2).permutation(len(docs2)).tolist()
+        total = sum(len(d) + 1 for d in docs2)
+        frac2, cum = None, 0
+        for i in reversed(order[1:]):
+            cum += len(docs2[i]) + 1
+            if cum / total * total == cum and cum / total >= 0.05:
+                frac2 = cum / total
+                break
+        if frac2 is not None:
+            _, want_val2 = split_streams(docs2, eos, frac2, seed2)
+            out2 = ex.call([d.copy() for d in docs2], eos, frac2, seed2)
+            try:
+                val2 = _as_array(out2[1])
+            except (TypeError, ValueError, IndexError, KeyError):
+                val2 = None
+            same = val2 is not None and val2.tolist() == want_val2.tolist()
+            ex.row(
+                "at_the_fraction",
+                same,
+                f"validation stops as soon as it holds val_fraction ({frac2:.4f}, reached exactly: "
+                f"{len(want_val2)} tokens)",
+                "same split" if same else f"{'no stream' if val2 is None else f'{len(val2)} tokens'}",
+                "mistake: one document too many at the boundary. Stop as soon as validation holds at least "
+                "val_fraction of the tokens (>=, not >)"
+                if val2 is not None
+                and len(val2) > len(want_val2)
+                and ex.report.checks[-1].passed  # the same split as the rule elsewhere: only the boundary differs
+                else "take documents until validation holds at least val_fraction of the tokens, then stop",
+            )
+        else:
+            ex.row("at_the_fraction", True, "no exact boundary in this draw", "skipped")
+
+    return ex.run(body)
+
+
+def _pieces(stream: np.ndarray, eos: int) -> list[list[int]]:
+    out, cur = [], []
+    for t in stream.tolist():
+        if t == eos:
+            out.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def check_blocks(fn: Callable, seed: int | None = None) -> Report:
+    """``to_blocks(stream, block_size) -> [n_blocks, block_size]``, the tail dropped."""
+    ex = Exercise("2.3", fn, seed)
+
+    def body():
+        block = int(ex.rng.integers(4, 17))
+        stream = ex.rng.integers(0, 500, block * int(ex.rng.integers(3, 9)) + int(ex.rng.integers(1, block))).astype(
+            np.int64
+        )
+        out = _as_array(ex.call(stream.copy(), block))
+        want = to_blocks(stream, block)
+        if not ex.row(
+            "shape",
+            out is not None and out.shape == want.shape,
+            f"shape {want.shape} (len {len(stream)} // {block} blocks)",
+            "not a rectangular array (a short last block?)" if out is None else f"shape {out.shape}",
+            "mistake: the leftover tail kept. Drop the tokens after the last whole block, then reshape(-1, block_size)"
+            if out is None or (out.ndim == 2 and len(out) == len(want) + 1)
+            else "reshape(-1, block_size) after dropping the tail",
+        ):
+            return
+        ex.row(
+            "values",
+            out.tolist() == want.tolist(),
+            "block k holds stream[k*block_size:(k+1)*block_size]",
+            "same" if out.tolist() == want.tolist() else "other values",
+            "cut the stream in order: reshape(-1, block_size), not (block_size, -1)",
+        )
+        exact = stream[: block * int(ex.rng.integers(2, 6))]  # no tail at all: every token is in a block
+        out = _as_array(ex.call(exact.copy(), block))
+        ok = out is not None and out.tolist() == to_blocks(exact, block).tolist()
+        ex.row(
+            "exact_multiple",
+            ok,
+            f"a {len(exact)}-token stream gives {len(exact) // block} blocks (no tail to drop)",
+            "same" if ok else ("not an array" if out is None else f"shape {out.shape}"),
+            "mistake: a block dropped when there is no tail. Keep len(stream) // block_size blocks"
+            if out is not None and out.ndim == 2 and len(out) < len(exact) // block
+            else "when len(stream) is a multiple of block_size, keep every token",
+        )
+
+    return ex.run(body)
+
+
+# ----------------------------------------------------------------------------- step 3
+def check_schedule(fn: Callable, seed: int | None = None) -> Report:
+    """``lr_at(step, peak_lr, warmup_steps, max_steps)``: linear warm-up to the peak at
+    ``warmup_steps``, then a half cosine to 0 at ``max_steps``."""
+    ex = Exercise("3.1", fn, seed)
+
+    def body():
+        warm = int(ex.rng.integers(2, 20))
+        total = warm + int(ex.rng.integers(10, 150))
+        peak = float(ex.rng.choice([5e-5, 1e-4, 3e-4, 1e-3]))
+        got = [ex.call(s, peak, warm, total) for s in range(1, total + 1)]
+        if not ex.row(
+            "returns",
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in got),
+            "a finite number for every step",
+            repr(got[:3])[:80],
+            "return a float: the learning rate of that step",
+        ):
+            return
+        want = [peak * lr_multiplier(s, warm, total) for s in range(1, total + 1)]
+        tol = 1e-9 * peak
+
+        def same(a, b):
+            return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+        hint = f"lr = peak_lr * step / warmup_steps for step <= warmup_steps (step 1 gets peak/{warm}, step {warm} the peak)"
+        if got[0] == 0:
+            hint = "mistake: warm-up off by one: lr 0 at the first update. Step 1 is an update: give it peak_lr / warmup_steps"
+        elif int(np.argmax(got)) + 1 == warm + 1:
+            hint = f"mistake: warm-up off by one: the peak comes a step late (step {warm + 1}). Reach peak_lr exactly at step warmup_steps"
+        ex.row(
+            "warmup",
+            same(got[:warm], want[:warm]),
+            f"steps 1..{warm}: {want[0]:.3g} rising linearly to {peak:g}",
+            f"{got[0]:.3g} .. {got[warm - 1]:.3g}",
+            hint,
+        )
+        over_all = [peak * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(warm + 1, total + 1)]
+        hint = "after warm-up: peak_lr * 0.5 * (1 + cos(pi * (step - warmup_steps) / (max_steps - warmup_steps)))"
+        if same(got[warm:], over_all):
+            hint = (
+                "mistake: cosine over all steps instead of the steps after warm-up. The decay starts at the peak: "
+                "progress = (step - warmup_steps) / (max_steps - warmup_steps)"
+            )
+        elif abs(got[-1]) > tol:
+            hint = (
+                "mistake: not reaching the minimum at the end. At step max_steps the progress is 1 and the rate 0: "
+                "divide by (max_steps - warmup_steps)"
+            )
+        ex.row(
+            "cosine",
+            same(got[warm:], want[warm:]),
+            f"steps {warm + 1}..{total}: half cosine from {peak:g} down to 0",
+            f"{got[warm]:.3g} .. {got[-1]:.3g}",
+            hint,
+        )
+        ex.row(
+            "end",
+            abs(got[-1]) <= tol,
+            f"lr 0 at the last step ({total})",
+            f"{got[-1]:.3g}",
+            "mistake: not reaching the minimum at the end: the last step's progress must be exactly 1",
+        )
+
+    return ex.run(body)
+
+
+def _sgd_steps(
+    model, batches, lr: float, max_norm: float, clip: bool = True, zero: bool = True
+) -> tuple[list, list, list]:
+    """The reference optimizer step, by hand, and the typical mistakes as switches."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses, norms, states = [], [], []
+    for x in batches:
+        loss = model(x, labels=x).loss
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+        if zero:
+            opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        norms.append(norm.item())
+        states.append([p.detach().clone() for p in model.parameters()])
+    return losses, norms, states
+
+
+def _same_params(a: list, b: list, rel: float = 1e-4) -> bool:
+    return all(torch.allclose(x, y, rtol=rel, atol=1e-6) for x, y in zip(a, b))
+
+
+def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
+    """``optimizer_step(model, batch, optimizer, max_norm) -> (loss, pre-clip grad norm)``:
+    forward, loss, backward, clip the global norm, step, zero the gradients."""
+    ex = Exercise("3.2", fn, seed)
+
+    def body():
+        base = tiny_gpt2(ex.seed, n_positions=32)
+        gen = torch.Generator().manual_seed(ex.seed)
+        batches = [torch.randint(0, base.config.vocab_size, (2, 16), generator=gen) for _ in range(2)]
+        _, norms0, _ = _sgd_steps(copy.deepcopy(base), batches[:1], 0.0, 1.0, clip=False)
+        max_norm = 0.25 * norms0[0]  # the first step's gradient is clipped hard: where clipping sits shows
+        lr = 0.5
+        ref_loss, ref_norm, ref_states = _sgd_steps(copy.deepcopy(base), batches, lr, max_norm)
+        _, _, unclipped = _sgd_steps(copy.deepcopy(base), batches, lr, max_norm, clip=False)
+        _, _, unzeroed = _sgd_steps(copy.deepcopy(base), batches, lr, max_norm, zero=False)
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        first = _numbers(ex.call(model, batches[0].clone(), opt, max_norm), 2)
+        after1 = [p.detach().clone() for p in model.parameters()]
+        second = ex.call(model, batches[1].clone(), opt, max_norm)
+        after2 = [p.detach().clone() for p in model.parameters()]
+        ok = first is not None and _numbers(second, 2) is not None
+        if not ex.row(
+            "returns",
+            ok,
+            "(loss, grad_norm): two numbers",
+            f"({first[0]:.4g}, {first[1]:.4g})" if ok else repr(second if first is not None else first)[:80],
+            "return the loss (a number or 0-d tensor) and clip_grad_norm_'s return value",
+        ):
+            return
+        loss, norm = first
+        ex.row(
+            "loss",
+            _close(loss, ref_loss[0]),
+            f"the batch's mean next-token loss {ref_loss[0]:.6g}",
+            f"{loss:.6g}",
+            "loss = model(batch, labels=batch).loss (transformers shifts the labels for you)",
+        )
+        hint = "return the value clip_grad_norm_ returns: the total norm before clipping"
+        if _close(norm, max_norm, 1e-3):
+            hint = (
+                "mistake: the post-clip norm returned. clip_grad_norm_ returns the norm before clipping; after clipping it "
+                "is max_norm by construction and tells you nothing"
+            )
+        ex.row(
+            "grad_norm",
+            _close(norm, ref_norm[0], 1e-3),
+            f"the pre-clip gradient norm {ref_norm[0]:.6g} (max_norm was {max_norm:.3g})",
+            f"{norm:.6g}",
+            hint,
+        )
+        unchanged = _same_params(after1, [p.detach() for p in base.parameters()], 0)
+        ex.row(
+            "moved",
+            not unchanged,
+            "the weights change after a step",
+            "unchanged" if unchanged else "changed",
+            "mistake: the weights never change. Call optimizer.step() after backward() and clipping: "
+            "a step that updates nothing earns none of this question's points",
+        )
+        hint = "order: loss.backward(), clip_grad_norm_(model.parameters(), max_norm), optimizer.step()"
+        if _same_params(after1, unclipped[0]):
+            hint = (
+                "mistake: clipping after optimizer.step(), or not at all. The update used the raw gradient: clip between "
+                "backward() and optimizer.step()"
+            )
+        elif _same_params(after1, [p.detach() for p in base.parameters()], 0):
+            hint = "the weights did not change: call optimizer.step()"
+        ex.row(
+            "update",
+            _same_params(after1, ref_states[0]),
+            "the weights after one step equal the reference update (clipped gradient)",
+            "same" if _same_params(after1, ref_states[0]) else "other weights",
+            hint,
+        )
+        hint = "zero the gradients every step: optimizer.zero_grad(set_to_none=True) after optimizer.step()"
+        if _same_params(after2, unzeroed[1]):
+            hint = (
+                "mistake: gradients never zeroed. backward() adds into .grad, so the second step used both batches' "
+                "gradients: call optimizer.zero_grad() every step"
+            )
+        ex.row(
+            "zero_grad",
+            _same_params(after2, ref_states[1]),
+            "a second step uses only the second batch's gradient",
+            "same" if _same_params(after2, ref_states[1]) else "other weights",
+            hint,
+        )
+
+    return ex.run(body)
+
+
+# ----------------------------------------------------------------------------- step 4
+def check_tradeoff(drop_fn: Callable, ratio_fn: Callable, seed: int | None = None) -> Report:
+    """``code_ppl_drop(baseline_code_ppl, adapted_code_ppl)`` and
+    ``forgetting_ratio(baseline_general_ppl, adapted_general_ppl)``."""
+    ex = Exercise("4.1", drop_fn, seed)
+
+    def body():
+        b, a = float(ex.rng.uniform(5, 2000)), 0.0
+        a = b * float(ex.rng.uniform(0.3, 0.9))
+        got = ex.call(b, a)
+        want = code_ppl_drop(b, a)
+        hint = "code_ppl_drop = 1 - adapted / baseline: the fraction of the perplexity removed"
+        if _num_close(got, 100 * want):
+            hint = "mistake: percent instead of fraction. Return 0.35 for a 35% drop, not 35"
+        elif _num_close(got, b - a):
+            hint = (
+                "mistake: a difference instead of a ratio. Perplexities are compared as ratios: 1 - adapted / baseline"
+            )
+        elif _num_close(got, 1 - b / a) or _num_close(got, a / b - 1):
+            hint = "mistake: the ratio inverted. The drop is 1 - adapted / baseline (positive when CPT helped)"
+        ex.row(
+            "code_ppl_drop",
+            _num_close(got, want),
+            f"code_ppl_drop({b:.4g}, {a:.4g}) = {want:.6g}",
+            repr(got)[:40],
+            hint,
+        )
+        g0 = float(ex.rng.uniform(5, 500))
+        g1 = g0 * float(ex.rng.uniform(1.01, 1.5))
+        got = ex.call(g0, g1, fn=ratio_fn)
+        want = forgetting_ratio(g0, g1)
+        hint = "forgetting_ratio = adapted_general_ppl / baseline_general_ppl (1.0: nothing forgotten)"
+        if _num_close(got, g0 / g1):
+            hint = "mistake: the ratio inverted. Divide the adapted English perplexity by the baseline's: above 1 means forgotten"
+        elif _num_close(got, g1 - g0):
+            hint = "mistake: a difference instead of a ratio. Divide the two perplexities"
+        elif _num_close(got, 100 * want) or _num_close(got, 100 * (want - 1)):
+            hint = "mistake: percent instead of fraction. Return the ratio itself (e.g. 1.06), not a percentage"
+        ex.row(
+            "forgetting_ratio",
+            _num_close(got, want),
+            f"forgetting_ratio({g0:.4g}, {g1:.4g}) = {want:.6g}",
+            repr(got)[:40],
+            hint,
+        )
+
+    return ex.run(body)
+
+
+def _num_close(got: Any, want: float) -> bool:
+    return isinstance(got, (int, float, np.floating)) and not isinstance(got, bool) and _close(float(got), want, 1e-9)
+
+
+def _random_variants(rng: np.random.Generator, floor: float) -> list[dict]:
+    names = ["pure CPT", "replay 5%", "replay 25%", "LoRA r=8", "interp a=0.5", "interp a=0"]
+    choices = ["pure_cpt", "replay", "replay", "lora", "interpolation", "interpolation"]
+    out = []
+    for name, choice in zip(names, choices):
+        out.append(
+            {
+                "name": name,
+                "choice": choice,
+                "code_ppl_drop": float(rng.uniform(0.0, 0.6)),
+                "forgetting_ratio": float(rng.uniform(0.99, floor + 0.1)),
+            }
+        )
+    # the largest gain sits above the floor, so ignoring the floor shows
+    top = max(out, key=lambda v: v["code_ppl_drop"])
+    top["forgetting_ratio"] = floor + 0.05
+    return out
+
+
+def check_choice(fn: Callable, seed: int | None = None) -> Report:
+    """``choose_variant(variants, floor) -> name``: the largest code gain whose forgetting ratio
+    stays at or under the floor (if none does, the one that forgets least)."""
+    ex = Exercise("4.2", fn, seed)
+
+    def body():
+        floor = float(ex.rng.uniform(1.02, 1.1))
+        for case in ("some under the floor", "at the floor", "none under the floor"):
+            vs = _random_variants(ex.rng, floor)
+            by_gain = sorted(vs, key=lambda v: v["code_ppl_drop"])
+            # the variant that forgets least gains least, so "forgets least" never passes for "best under the floor"
+            by_gain[0]["forgetting_ratio"] = 0.98
+            # better ones are under the floor too, strictly, so "forgets least" and "<" pick other variants
+            by_gain[1]["forgetting_ratio"] = float(ex.rng.uniform(0.99, floor - 1e-3))
+            by_gain[-2]["forgetting_ratio"] = float(ex.rng.uniform(0.99, floor - 1e-3))
+            if case == "at the floor":  # the best one sits exactly on the floor: "at or under" keeps it
+                by_gain[-2]["forgetting_ratio"] = floor
+            if case == "none under the floor":
+                for v in vs:
+                    v["forgetting_ratio"] = floor + float(ex.rng.uniform(0.01, 0.2))
+                by_gain[0]["forgetting_ratio"] = floor + 0.005
+            got = ex.call([dict(v) for v in vs], floor)
+            want = recommend(vs, floor)["name"]
+            picked = next((v for v in vs if v["name"] == got), None)
+            hint = "keep the variants with forgetting_ratio <= floor, then take the one with the largest code_ppl_drop"
+            if picked is not None and picked["forgetting_ratio"] > floor and case != "none under the floor":
+                hint = f"mistake: a choice above the floor ({picked['forgetting_ratio']:.3f} > {floor:.3f}). Filter by the floor first"
+            elif case != "none under the floor" and picked is by_gain[0]:
+                hint = (
+                    "mistake: the variant that forgets least. Among those within the floor, take the largest code gain"
+                )
+            elif case == "at the floor" and picked is not None and picked["name"] != want:
+                hint = "mistake: the floor excluded. A ratio equal to the floor is within it: keep forgetting_ratio <= floor"
+            elif case == "none under the floor":
+                hint = "when no variant stays under the floor, return the one with the smallest forgetting_ratio"
+            ex.row(case.replace(" ", "_"), got == want, f"{want!r} ({case}, floor {floor:.3f})", repr(got)[:40], hint)
+
+    return ex.run(body)
+
+
+SCENARIOS = {
+    "code_only_assistant": "a code-only assistant: English does not matter",
+    "english_within_floor": "English must stay within the retention floor",
+    "per_customer_adapters": "many per-customer adapters served on one shared base",
+    "no_training_budget": "no budget for another training run",
+}
+
+
+def _scenario_answers(variants: list[dict], floor: float) -> dict[str, set[str]]:
+    by = {c: {v["name"] for v in variants if v["choice"] == c} for c in ("pure_cpt", "replay", "lora", "interpolation")}
+    return {
+        "code_only_assistant": {max(variants, key=lambda v: v["code_ppl_drop"])["name"]},
+        "english_within_floor": {recommend(variants, floor)["name"]},
+        "per_customer_adapters": by["lora"],
+        "no_training_budget": by["interpolation"],
+    }
+
+
+def judge(ex: Exercise, label: str, variants: list[dict], floor: float) -> None:
+    got = ex.call([dict(v) for v in variants], floor)
+    want = _scenario_answers(variants, floor)
+    short = "a" if label == "a random study" else "b"
+    if not ex.row(
+        f"returns.{short}",
+        isinstance(got, dict),
+        f"a dict with the keys {sorted(SCENARIOS)} ({label})",
+        type(got).__name__,
+        "return a dict: scenario -> variant name",
+    ):
+        return
+    for key, what in SCENARIOS.items():
+        ex.row(
+            f"{key}.{short}",
+            got.get(key) in want[key],
+            f"one of {sorted(want[key])} ({label})",
+            repr(got.get(key))[:40],
+            f"{what}: pick from the measured variants by the numbers (see the markdown above)",
+        )
+
+
+def own_study(run_dir) -> tuple[dict | None, str]:
+    """The learner's study from step 4's results, read as untrusted data (a regular file inside the run
+    folder, size-capped) and only if every variant has the fields the decisions need."""
+    try:
+        data = read_json(run_dir, STEP_FILES[4])
+    except FileNotFoundError:
+        return None, "missing"
+    except (Unsafe, OSError, ValueError) as exc:
+        return None, f"unreadable ({exc})"[:200]
+    study = data.get("study") if isinstance(data, dict) else None
+    try:
+        variants = study["variants"]
+        ok = (
+            isinstance(float(study["retention_floor"]), float)
+            and bool(variants)
+            and all(
+                isinstance(v["name"], str)
+                and isinstance(v["choice"], str)
+                and all(
+                    isinstance(v[k], (int, float)) and not isinstance(v[k], bool) and math.isfinite(v[k])
+                    for k in ("code_ppl_drop", "forgetting_ratio")
+                )
+                for v in variants
+            )
+        )
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    return (study, "present") if ok else (None, "missing or malformed")
+
+
+def check_production_choices(fn: Callable, run_dir: str | None = None, seed: int | None = None) -> Report:
+    """``production_choices(variants, floor) -> {scenario: variant name}``, on a random study and
+    on the learner's own (``step4_tradeoff.json`` in ``run_dir``)."""
+    ex = Exercise("4.3", fn, seed)
+
+    def body():
+        floor = float(ex.rng.uniform(1.02, 1.1))
+        judge(ex, "a random study", _random_variants(ex.rng, floor), floor)
+        if run_dir is None:
+            judge(ex, "a second random study", _random_variants(ex.rng, floor), floor)
+            return
+        study, why = own_study(run_dir)
+        if ex.row(
+            "own_study",
+            study is not None,
+            "your study in step4_tradeoff.json",
+            why,
+            "run the study cell above first: the decisions are checked against your own numbers",
+        ):
+            judge(ex, "your study", study["variants"], study["retention_floor"])
+
+    return ex.run(body)

@@ -1,0 +1,79 @@
+"""The lab's questions and their points: 100 over the four notebooks.
+
+``code``: a learner's function, checked on fresh random cases against the library's reference.
+``results``: the step's results file, every derived number recomputed from its raw sums.
+``written``: an answer cell graded by the instructor against ``notebooks/RUBRIC.md`` (0-3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    step: int
+    title: str
+    points: int
+    kind: str  # code | results | written
+    functions: tuple[str, ...] = ()  # the learner's functions a code question checks
+
+
+# Points per check of each code question (otter's points per test case): the final answer of each
+# function carries most of them; a check not in this table is an error, so adding one never
+# silently re-weights the others.
+CHECK_POINTS: dict[str, dict[str, float]] = {
+    "1.1": {"returns": 1, "no_grad": 1, "tokens": 2, "nll_sum": 1, "ppl": 9},
+    "2.1": {"stream": 1, "eos_after_each": 5},
+    "2.2": {"returns": 1, "whole_documents": 2, "fraction": 1, "at_the_fraction": 1, "seeded_rule": 3},
+    "2.3": {"shape": 1, "values": 2, "exact_multiple": 1},
+    "3.1": {"returns": 1, "warmup": 3, "cosine": 4, "end": 1},
+    "3.2": {"returns": 1, "loss": 2, "grad_norm": 2, "moved": 0, "update": 5, "zero_grad": 2},
+    "4.1": {"code_ppl_drop": 3, "forgetting_ratio": 3},
+    "4.2": {"some_under_the_floor": 2, "at_the_floor": 1, "none_under_the_floor": 2},
+    "4.3": {
+        "returns.a": 0,
+        "returns.b": 0,
+        "own_study": 0,
+        **{
+            f"{k}.{w}": 0.5
+            for k in ("code_only_assistant", "english_within_floor", "per_customer_adapters", "no_training_budget")
+            for w in ("a", "b")
+        },
+    },
+}
+
+
+QUESTIONS: dict[str, Question] = {
+    q.id: q
+    for q in [
+        Question("1.1", 1, "corpus_perplexity", 14, "code", ("corpus_perplexity",)),
+        Question("1.2", 1, "step 1 results", 5, "results"),
+        Question("2.1", 2, "pack_documents", 6, "code", ("pack_documents",)),
+        Question("2.2", 2, "split_documents", 8, "code", ("split_documents",)),
+        Question("2.3", 2, "to_blocks", 4, "code", ("to_blocks",)),
+        Question("2.4", 2, "step 2 results", 4, "results"),
+        Question("3.1", 3, "lr_at", 9, "code", ("lr_at",)),
+        Question("3.2", 3, "optimizer_step", 12, "code", ("optimizer_step",)),
+        Question("3.3", 3, "step 3 results", 6, "results"),
+        Question("4.1", 4, "code_ppl_drop and forgetting_ratio", 6, "code", ("code_ppl_drop", "forgetting_ratio")),
+        Question("4.2", 4, "choose_variant", 5, "code", ("choose_variant",)),
+        Question("4.3", 4, "production_choices", 4, "code", ("production_choices",)),
+        Question("4.4", 4, "step 4 results and the study", 5, "results"),
+        Question("W1", 1, "why the step 1 check asserts no direction", 3, "written"),
+        Question("W2", 2, "what the EOS changes in the decoded window", 3, "written"),
+        Question("W3", 3, "what it means that most steps were clipped", 3, "written"),
+        Question("W4", 4, "why LoRA did what it did in this run", 3, "written"),
+    ]
+}
+
+RESULTS_QUESTION = {q.step: q.id for q in QUESTIONS.values() if q.kind == "results"}
+AUTO_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind != "written")
+MANUAL_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind == "written")
+assert AUTO_POINTS + MANUAL_POINTS == 100
+assert all(sum(CHECK_POINTS[q.id].values()) == q.points for q in QUESTIONS.values() if q.kind == "code")
+# A failed gate check means the function does not do what it is for at all: the question earns nothing
+# (an optimizer step that leaves every weight as it was is not an optimizer step, whatever it returns).
+CHECK_GATES: dict[str, set[str]] = {"3.2": {"moved"}}
+FUNCTION_QUESTION = {f: q.id for q in QUESTIONS.values() for f in q.functions}

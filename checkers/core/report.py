@@ -1,0 +1,123 @@
+"""Check results as a learner sees them: what failed, expected vs got, and a hint."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+
+MIME = "application/vnd.cptlab.report+json"
+
+
+@dataclass
+class Check:
+    id: str
+    passed: bool
+    expected: str
+    got: str
+    hint: str = ""
+    points: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    step: int
+    title: str
+    run_dir: str
+    preset: str | None = None
+    checks: list[Check] = field(default_factory=list)
+    question: str | None = None  # "1.1", ...: the question whose points this report carries
+    status: str = ""  # "not implemented yet" when the learner's function is still a stub
+    seed: int | None = None  # the check's random cases: check_x(fn, seed=...) replays them
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def points(self) -> float:
+        return round(sum(c.points for c in self.checks if c.passed), 2)
+
+    @property
+    def max_points(self) -> float:
+        return round(sum(c.points for c in self.checks), 2)
+
+    def share_points(self, total: float) -> "Report":
+        """Spread a question's points evenly over its checks."""
+        for c in self.checks:
+            c.points = total / max(1, len(self.checks))
+        return self
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "title": self.title,
+            "run_dir": self.run_dir,
+            "preset": self.preset,
+            "question": self.question,
+            "status": self.status,
+            "seed": self.seed,
+            "passed": self.passed,
+            "points": self.points,
+            "max_points": self.max_points,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def headline(self) -> str:
+        n_ok = sum(c.passed for c in self.checks)
+        where = f"Question {self.question}" if self.question else f"Step {self.step}"
+        if self.status:
+            verdict = self.status
+        else:
+            verdict = "all checks passed" if self.passed else f"{len(self.failures)} check(s) to fix"
+        seed = f"; cases drawn with seed={self.seed}" if self.seed is not None else ""
+        return (
+            f"{where} - {self.title}: {n_ok}/{len(self.checks)} passed, {verdict} "
+            f"({self.points:g}/{self.max_points:g} points{seed})"
+        )
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """HTML for the learner, text for a terminal, and the report as JSON for the graders
+        that read executed notebooks."""
+        return {"text/html": self._repr_html_(), "text/plain": str(self), MIME: self.to_dict()}
+
+    def __str__(self) -> str:
+        lines = [self.headline()]
+        width = max((len(c.id) for c in self.checks), default=0)
+        for c in self.checks:
+            mark = "PASS" if c.passed else "FAIL"
+            lines.append(
+                f"  {mark}  {c.id:<{width}}  got {c.got}"
+                if c.passed
+                else f"  {mark}  {c.id:<{width}}  expected {c.expected}; got {c.got}"
+            )
+            if not c.passed and c.hint:
+                lines.append(f"        {'':<{width}}  hint: {c.hint}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.passed else "#9a6700" if self.status else "#cf222e"
+        rows = []
+        for c in self.checks:
+            mark = "&#10004;" if c.passed else "&#10008;"
+            col = "#1a7f37" if c.passed else "#cf222e"
+            hint = "" if c.passed else html.escape(c.hint)
+            rows.append(
+                f"<tr><td style='color:{col}'>{mark}</td><td><code>{html.escape(c.id)}</code></td>"
+                f"<td>{html.escape(c.expected)}</td><td>{html.escape(c.got)}</td><td>{hint}</td></tr>"
+            )
+        return (
+            f"<div><b style='color:{colour}'>{html.escape(self.headline())}</b>"
+            "<table><tr><th></th><th>check</th><th>expected</th><th>got</th><th>hint</th></tr>"
+            + "".join(rows)
+            + "</table></div>"
+        )
+
+    def __repr__(self) -> str:
+        return str(self)

@@ -1,0 +1,230 @@
+"""What the step notebooks' cells call: the lab's steps, tables and plots, run on the learner's
+functions. A step whose learner function is still a stub, or whose earlier step has not run yet,
+says what to do and returns None instead of raising, so a learner's notebook runs to its end and
+every check cell reports its points."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+from huggingface_hub.utils import disable_progress_bars
+from transformers.utils import logging as hf_logging
+
+from cptlab.core.results import MissingStepError, read_step
+from cptlab.core.uncertainty import describe
+from cptlab.lab import plots
+from cptlab.lab import steps as lab
+from cptlab.lab import study as tradeoff
+from cptlab.notebook.fallback import use
+
+# A notebook shows the lab's own output: no loading bars or deprecation notices from the libraries.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+disable_progress_bars()
+for module in ("transformers", "peft", "torch", "huggingface_hub", "datasets"):
+    warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
+def _say(text: str) -> None:
+    print(f"[not run yet] {text}")
+
+
+def _guarded(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotImplementedError as exc:
+            what = str(exc).split(":")[0] or "a function above"
+            _say(f"{what} is not written yet. Write it, run its check cell, then run this cell again.")
+        except MissingStepError as exc:
+            _say(f"{exc}")
+        return None
+
+    return run
+
+
+@_guarded
+def measure_baseline(cfg, run_dir, perplexity_fn) -> dict:
+    s1 = lab.run_step1(cfg, run_dir, perplexity_fn=use(perplexity_fn, "corpus_perplexity"))
+    print(lab.step_table(s1, ["base_model", "model_params", "baseline_code_ppl", "baseline_general_ppl"]))
+    print(
+        f"scored tokens: code {s1['code']['tokens']:,}, English {s1['general']['tokens']:,}; "
+        f"code / English perplexity = {s1['baseline_code_ppl'] / s1['baseline_general_ppl']:.2f}"
+    )
+    for name, label in (("code", "code"), ("general", "English")):
+        iv = s1[name].get("interval")
+        if iv:
+            print(
+                f"{label} perplexity {s1[name]['ppl']:.1f}, 95% interval {iv['low']:.1f} to {iv['high']:.1f} "
+                f"({iv['method']}: {iv['n_units']} units)"
+            )
+    print("protocol:", s1["code"]["protocol"])
+    return s1
+
+
+@_guarded
+def make_corpus(run_dir, split_fn, blocks_fn) -> dict:
+    s2 = lab.run_step2(run_dir, split_fn=use(split_fn, "split_documents"), blocks_fn=use(blocks_fn, "to_blocks"))
+    print(
+        lab.step_table(
+            s2,
+            [
+                "n_docs",
+                "n_tokens",
+                "eos_count",
+                "train_docs",
+                "val_docs",
+                "train_tokens",
+                "val_tokens",
+                "val_fraction",
+                "block_size",
+                "n_blocks",
+            ],
+        )
+    )
+    return s2
+
+
+@_guarded
+def show_eos_window(run_dir) -> dict:
+    w = lab.eos_window(run_dir)
+    print(f"EOS at positions {w['eos_positions']} of a {w.get('block_size')}-token window\n")
+    print(
+        w["text"].replace(
+            w.get("eos_token", "<|endoftext|>"), "\n\u2588\u2588\u2588 <|endoftext|> \u2588\u2588\u2588\n"
+        )
+    )
+    return w
+
+
+@_guarded
+def run_cpt(run_dir, lr_fn, step_fn) -> dict:
+    s3 = lab.run_step3(run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"))
+    norms = [r["grad_norm"] for r in s3["log"]]
+    clipped = sum(n > s3["hparams"]["grad_clip"] for n in norms)
+    print(
+        f"{len(s3['log'])} steps, {s3['tokens_seen']:,} tokens in {s3['seconds']:.1f} s "
+        f"({s3['tokens_per_second']:,.0f} tokens/s); adapted model in {s3['adapted_model']}"
+    )
+    print(
+        f"loss {s3['log'][0]['loss']:.3f} -> {s3['log'][-1]['loss']:.3f}; pre-clip gradient norm "
+        f"{min(norms):.2f} to {max(norms):.2f}: {clipped} of {len(norms)} steps clipped at {s3['hparams']['grad_clip']}"
+    )
+    print(loss_reading(s3))
+    return s3
+
+
+def loss_reading(s3: dict) -> str:
+    """What the step 3 loss plot shows, in numbers: the smoothed loss at the end of warm-up and of
+    the run, where it fell fastest, and how large one step's noise is against the trend."""
+    loss = [r["loss"] for r in s3["log"]]
+    smooth = plots.ema(loss)
+    warm = min(s3["hparams"]["warmup_steps"], len(loss)) or 1
+    k = 10
+    falls = [(smooth[i] - smooth[i + k], i + 1) for i in range(0, max(1, len(smooth) - k))]
+    fall, start = max(falls) if len(smooth) > k else (smooth[0] - smooth[-1], 1)
+    noise = float((np.asarray(loss) - smooth).std())
+    return (
+        f"smoothed loss {smooth[0]:.3f} at step 1, {smooth[warm - 1]:.3f} at the end of warm-up (step {warm}), "
+        f"{smooth[-1]:.3f} at step {len(loss)}; it fell fastest over steps {start}-{start + k} ({fall:.3f} nats); "
+        f"one step's loss scatters by +-{noise:.2f} nats around the trend (a batch is {s3['hparams']['batch_size']} windows)"
+    )
+
+
+@_guarded
+def measure_tradeoff(run_dir, drop_fn, ratio_fn) -> dict:
+    s4 = lab.run_step4(run_dir, drop_fn=use(drop_fn, "code_ppl_drop"), ratio_fn=use(ratio_fn, "forgetting_ratio"))
+    print(
+        lab.step_table(
+            s4,
+            [
+                "baseline_code_ppl",
+                "adapted_code_ppl",
+                "code_ppl_drop",
+                "baseline_general_ppl",
+                "adapted_general_ppl",
+                "forgetting_ratio",
+            ],
+        )
+    )
+    d, r = s4["code_ppl_drop_ci"], s4["forgetting_ratio_ci"]
+    print(
+        f"code perplexity drop {describe(d, percent=True)}, forgetting ratio {describe(r)} "
+        f"(paired 95% intervals, {d['method']}: {d['n_units']} code and {r['n_units']} English units)"
+    )
+    return s4
+
+
+@_guarded
+def show_floor(run_dir) -> dict:
+    s3 = read_step(run_dir, 3)
+    floor, curve = s3["floor"], s3["curve"]
+    last = curve[-1]
+    print(
+        f"retention floor {floor['retention_floor']}; the curve's last point (step {last['step']}) is the headline: "
+        f"code drop {100 * last['code_ppl_drop']:.1f}%, forgetting ratio {last['forgetting_ratio']:.3f}"
+    )
+    if floor["first_step_above"] is None:
+        print("the forgetting ratio stayed under the floor at every point of the curve")
+    else:
+        above = next(p for p in curve if p["step"] == floor["first_step_above"])
+        ci = above.get("forgetting_ratio_ci")
+        print(
+            f"first point above the floor: step {above['step']}, forgetting ratio {above['forgetting_ratio']:.4f}"
+            + (f" (95% interval {ci['low']:.3f} to {ci['high']:.3f})" if ci else "")
+            + f", code drop {100 * above['code_ppl_drop']:.1f}%"
+        )
+    if floor["best_step_under_floor"] is not None:
+        print(
+            f"best point under the floor: step {floor['best_step_under_floor']}, code drop "
+            f"{100 * floor['best_code_ppl_drop_under_floor']:.1f}%"
+        )
+    return floor
+
+
+@_guarded
+def compare_variants(run_dir, choose_fn) -> dict:
+    study = tradeoff.run_study(run_dir, choose_fn=use(choose_fn, "choose_variant"))
+    print(tradeoff.study_table(study))
+    return study
+
+
+LORA_SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_sweep_tiny.json"
+
+
+def lora_sweep(path=LORA_SWEEP, run_dir=None) -> dict | None:
+    """The LoRA sweep's table and plot (``benchmarks/lora_sweep.py``), as measured on its preset."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        _say(
+            f"{path} is not there: run `python benchmarks/lora_sweep.py --run RUN_DIR --out {path}` (about 4 minutes on tiny)"
+        )
+        return None
+    sweep = json.loads(path.read_text())
+    print(f"{'configuration':<32}{'trainable':>11}  {'code drop [95% CI]':<22}{'forgetting [95% CI]':<22}")
+    for r in sweep["rows"]:
+        print(
+            f"{r['name']:<32}{r['trainable_params']:>11,}  {describe(r['code_ppl_drop_ci'], percent=True):<22}"
+            f"{describe(r['forgetting_ratio_ci']):<22}"
+        )
+    plots.lora_sweep_plot(sweep, run_dir)
+    return sweep
+
+
+baseline_bars = _guarded(plots.baseline_bars)
+corpus_figures = _guarded(plots.corpus_figures)
+loss_curve = _guarded(plots.loss_curve)
+before_after = _guarded(plots.before_after)
+forgetting_curve = _guarded(plots.forgetting_curve)
+tradeoff_plot = _guarded(plots.tradeoff_plot)
+
+
+def run_folder(path: str) -> str:
+    return str(Path(path).resolve())
