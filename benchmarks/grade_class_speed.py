@@ -1,6 +1,7 @@
 """Seconds per learner of ``grade-class`` at several ``--jobs``, on a class of solution notebooks.
 
-    python benchmarks/grade_class_speed.py --preset smoke --learners 4 --jobs 1 2 4 --out benchmarks/grade_class_speed.json
+    python benchmarks/grade_class_speed.py --preset smoke --learners 4 --jobs 1 2 4 \
+        --out benchmarks/grade_class_speed.json
 
 Each configuration grades the same class from scratch (the base model is built before the clock
 starts); the figure is wall seconds for the whole class divided by its learners: what an instructor

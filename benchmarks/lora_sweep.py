@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<34} drop {100 * rec['code_ppl_drop']:5.1f}% [{100 * rec['code_ppl_drop_ci']['low']:.1f}, "
             f"{100 * rec['code_ppl_drop_ci']['high']:.1f}]  forgetting {rec['forgetting_ratio']:.4f} "
-            f"[{rec['forgetting_ratio_ci']['low']:.4f}, {rec['forgetting_ratio_ci']['high']:.4f}]  {extra.get('seconds', 0):.0f}s",
+            f"[{rec['forgetting_ratio_ci']['low']:.4f}, {rec['forgetting_ratio_ci']['high']:.4f}]  "
+            f"{extra.get('seconds', 0):.0f}s",
             flush=True,
         )
 

@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
         return 0
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: `cptlab run --out {out} --resume` (with the same options) continues from the last checkpoint",
+            f"\ninterrupted: `cptlab run --out {out} --resume` (with the same options) continues from the last "
+            "checkpoint",
             file=sys.stderr,
         )
         return 130

@@ -67,10 +67,14 @@ def model_and_tok(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory) -> Path:
-    """The four notebooks executed headless on the smoke preset (what CI checks)."""
-    from cptlab.notebook.execute import execute_lab
+    """The four notebooks executed headless on the smoke preset by ``cptlab lab`` (what CI checks):
+    plots saved, then the grader run as its own process, which writes the run's index.html."""
+    from cptlab.cli import main
 
-    return execute_lab("smoke", run_dir=tmp_path_factory.mktemp("lab") / "run")
+    run = tmp_path_factory.mktemp("lab") / "run"
+    rc = main(["lab", "--preset", "smoke", "--out", str(run)])
+    assert rc == 0, f"`cptlab lab --preset smoke` exited {rc}: the solution notebooks lost points"
+    return run
 
 
 SLOW_FIXTURES = {"lab_run", "student_run"}

@@ -1,12 +1,12 @@
 """Grading a class on `smoke`, built from the solution notebooks: every figure of every row asserted.
 
 ada: the solutions (88). bo: the same notebooks with the cells shuffled, new ids and every variable
-renamed (88, the same written answers, flagged as a near-copy of ada). cy: four mistakes in four notebooks (a mean of per-window perplexities, a split
-that ignores its seed, an `lr_at` that never returns, a `production_choices` that patches the
-checker at call time): each costs its own question only. dee: a `NameError` in `pack_documents`, a
-monkeypatched check above an `optimizer_step` that never steps, a `choose_variant` that calls the
-library's reference, and code that tries to read the solutions and to allocate 8 GiB.
-"""
+renamed (88, the same written answers, flagged as a near-copy of ada). cy: four mistakes in four
+notebooks (a mean of per-window perplexities, a split that ignores its seed, an `lr_at` that never
+returns, a `production_choices` that patches the checker at call time): each costs its own question
+only. dee: a `NameError` in `pack_documents`, a monkeypatched check above an `optimizer_step` that
+never steps, a `choose_variant` that calls the library's reference, and code that tries to read the
+solutions and to allocate 8 GiB."""
 
 import csv
 import json
@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(
         not shutil.which("bwrap"),
         reason=(
-            "bubblewrap is not installed: the class test asserts what the sandbox hides (apt-get install bubblewrap; .ci/run does)"
+            "bubblewrap is not installed: the class test asserts what the sandbox hides (apt-get install bubblewrap; "
+            ".ci/run does)"
         ),
     ),
 ]

@@ -226,3 +226,19 @@ def test_a_study_edit_that_leaves_the_per_document_sums_fails_their_interval(lab
     _rehash(run)
     failed = [c.id for c in check_step4(run).failures]
     assert "s4.study_intervals" in failed
+
+
+def test_the_lab_command_s_grader_exits_1_when_a_point_is_lost(lab_run, tmp_path):
+    """`cptlab lab` ends with `python -m checkers summarize RUN` in its own process: exit 0 for the
+    fixture's run (asserted there), exit 1 once a results file is edited, the page written both times."""
+    import subprocess
+    import sys
+
+    run = _copy(lab_run, tmp_path)
+    data = json.loads((run / "step1_baseline.json").read_text())
+    data["code"]["ppl"] *= 0.5
+    (run / "step1_baseline.json").write_text(json.dumps(data))
+    (run / "index.html").unlink()
+    done = subprocess.run([sys.executable, "-m", "checkers", "summarize", str(run)], capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "s1.code_ppl_from_raw" in done.stdout and (run / "index.html").is_file()

@@ -102,7 +102,8 @@ class Exercise:
                     False,
                     f"{self.name} written and passing its checks",
                     NOT_YET,
-                    f"write {self.name} in the cell above (replace the `raise NotImplementedError`), run that cell, then this one",
+                    f"write {self.name} in the cell above (replace the `raise NotImplementedError`), run that cell, "
+                    "then this one",
                     points=self.q.points,
                 )
             ]
@@ -119,7 +120,8 @@ class Exercise:
                 f"q{self.q.id}.limits",
                 f"{self.name} returns within its question's limits",
                 f"{self.name}: {exc}",
-                f"{self.name} ran too long or used too much memory: look for a loop that never ends or a tensor that grows",
+                f"{self.name} ran too long or used too much memory: look for a loop that never ends or a tensor that "
+                "grows",
             )
             self.report.status = f"{self.name}: {exc}"
         else:
@@ -311,7 +313,10 @@ def check_pack(fn: Callable, seed: int | None = None) -> Report:
         if got == np.concatenate(docs).tolist():
             hint = "mistake: no EOS. Append eos_id after every document, so the model sees where one file ends"
         elif got == np.concatenate([np.r_[eos, d] for d in docs]).tolist():
-            hint = "mistake: EOS before each document rather than after. EOS marks the end of a document: doc, EOS, doc, EOS"
+            hint = (
+                "mistake: EOS before each document rather than after. EOS marks the end of a document: doc, EOS, "
+                "doc, EOS"
+            )
         elif got == want.tolist()[:-1]:
             hint = "mistake: no EOS after the last document. Every document ends with EOS, the last one too"
         ex.row(
@@ -368,15 +373,18 @@ def check_split(fn: Callable, seed: int | None = None) -> Report:
             f"validation holds >= {frac:.3f} of the tokens, "
             f"with as few documents as the rule takes ({len(want_val)} tokens)",
             f"{share:.4f} ({len(val)} tokens)",
-            "take documents for validation until they hold at least val_fraction of all tokens (EOS counted), then stop",
+            "take documents for validation until they hold at least val_fraction of all tokens (EOS counted), then "
+            "stop",
         )
         ex.row(
             "seeded_rule",
             train.tolist() == want_train.tolist() and val.tolist() == want_val.tolist(),
-            "the lab's rule: order = np.random.default_rng(seed).permutation(n); validation takes documents from the end of "
+            "the lab's rule: order = np.random.default_rng(seed).permutation(n); validation takes documents from the "
+            "end of "
             "that order; both sides keep the order",
             "same split" if val.tolist() == want_val.tolist() else "another split",
-            "use np.random.default_rng(seed).permutation(len(doc_ids)), walk it from its end for validation, and keep the "
+            "use np.random.default_rng(seed).permutation(len(doc_ids)), walk it from its end for validation, and keep "
+            "the "
             "permutation's order on both sides: step 1 scored exactly that validation split",
         )
         # the boundary the rule names: the last documents reach val_fraction exactly
@@ -499,11 +507,20 @@ def check_schedule(fn: Callable, seed: int | None = None) -> Report:
         def same(a, b):
             return all(abs(x - y) <= tol for x, y in zip(a, b))
 
-        hint = f"lr = peak_lr * step / warmup_steps for step <= warmup_steps (step 1 gets peak/{warm}, step {warm} the peak)"
+        hint = (
+            f"lr = peak_lr * step / warmup_steps for step <= warmup_steps (step 1 gets peak/{warm}, step {warm} "
+            "the peak)"
+        )
         if got[0] == 0:
-            hint = "mistake: warm-up off by one: lr 0 at the first update. Step 1 is an update: give it peak_lr / warmup_steps"
+            hint = (
+                "mistake: warm-up off by one: lr 0 at the first update. Step 1 is an update: give it peak_lr / "
+                "warmup_steps"
+            )
         elif int(np.argmax(got)) + 1 == warm + 1:
-            hint = f"mistake: warm-up off by one: the peak comes a step late (step {warm + 1}). Reach peak_lr exactly at step warmup_steps"
+            hint = (
+                f"mistake: warm-up off by one: the peak comes a step late (step {warm + 1}). Reach peak_lr exactly "
+                "at step warmup_steps"
+            )
         ex.row(
             "warmup",
             same(got[:warm], want[:warm]),
@@ -608,7 +625,8 @@ def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
         hint = "return the value clip_grad_norm_ returns: the total norm before clipping"
         if _close(norm, max_norm, 1e-3):
             hint = (
-                "mistake: the post-clip norm returned. clip_grad_norm_ returns the norm before clipping; after clipping it "
+                "mistake: the post-clip norm returned. clip_grad_norm_ returns the norm before clipping; after "
+                "clipping it "
                 "is max_norm by construction and tells you nothing"
             )
         ex.row(
@@ -630,7 +648,8 @@ def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
         hint = "order: loss.backward(), clip_grad_norm_(model.parameters(), max_norm), optimizer.step()"
         if _same_params(after1, unclipped[0]):
             hint = (
-                "mistake: clipping after optimizer.step(), or not at all. The update used the raw gradient: clip between "
+                "mistake: clipping after optimizer.step(), or not at all. The update used the raw gradient: clip "
+                "between "
                 "backward() and optimizer.step()"
             )
         elif _same_params(after1, [p.detach() for p in base.parameters()], 0):
@@ -692,7 +711,10 @@ def check_tradeoff(drop_fn: Callable, ratio_fn: Callable, seed: int | None = Non
         want = forgetting_ratio(g0, g1)
         hint = "forgetting_ratio = adapted_general_ppl / baseline_general_ppl (1.0: nothing forgotten)"
         if _num_close(got, g0 / g1):
-            hint = "mistake: the ratio inverted. Divide the adapted English perplexity by the baseline's: above 1 means forgotten"
+            hint = (
+                "mistake: the ratio inverted. Divide the adapted English perplexity by the baseline's: above 1 "
+                "means forgotten"
+            )
         elif _num_close(got, g1 - g0):
             hint = "mistake: a difference instead of a ratio. Divide the two perplexities"
         elif _num_close(got, 100 * want) or _num_close(got, 100 * (want - 1)):
@@ -757,13 +779,19 @@ def check_choice(fn: Callable, seed: int | None = None) -> Report:
             picked = next((v for v in vs if v["name"] == got), None)
             hint = "keep the variants with forgetting_ratio <= floor, then take the one with the largest code_ppl_drop"
             if picked is not None and picked["forgetting_ratio"] > floor and case != "none under the floor":
-                hint = f"mistake: a choice above the floor ({picked['forgetting_ratio']:.3f} > {floor:.3f}). Filter by the floor first"
+                hint = (
+                    f"mistake: a choice above the floor ({picked['forgetting_ratio']:.3f} > {floor:.3f}). Filter "
+                    "by the floor first"
+                )
             elif case != "none under the floor" and picked is by_gain[0]:
                 hint = (
                     "mistake: the variant that forgets least. Among those within the floor, take the largest code gain"
                 )
             elif case == "at the floor" and picked is not None and picked["name"] != want:
-                hint = "mistake: the floor excluded. A ratio equal to the floor is within it: keep forgetting_ratio <= floor"
+                hint = (
+                    "mistake: the floor excluded. A ratio equal to the floor is within it: keep forgetting_ratio "
+                    "<= floor"
+                )
             elif case == "none under the floor":
                 hint = "when no variant stays under the floor, return the one with the smallest forgetting_ratio"
             ex.row(case.replace(" ", "_"), got == want, f"{want!r} ({case}, floor {floor:.3f})", repr(got)[:40], hint)

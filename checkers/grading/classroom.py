@@ -553,7 +553,8 @@ def grade_learner(
         if why_not is None and wrong and step < 4:  # 3. the next steps count on their own: this step on the reference
             again = run(merge.notebook, cannot | wrong)
             status += (
-                f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so the "
+                f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so "
+                "the "
                 "next steps count on their own: "
                 + ("ran to the end" if again is None else describe_run(run_dir / name, again, names))
             )
@@ -580,7 +581,8 @@ def grade_learner(
             d = json.loads(s1.read_text())
             if d.get("preset") != preset or d.get("seed") != res.seed:
                 res.flags.append(
-                    f"results made with preset {d.get('preset')} / seed {d.get('seed')}, graded for {preset} / {res.seed}"
+                    f"results made with preset {d.get('preset')} / seed {d.get('seed')}, graded for {preset} / "
+                    f"{res.seed}"
                 )
         except (ValueError, OSError):
             pass
@@ -753,10 +755,12 @@ def feedback_page(r: LearnerResult) -> str:
         for d in r.reports
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>cptlab feedback: {html.escape(r.learner)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
 section{{margin:1em 0}}</style></head><body>
 <h1>Feedback for {html.escape(r.learner)}</h1>
-<p>Preset <b>{html.escape(r.preset)}</b>, your seed <b>{r.seed}</b>. Automatic points: <b>{r.auto_total:g} / {AUTO_POINTS}</b>;
+<p>Preset <b>{html.escape(r.preset)}</b>, your seed <b>{r.seed}</b>. Automatic points:
+<b>{r.auto_total:g} / {AUTO_POINTS}</b>;
 the written answers ({MANUAL_POINTS} points) are graded by your instructor.</p>
 <h2>Notebooks</h2><ul>{status}</ul>
 <h2>Points</h2><table><tr><th>question</th><th></th><th>points</th><th>why points were lost</th></tr>{rows}</table>
@@ -891,7 +895,8 @@ def merge_rubric(grades_dir: Path, rubric: Path | None = None) -> list[dict]:
                 value = float(score)
             except ValueError:
                 raise ValueError(
-                    f"rubric line {i}: score {score!r} for {row.get('learner')} {row.get('question')} is not a number 0-3"
+                    f"rubric line {i}: score {score!r} for {row.get('learner')} {row.get('question')} is not a number "
+                    "0-3"
                 ) from None
             q = QUESTIONS.get(row.get("question", ""))
             if q is None or q.kind != "written" or not 0 <= value <= q.points:

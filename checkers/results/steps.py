@@ -128,14 +128,16 @@ def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Che
                 f"run_id {str(get(data, 'run_id'))[:8]}.. preset {get(data, 'preset')} vs step 1 "
                 + (f"{str(get(s1, 'run_id'))[:8]}.. preset {get(s1, 'preset')}" if s1 else "missing"),
             ),
-            "results from another run or preset are mixed into this folder: re-run the steps in order in one run folder",
+            "results from another run or preset are mixed into this folder: re-run the steps in order in one run "
+            "folder",
         )
     if expected is not None and data is not None:
         ck.add(
             f"s{step}.preset",
             f"results made with the {expected!r} preset",
             lambda: (preset == expected, f"made with {preset!r}, graded for {expected!r}"),
-            f'run the lab with --preset {expected} (PRESET = "{expected}" in the parameters cell): another preset\'s numbers do not count',
+            f'run the lab with --preset {expected} (PRESET = "{expected}" in the parameters cell): another preset\'s '
+            "numbers do not count",
         )
         preset = expected
     try:
@@ -209,7 +211,8 @@ def _interval(
         if not (close(lo, want["low"], T["rel_tol"]) and close(hi, want["high"], T["rel_tol"])):
             return (
                 False,
-                f"[{lo:.6g}, {hi:.6g}] reported, [{want['low']:.6g}, {want['high']:.6g}] recomputed from the per-document sums",
+                f"[{lo:.6g}, {hi:.6g}] reported, [{want['low']:.6g}, {want['high']:.6g}] recomputed from the "
+                "per-document sums",
             )
         return holds(lo, est, hi), f"{estimate}={est:.6g} in [{lo:.6g}, {hi:.6g}]"
 
@@ -217,7 +220,8 @@ def _interval(
         cid,
         f"{dotted}: the 95% interval recomputed from the per-document sums, holding {estimate}",
         body,
-        "intervals come from cptlab.core.uncertainty on the stored per-document sums; an interval that does not hold its "
+        "intervals come from cptlab.core.uncertainty on the stored per-document sums; an interval that does not hold "
+        "its "
         "own estimate, or that the sums do not give, was edited or mixed from another run: re-run the step",
     )
 
@@ -251,7 +255,8 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
             f"s1.{name}_ppl_finite",
             "a finite perplexity above 1",
             lambda key=key: ((lambda v: math.isfinite(v) and v > 1)(num(d, key)), num(d, key)),
-            "perplexity is at least 1 by definition; a NaN or inf means the evaluation broke: check the model and the text",
+            "perplexity is at least 1 by definition; a NaN or inf means the evaluation broke: check the model and the "
+            "text",
         )
         _ppl_from_raw(ck, f"s1.{name}_ppl_from_raw", d, key, name, T)
         legacy = not isinstance(opt(d, name), dict) or "units" not in opt(d, name)
@@ -454,7 +459,8 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         lambda: (
             (num(d, "hparams.cpt_lr"), num(d, "hparams.grad_clip"), num(d, "hparams.block_size"))
             == (T["cpt_lr"], T["grad_clip"], T["block_size"]),
-            f"cpt_lr {num(d, 'hparams.cpt_lr')}, grad_clip {num(d, 'hparams.grad_clip')}, block_size {int(num(d, 'hparams.block_size'))}",
+            f"cpt_lr {num(d, 'hparams.cpt_lr')}, grad_clip {num(d, 'hparams.grad_clip')}, block_size "
+            f"{int(num(d, 'hparams.block_size'))}",
         ),
         "use the lab's recipe: AdamW lr 5e-5, clip 1.0, 256-token blocks",
     )
@@ -619,14 +625,16 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             ):
                 return (
                     False,
-                    f"step {int(num(p, 'step'))}: {int(num(p, 'code_tokens'))}/{int(num(p, 'general_tokens'))} tokens, step 1 scored {num(s1, 'code.tokens') if s1 else '?'}",
+                    f"step {int(num(p, 'step'))}: {int(num(p, 'code_tokens'))}/{int(num(p, 'general_tokens'))} "
+                    f"tokens, step 1 scored {num(s1, 'code.tokens') if s1 else '?'}",
                 )
         same_sha = get(d, "curve_protocol.code_tokens_sha") == get(s1, "code.tokens_sha") and get(
             d, "curve_protocol.general_tokens_sha"
         ) == get(s1, "general.tokens_sha")
         return (
             same_sha,
-            f"{len(points())} points on step 1's {int(num(s1, 'code.tokens')):,} code and {int(num(s1, 'general.tokens')):,} English tokens",
+            f"{len(points())} points on step 1's {int(num(s1, 'code.tokens')):,} code and "
+            f"{int(num(s1, 'general.tokens')):,} English tokens",
         )
 
     ck.add(
@@ -693,7 +701,8 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
             f"baseline_{name}_ppl equal to step 1's",
             lambda name=name: (
                 s1 is not None and close(num(d, f"baseline_{name}_ppl"), num(s1, f"baseline_{name}_ppl"), T["rel_tol"]),
-                f"step 4 {num(d, f'baseline_{name}_ppl'):.6g}, step 1 {num(s1, f'baseline_{name}_ppl') if s1 else 'missing'}",
+                f"step 4 {num(d, f'baseline_{name}_ppl'):.6g}, step 1 "
+                f"{num(s1, f'baseline_{name}_ppl') if s1 else 'missing'}",
             ),
             "step 4 must compare against the baseline measured in step 1: re-run step 4",
         )
@@ -800,7 +809,8 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
         "s4.code_ppl_drop",
         f"code_ppl_drop >= {T['min_code_ppl_drop']:.2f}",
         lambda: (num(d, "code_ppl_drop") >= T["min_code_ppl_drop"], f"{num(d, 'code_ppl_drop'):.4f}"),
-        "CPT should cut code perplexity by at least this much: check the learning rate, the steps and that training used the code corpus",
+        "CPT should cut code perplexity by at least this much: check the learning rate, the steps and that training "
+        "used the code corpus",
     )
     ck.add(
         "s4.forgetting_ratio",
@@ -879,8 +889,10 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
             and close(num(a1, "general_ppl"), num(d, "adapted_general_ppl"), 1e-3)
         )
         return ok, (
-            f"alpha 0: {num(a0, 'code_ppl'):.5g}/{num(a0, 'general_ppl'):.5g} vs base {num(d, 'baseline_code_ppl'):.5g}/"
-            f"{num(d, 'baseline_general_ppl'):.5g}; alpha 1: {num(a1, 'code_ppl'):.5g}/{num(a1, 'general_ppl'):.5g} vs adapted "
+            f"alpha 0: {num(a0, 'code_ppl'):.5g}/{num(a0, 'general_ppl'):.5g} vs base "
+            f"{num(d, 'baseline_code_ppl'):.5g}/"
+            f"{num(d, 'baseline_general_ppl'):.5g}; alpha 1: {num(a1, 'code_ppl'):.5g}/{num(a1, 'general_ppl'):.5g} "
+            "vs adapted "
             f"{num(d, 'adapted_code_ppl'):.5g}/{num(d, 'adapted_general_ppl'):.5g}"
         )
 
@@ -899,7 +911,8 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
                 return False, f"{v.get('name')}: trainable {num(v, 'trainable_params')} of {num(v, 'total_params')}"
         return (
             bool(of("lora")),
-            f"base hashes equal; trainable {int(num(of('lora')[0], 'trainable_params')):,} of {int(num(of('lora')[0], 'total_params')):,}",
+            f"base hashes equal; trainable {int(num(of('lora')[0], 'trainable_params')):,} of "
+            f"{int(num(of('lora')[0], 'total_params')):,}",
         )
 
     ck.add(

@@ -170,7 +170,8 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
             f"v.{label}_model",
             f"the {label} model re-evaluated gives the reported perplexities (rel. tol. {tol:g})",
             check,
-            f"the reported {prefix} perplexities do not come from the {'preset' if label == 'base' else 'saved'} {label} model",
+            f"the reported {prefix} perplexities do not come from the {'preset' if label == 'base' else 'saved'} "
+            f"{label} model",
         )
     if retrain:
         _retrain(report, add, cfg, s3, s4, get(s1, "device.type") == device.type)
@@ -197,7 +198,8 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
 
     add(
         "v.retrain",
-        f"CPT re-run from the preset's recipe and the recorded seed gives the reported perplexities (rel. tol. {tol:g})",
+        "CPT re-run from the preset's recipe and the recorded seed gives the reported perplexities (rel. tol. "
+        f"{tol:g})",
         rerun,
         "the reported run is not the recipe's run with this seed: another learning rate, step count or data",
     )

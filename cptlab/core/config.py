@@ -175,7 +175,8 @@ class LabConfig:
             raise ConfigError("lora_r and lora_alpha must be >= 1 and lora_lr > 0")
         if self.lora_targets not in ("all_linear", "attention"):
             raise ConfigError(
-                f"lora_targets must be all_linear or attention, got {self.lora_targets!r} (e.g. --set lora_targets=attention)"
+                f"lora_targets must be all_linear or attention, got {self.lora_targets!r} (e.g. --set "
+                "lora_targets=attention)"
             )
         if self.retention_floor <= 0 or not all(0 <= a <= 1 for a in self.interp_alphas):
             raise ConfigError("retention_floor must be > 0 and interp_alphas must lie in [0, 1]")

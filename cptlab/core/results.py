@@ -82,7 +82,10 @@ def disk_message(folder: Path, exc: OSError) -> str:
     """What to do when a run folder cannot be written: full disk, read-only or forbidden folder."""
     if exc.errno == errno.ENOSPC:
         free = shutil.disk_usage(folder).free
-        return f"the disk holding {folder} is full ({free / 2**20:.0f} MB free): free space or use another --out, then --resume"
+        return (
+            f"the disk holding {folder} is full ({free / 2**20:.0f} MB free): free space or use another --out, "
+            "then --resume"
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{folder} cannot be written ({os.strerror(exc.errno)}): pass an --out you can write to"
     return f"writing in {folder} failed: {exc.strerror or exc}"

@@ -5,9 +5,10 @@ from independent: a file of dense regular expressions is hard all the way throug
 resampling is the document, or for a long one each of its consecutive pieces of ``PIECE_TOKENS``
 (wikitext's test split is one joined document; a few stdlib files run to 20k tokens): each
 evaluation keeps, per unit, its summed NLL and its scored tokens (``units``), and a resample draws
-units with replacement and recomputes the statistic from the drawn sums. Comparisons of two models on the same tokens (the code drop, the forgetting
-ratio, the gap between two variants) are *paired*: both sides use the same drawn documents, so
-what is shared between them (how hard the documents are) cancels.
+units with replacement and recomputes the statistic from the drawn sums. Comparisons of two models
+on the same tokens (the code drop, the forgetting ratio, the gap between two variants) are *paired*:
+both sides use the same drawn documents, so what is shared between them (how hard the documents are)
+cancels.
 
 The resampling seed is fixed (``SEED``), not the run's: a checker recomputes every interval from
 the stored sums and gets the same numbers.

@@ -48,8 +48,9 @@ def pack(doc_ids: list[np.ndarray], eos_id: int, dtype=np.uint32) -> np.ndarray:
 
 
 def split_indices(lengths: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Which documents go to training and which to validation (indices, not streams). Shuffle document order with the seed, then take whole documents for validation until they
-    hold at least ``val_fraction`` of the tokens (lengths include each document's EOS)."""
+    """Which documents go to training and which to validation (indices, not streams): shuffle
+    document order with the seed, then take whole documents for validation until they hold at least
+    ``val_fraction`` of the tokens (lengths include each document's EOS)."""
     n = len(lengths)
     if n < 2:
         raise CorpusError(
@@ -144,7 +145,8 @@ def build_corpus(
     ids = [ids[i] for i in keep]
     if len(ids) < 2:
         raise CorpusError(
-            f"corpus too small for the split: {len(ids)} document(s); the train/val split needs at least 2 whole documents"
+            f"corpus too small for the split: {len(ids)} document(s); the train/val split needs at least 2 whole "
+            "documents"
         )
     dtype = stream_dtype(len(tokenizer))
     train, val = (
@@ -164,7 +166,8 @@ def build_corpus(
     blocks = np.asarray(blocks_fn(train, block_size))
     if blocks.ndim != 2 or blocks.shape[1] != block_size or not np.issubdtype(blocks.dtype, np.integer):
         raise CorpusError(
-            f"{getattr(blocks_fn, '__name__', 'to_blocks')} returned an array of shape {blocks.shape} ({blocks.dtype}); "
+            f"{getattr(blocks_fn, '__name__', 'to_blocks')} returned an array of shape {blocks.shape} "
+            f"({blocks.dtype}); "
             f"it should be [n_blocks, {block_size}] token ids: run its check cell"
         )
     n_tokens = len(train) + len(val)
@@ -195,7 +198,8 @@ def _as_stream(x, what: str, dtype) -> np.ndarray:
     a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise CorpusError(
-            f"{what} {a.ndim}-D array of {a.dtype}; each side of the split should be a 1-D stream of token ids: run its check cell"
+            f"{what} {a.ndim}-D array of {a.dtype}; each side of the split should be a 1-D stream of token ids: run "
+            "its check cell"
         )
     return a.astype(dtype, copy=False)
 

@@ -12,8 +12,10 @@ from nbconvert import HTMLExporter
 from cptlab.core.results import STEP_NOTEBOOKS, STEP_TITLES
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1em}
-pre{background:#f6f8fa;padding:.5em;overflow-x:auto}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left}
-.jp-InputPrompt,.jp-OutputPrompt{display:none}img{max-width:100%}section.notebook{border-top:2px solid #ddd;margin-top:2em}
+pre{background:#f6f8fa;padding:.5em;overflow-x:auto}table{border-collapse:collapse}
+td,th{padding:2px 8px;text-align:left}
+.jp-InputPrompt,.jp-OutputPrompt{display:none}img{max-width:100%}
+section.notebook{border-top:2px solid #ddd;margin-top:2em}
 nav a{margin-right:1em}"""
 
 
@@ -29,7 +31,8 @@ def write_index(run_dir: str | Path, summary: str, grades: str, points: str) -> 
         anchor = f"step{step}"
         links.append(f'<a href="#{anchor}">{step}. {html.escape(STEP_TITLES[step])}</a>')
         parts.append(
-            f'<section class="notebook" id="{anchor}"><h1>Step {step}: {html.escape(STEP_TITLES[step])}</h1>{body}</section>'
+            f'<section class="notebook" id="{anchor}"><h1>Step {step}: '
+            f"{html.escape(STEP_TITLES[step])}</h1>{body}</section>"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cptlab run {html.escape(run.name)}</title>
 <style>{STYLE}</style></head><body>

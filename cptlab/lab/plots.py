@@ -67,7 +67,8 @@ def baseline_bars(run_dir):
     ax.set_ylim(0, max(v + e for v, e in zip(vals, errs[1])) * 1.15)
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(
-        f"Step 1: base model ({s1['preset']}) before CPT\ncode is {vals[0] / vals[1]:.2f}x English; bars: 95% interval over documents",
+        f"Step 1: base model ({s1['preset']}) before CPT\ncode is {vals[0] / vals[1]:.2f}x English; bars: 95% "
+        "interval over documents",
         fontsize=10,
     )
     _save(fig, run_dir, "step1_baseline.png")
@@ -124,7 +125,8 @@ def loss_curve(run_dir):
         axn.axhline(clip, color=RED, ls="--", lw=1.2, label=f"clip = {clip:g}")
         n_clipped = sum(n > clip for n in norms)
         axn.set_title(
-            f"clipped on {n_clipped} of {len(norms)} steps: each update's size is set by the clip, its direction by the gradient",
+            f"clipped on {n_clipped} of {len(norms)} steps: each update's size is set by the clip, its direction by "
+            "the gradient",
             fontsize=9,
         )
     axn.set_ylim(0, max(norms + [clip or 0]) * 1.15)
@@ -193,7 +195,8 @@ def before_after(run_dir):
     axr.set_ylabel("perplexity change, % (paired 95% CI)")
     axr.set_title("relative change: what CPT gained and cost", fontsize=10)
     fig.suptitle(
-        f"Step 4: code {round(-100 * s4['code_ppl_drop'], 1) + 0.0:+.1f}%, forgetting ratio {s4['forgetting_ratio']:.3f}",
+        f"Step 4: code {round(-100 * s4['code_ppl_drop'], 1) + 0.0:+.1f}%, forgetting ratio "
+        f"{s4['forgetting_ratio']:.3f}",
         fontsize=11,
     )
     fig.tight_layout()
@@ -431,7 +434,8 @@ def lora_sweep_plot(sweep: dict, run_dir=None):
     ax.set_xlabel("forgetting ratio (English ppl after / before)")
     ax.set_ylabel("code perplexity drop, %")
     ax.set_title(
-        f"LoRA against full CPT at matched code gain ({sweep['preset']} preset, {sweep['steps']} steps, seed {sweep['seed']})",
+        f"LoRA against full CPT at matched code gain ({sweep['preset']} preset, {sweep['steps']} steps, seed "
+        f"{sweep['seed']})",
         fontsize=10,
     )
     ax.legend(fontsize=7.5, loc="lower right")

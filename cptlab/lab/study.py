@@ -87,7 +87,8 @@ def recommend(variants: list[dict], floor: float, choose_fn=None) -> dict:
                 f"{[v['name'] for v in variants]}: run its check cell"
             )
         why = (
-            f"chosen by {getattr(choose_fn, '__name__', 'choose_fn')}: code perplexity drop {100 * best['code_ppl_drop']:.1f}%, "
+            f"chosen by {getattr(choose_fn, '__name__', 'choose_fn')}: code perplexity drop "
+            f"{100 * best['code_ppl_drop']:.1f}%, "
             f"forgetting_ratio {best['forgetting_ratio']:.3f} (floor {floor})"
         )
     elif under:
@@ -136,8 +137,10 @@ def noise(variants: list[dict], floor: float, base_units: dict | None, choose_fn
             "leads": rows,
             "within_noise": tied,
             "floor_position": chosen.get("within_floor"),
-            "noise_note": f"the code set holds {len(base_units['nll'])} document piece(s), too few for the intervals to say "
-            f"what is noise (the smoke preset is for seconds, not conclusions)",
+            "noise_note": (
+                f"the code set holds {len(base_units['nll'])} document piece(s), too few for the intervals "
+                "to say what is noise (the smoke preset is for seconds, not conclusions)"
+            ),
         }
     note = (
         f"{best} and {', '.join(tied)} are within noise on this evaluation set (the paired 95% interval of the "
@@ -152,7 +155,8 @@ def noise(variants: list[dict], floor: float, base_units: dict | None, choose_fn
         safe = [v for v in variants if v.get("within_floor") == "under"]
         safest = max(safe, key=lambda v: v["code_ppl_drop"])["name"] if safe else None
         note += (
-            f". Its forgetting ratio's interval [{ci['low']:.3f}, {ci['high']:.3f}] straddles the floor {floor}: on other "
+            f". Its forgetting ratio's interval [{ci['low']:.3f}, {ci['high']:.3f}] straddles the floor {floor}: on "
+            "other "
             f"documents it could be over"
             + (f"; {safest} is the best variant whose whole interval is under it" if safest else "")
         )
@@ -321,7 +325,8 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
 def study_table(study: dict) -> str:
     """Every variant with its code drop and forgetting ratio and their paired 95% intervals."""
     rows = [
-        f"{'variant':<15}{'code ppl':>9}  {'code drop [95% CI]':<22}{'English ppl':>11}  {'forgetting [95% CI]':<22}floor"
+        f"{'variant':<15}{'code ppl':>9}  {'code drop [95% CI]':<22}{'English ppl':>11}  "
+        f"{'forgetting [95% CI]':<22}floor"
     ]
     front = set(study["pareto_front"])
     for v in study["variants"]:
@@ -333,7 +338,8 @@ def study_table(study: dict) -> str:
         )
         ratio = describe(v["forgetting_ratio_ci"]) if v.get("forgetting_ratio_ci") else f"{v['forgetting_ratio']:.3f}"
         rows.append(
-            f"{v['name'] + mark:<15}{v['code_ppl']:>9.1f}  {drop:<22}{v['general_ppl']:>11.2f}  {ratio:<22}{v.get('within_floor', '')}"
+            f"{v['name'] + mark:<15}{v['code_ppl']:>9.1f}  {drop:<22}{v['general_ppl']:>11.2f}  "
+            f"{ratio:<22}{v.get('within_floor', '')}"
         )
     rec = study["recommendation"]
     rows.append(

@@ -64,7 +64,8 @@ def run_corpus(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         path = Path(run_dir) / rel
         if not path.is_file():
             raise MissingStepError(
-                f"{path} does not exist: run step 2 first (notebooks/{STEP_NOTEBOOKS[2]} or `cptlab run --out {run_dir}`)"
+                f"{path} does not exist: run step 2 first (notebooks/{STEP_NOTEBOOKS[2]} or `cptlab run --out "
+                f"{run_dir}`)"
             )
         out.append(np.load(path, allow_pickle=False))
     return out[0], out[1]
@@ -144,7 +145,8 @@ class StepSetup:
         ctx = getattr(m.config, "n_positions", None)
         if ctx is not None and self.cfg.block_size > ctx:
             raise ValueError(
-                f"block_size={self.cfg.block_size} is above the model's context of {ctx} tokens: set block_size <= {ctx}"
+                f"block_size={self.cfg.block_size} is above the model's context of {ctx} tokens: set block_size <= "
+                f"{ctx}"
             )
         return m.to(self.device).eval()
 

@@ -166,7 +166,8 @@ def learning_rate(lr_fn, step: int, cfg: LabConfig) -> float:
     lr = lr_fn(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(
-            f"{getattr(lr_fn, '__name__', 'lr_fn')}({step}, ...) returned {lr!r}: a learning rate is a finite number >= 0; run its check cell"
+            f"{getattr(lr_fn, '__name__', 'lr_fn')}({step}, ...) returned {lr!r}: a learning rate is a finite number "
+            ">= 0; run its check cell"
         )
     return float(lr)
 
@@ -202,7 +203,8 @@ class ReferenceStep:
         self.ddp, self.world, self.rank = is_distributed(), world_size(), rank()
         if self.ddp and cfg.batch_size < self.world:
             raise ValueError(
-                f"batch_size={cfg.batch_size} is smaller than the {self.world} processes: each needs a share of every micro-batch"
+                f"batch_size={cfg.batch_size} is smaller than the {self.world} processes: each needs a share of every "
+                "micro-batch"
             )
         loss_module = CausalLMLoss(model, cfg.fused_ce)
         ids = [device.index] if device.type == "cuda" else None

@@ -132,7 +132,8 @@ def loss_reading(s3: dict) -> str:
     return (
         f"smoothed loss {smooth[0]:.3f} at step 1, {smooth[warm - 1]:.3f} at the end of warm-up (step {warm}), "
         f"{smooth[-1]:.3f} at step {len(loss)}; it fell fastest over steps {start}-{start + k} ({fall:.3f} nats); "
-        f"one step's loss scatters by +-{noise:.2f} nats around the trend (a batch is {s3['hparams']['batch_size']} windows)"
+        f"one step's loss scatters by +-{noise:.2f} nats around the trend (a batch is {s3['hparams']['batch_size']} "
+        "windows)"
     )
 
 
@@ -204,7 +205,8 @@ def lora_sweep(path=LORA_SWEEP, run_dir=None) -> dict | None:
     path = Path(path)
     if not path.is_file():
         _say(
-            f"{path} is not there: run `python benchmarks/lora_sweep.py --run RUN_DIR --out {path}` (about 4 minutes on tiny)"
+            f"{path} is not there: run `python benchmarks/lora_sweep.py --run RUN_DIR --out {path}` (about 4 minutes "
+            "on tiny)"
         )
         return None
     sweep = json.loads(path.read_text())

@@ -126,7 +126,8 @@ def linear_cross_entropy(
     scalar; differentiable with respect to ``hidden`` and ``weight``."""
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1] or targets.shape != hidden.shape[:1]:
         raise ValueError(
-            f"shapes do not fit: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}"
+            f"shapes do not fit: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets "
+            f"{tuple(targets.shape)}"
         )
     grad = torch.is_grad_enabled()
     return _LinearCrossEntropy.apply(

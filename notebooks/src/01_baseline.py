@@ -42,7 +42,8 @@ friendly_errors()  # the lab's own errors show as one message that says what to 
 RUN_DIR = cells.run_folder(RUN_DIR)
 cfg = get_config(PRESET, seed=SEED, **OVERRIDES)
 print(
-    f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder {RUN_DIR}"
+    f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder "
+    f"{RUN_DIR}"
 )
 
 # %% [markdown]
@@ -66,7 +67,7 @@ print(
 # %%
 def corpus_perplexity(model, ids, block_size):
     """Token-weighted perplexity of the 1-D LongTensor ``ids`` over non-overlapping windows."""
-    ### BEGIN SOLUTION corpus_perplexity: loop over the windows, sum the NLL of tokens 2..n of each, count them, exp once
+    ### BEGIN SOLUTION corpus_perplexity: sum the NLL of tokens 2..n of each window, count them, exp once
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     with torch.no_grad():

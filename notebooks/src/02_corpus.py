@@ -78,7 +78,7 @@ check_pack(pack_documents)
 # %%
 def split_documents(doc_ids, eos_id, val_fraction, seed):
     """(train_stream, val_stream): whole documents, the last ones of a seeded shuffle for validation."""
-    ### BEGIN SOLUTION split_documents: permute with the seed, take documents from the end for validation until they hold val_fraction of the tokens, pack each side
+    ### BEGIN SOLUTION split_documents: seeded permutation; validation from its end up to val_fraction; pack each
     order = np.random.default_rng(seed).permutation(len(doc_ids)).tolist()
     target = val_fraction * sum(len(d) + 1 for d in doc_ids)
     val, held = set(), 0

@@ -77,7 +77,7 @@ check_schedule(lr_at)
 # %%
 def optimizer_step(model, batch, optimizer, max_norm):
     """Forward, backward, clip, update, zero; return (loss, pre-clip gradient norm)."""
-    ### BEGIN SOLUTION optimizer_step: loss = model(batch, labels=batch).loss; backward; clip_grad_norm_; optimizer.step(); zero_grad; return (loss, norm)
+    ### BEGIN SOLUTION optimizer_step: loss = model(batch, labels=batch).loss; backward; clip; step; zero_grad
     loss = model(batch, labels=batch).loss
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

@@ -98,7 +98,7 @@ cells.forgetting_curve(RUN_DIR)
 # %%
 def choose_variant(variants, floor):
     """The name of the largest code gain that stays at or under the retention floor."""
-    ### BEGIN SOLUTION choose_variant: keep forgetting_ratio <= floor, take the largest code_ppl_drop; if none, the smallest forgetting_ratio
+    ### BEGIN SOLUTION choose_variant: keep ratio <= floor, take the largest drop; if none, the smallest ratio
     under = [v for v in variants if v["forgetting_ratio"] <= floor]
     if under:
         return max(under, key=lambda v: v["code_ppl_drop"])["name"]
@@ -178,7 +178,7 @@ cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR)
 def production_choices(variants, floor):
     """{scenario: variant name} for the four scenarios, decided from the measured variants."""
 
-    ### BEGIN SOLUTION production_choices: a dict of the four scenarios, each the name of a measured variant chosen by its numbers
+    ### BEGIN SOLUTION production_choices: each scenario -> the name of a measured variant chosen by its numbers
     def best(vs):
         return max(vs, key=lambda v: v["code_ppl_drop"])["name"]
 
