@@ -4,12 +4,13 @@ capped. Every refusal says what was wrong, so a check can fail with it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
+
+from cptlab.core.files import sha256_file
 
 MAX_JSON_BYTES = 32 << 20
 MAX_HASH_BYTES = 4 << 30
@@ -63,11 +64,7 @@ def sha256(run_dir: str | Path, rel: str | Path, max_bytes: int = MAX_HASH_BYTES
     path = inside(run_dir, rel)
     if path.stat().st_size > max_bytes:
         raise Unsafe(f"{rel} is larger than {max_bytes >> 30} GB")
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def safetensors_header(run_dir: str | Path, rel: str | Path) -> dict:

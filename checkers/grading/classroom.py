@@ -37,6 +37,7 @@ from checkers.grading.judge import Limits, cap_process, judge_question, setup_im
 from checkers.results.steps import CHECKS, not_yours
 from cptlab.core.cache import cache_root
 from cptlab.core.config import get_config
+from cptlab.core.files import write_atomic
 from cptlab.core.results import STEP_NOTEBOOKS, write_json_atomic
 from cptlab.data.wiki_sample import data_dir
 from cptlab.model.measure import resolve_base_model
@@ -690,10 +691,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["learner"])
     w.writeheader()
     w.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
 
 
 def rubric_rows(results: list[LearnerResult]) -> list[dict]:

@@ -10,21 +10,12 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from checkers.core.report import Check, Report
 from checkers.results.steps import check_all
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+from cptlab.core.files import write_atomic
 
 
 def grade(
@@ -231,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-        _write_atomic(Path(args.csv), buf.getvalue())
+        write_atomic(Path(args.csv), buf.getvalue())
     if args.json:
-        _write_atomic(Path(args.json), json.dumps(rows, indent=2))
+        write_atomic(Path(args.json), json.dumps(rows, indent=2))
     return 0 if all(r["passed"] for r in rows) else 1
 
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib.metadata as md
 import json
 import math
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cptlab.core.distributed import is_main
+from cptlab.core.files import sha256_file, write_atomic
 
 
 @dataclass(frozen=True)
@@ -56,25 +55,15 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """Results as JSON, written atomically (``files.atomic_path``); a failed write says what to do."""
     path = Path(path)
     if not is_main():  # under torchrun only rank 0 writes results
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_json_safe(obj), fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise OSError(exc.errno, disk_message(path.parent, exc)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -95,14 +84,6 @@ def write_step(run_dir: str | os.PathLike, step: int, obj: dict) -> Path:
     path = write_json_atomic(Path(run_dir) / STEP_FILES[step], obj)
     update_manifest(run_dir)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def update_manifest(run_dir: str | os.PathLike) -> Path:

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cptlab.core.cache import atomic_dir, cache_root, fingerprint, is_complete
+from cptlab.core.cache import cache_root, fingerprint
+from cptlab.core.files import atomic_dir, is_complete
 
 
 class CorpusError(ValueError):

@@ -12,8 +12,9 @@ import os
 import re
 from pathlib import Path
 
-from cptlab.core.cache import atomic_dir, cache_root, fingerprint, is_complete
+from cptlab.core.cache import cache_root, fingerprint
 from cptlab.core.config import DataSource
+from cptlab.core.files import atomic_dir, is_complete
 
 HELDOUT_EVERY = 10  # article i is held out for evaluation when i % 10 == 9
 

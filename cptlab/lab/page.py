@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
+from cptlab.core.files import write_atomic
 from cptlab.core.results import STEP_NOTEBOOKS, STEP_TITLES
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1em}
@@ -44,8 +45,4 @@ def write_index(run_dir: str | Path, summary: str, grades: str, points: str) -> 
 {"".join(parts)}
 </body></html>
 """
-    out = run / "index.html"
-    tmp = out.with_name(".index.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(run / "index.html", page)

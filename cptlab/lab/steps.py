@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cptlab.core.cache import atomic_dir, fingerprint
+from cptlab.core.cache import fingerprint
 from cptlab.core.config import LabConfig
-from cptlab.core.results import read_step, sha256_file, versions, write_step
+from cptlab.core.files import atomic_dir, atomic_path, sha256_file
+from cptlab.core.results import read_step, versions, write_step
 from cptlab.core.uncertainty import drop_interval, ratio_interval
 from cptlab.data.corpus import build_corpus, split_streams, to_blocks, window_crossing_eos
 from cptlab.model.measure import (
@@ -97,10 +98,8 @@ def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
     files = {}
     for name, array in (("train_blocks", corpus.blocks), ("val", corpus.val)):
         path = Path(run_dir) / CORPUS_FILES[name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
         files[name] = {"path": CORPUS_FILES[name], "sha256": sha256_file(path), "shape": list(array.shape)}
     stats = {k: v for k, v in corpus.stats.items()}
     out = {

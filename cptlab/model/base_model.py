@@ -16,9 +16,10 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from cptlab.core.cache import atomic_dir, cache_root, fingerprint, is_complete
+from cptlab.core.cache import cache_root, fingerprint
 from cptlab.core.config import LabConfig, TinyBaseConfig
-from cptlab.core.results import sha256_file, write_json_atomic
+from cptlab.core.files import atomic_dir, is_complete, sha256_file
+from cptlab.core.results import write_json_atomic
 from cptlab.data.corpus import eos_join_stream, replay_batches
 from cptlab.data.sources import load_documents, python_files, stdlib_dir
 from cptlab.data.wiki_sample import data_dir, english_train_source

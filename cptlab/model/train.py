@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from cptlab.core.cache import atomic_dir, is_complete
 from cptlab.core.config import LabConfig
 from cptlab.core.distributed import all_reduce_sum, is_distributed, rank, world_size
+from cptlab.core.files import atomic_dir, is_complete
 from cptlab.core.progress import progress_bar
 from cptlab.data.corpus import sample_windows
 from cptlab.speed.device import autocast
