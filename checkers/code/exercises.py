@@ -84,12 +84,9 @@ class Exercise:
         return out
 
     def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "") -> bool:
-        self.report.checks.append(
-            Check(
-                f"q{self.q.id}.{cid}", bool(ok), expected, got, "" if ok else hint, points=CHECK_POINTS[self.q.id][cid]
-            )
+        return self.report.add(
+            f"q{self.q.id}.{cid}", ok, expected, got, "" if ok else hint, CHECK_POINTS[self.q.id][cid]
         )
-        return bool(ok)
 
     def run(self, body: Callable[[], None]) -> Report:
         rest = "the checks after this one were not reached"
@@ -146,7 +143,7 @@ class Exercise:
         """The points of the checks not reached go to one failing row, so the question's total stays whole."""
         left = round(self.q.points - sum(c.points for c in self.report.checks), 6)
         if left > 1e-9 or not cid.endswith("not_reached"):
-            self.report.checks.append(Check(cid, False, expected, got, hint, points=max(0.0, left)))
+            self.report.add(cid, False, expected, got, hint, max(0.0, left))
 
 
 def _close(a: float, b: float, rel: float = 1e-4) -> bool:

@@ -1,9 +1,11 @@
-"""Check results as a learner sees them: what failed, expected vs got, and a hint."""
+"""Check results as a learner sees them: what failed, expected vs got, and a hint. ``Report`` is
+the one collector of checks: of learner code, of results files and of a verification."""
 
 from __future__ import annotations
 
 import html
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 MIME = "application/vnd.cptlab.report+json"
 
@@ -21,6 +23,17 @@ class Check:
         return asdict(self)
 
 
+def show(value: Any) -> str:
+    """A found value as a check row shows it: floats to six significant digits."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def plainly(exc: Exception) -> tuple[str, str | None]:
+    """What a check whose body raised shows: the error in one line, the check's own hint kept."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300], None
+
+
 @dataclass
 class Report:
     step: int
@@ -31,6 +44,22 @@ class Report:
     question: str | None = None  # "1.1", ...: the question whose points this report carries
     status: str = ""  # "not implemented yet" when the learner's function is still a stub
     seed: int | None = None  # the check's random cases: check_x(fn, seed=...) replays them
+    # how a check whose body raised reads: exception -> (got, hint or None to keep the check's own)
+    explain: Callable[[Exception], tuple[str, str | None]] = field(default=plainly, repr=False, compare=False)
+
+    def add(self, cid: str, passed: bool, expected: str, got: Any, hint: str = "", points: float = 1.0) -> bool:
+        self.checks.append(Check(cid, bool(passed), expected, show(got), hint, points))
+        return bool(passed)
+
+    def check(self, cid: str, expected: str, body: Callable[[], tuple[bool, Any]], hint: str = "") -> bool:
+        """Run ``body`` -> (passed, what was found). A body that raises (a value missing, a file
+        refused, a model that will not load) fails this check only, as ``explain`` says."""
+        try:
+            ok, got = body()
+        except Exception as exc:  # noqa: BLE001 - one broken value fails its check, never the grader
+            ok, (got, why) = False, self.explain(exc)
+            hint = why or hint
+        return self.add(cid, ok, expected, got, hint)
 
     @property
     def passed(self) -> bool:

@@ -71,37 +71,23 @@ def close(a: float, b: float, rel: float) -> bool:
     return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
 
 
-def fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
+def explainer(step: int) -> Callable[[Exception], tuple[str, str | None]]:
+    """How a step's check whose value is missing, refused or malformed reads, and what to do."""
+    rerun = f"re-run {NOTEBOOKS[step]} (or `cptlab run`) to rewrite {STEP_FILES[step]}"
+
+    def explain(exc: Exception) -> tuple[str, str | None]:
+        if isinstance(exc, Missing):
+            return str(exc), f"{STEP_FILES[step]} is incomplete: {rerun}"
+        if isinstance(exc, Unsafe):
+            return f"refused: {exc}", rerun
+        return f"unreadable value ({type(exc).__name__}: {exc})"[:300], rerun
+
+    return explain
 
 
-class Checker:
-    """Collects checks; a check body that finds a value missing fails with that message."""
-
-    def __init__(self, report: Report, step: int):
-        self.report = report
-        self.step = step
-        self.rerun = f"re-run {NOTEBOOKS[step]} (or `cptlab run`) to rewrite {STEP_FILES[step]}"
-
-    def add(self, cid: str, expected: str, body: Callable[[], tuple[bool, Any]], hint: str = "") -> bool:
-        try:
-            ok, got = body()
-            got = fmt(got)
-        except Missing as exc:
-            ok, got, hint = False, str(exc), f"{STEP_FILES[self.step]} is incomplete: {self.rerun}"
-        except Unsafe as exc:
-            ok, got, hint = False, f"refused: {exc}", self.rerun
-        except Exception as exc:  # noqa: BLE001 - a malformed results file fails its check, never the grader
-            ok, got, hint = False, f"unreadable value ({type(exc).__name__}: {exc})"[:300], self.rerun
-        self.report.checks.append(Check(cid, bool(ok), expected, got, hint))
-        return bool(ok)
-
-
-def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Checker, dict | None, dict]:
-    """The step's report, checker, results and thresholds. ``expected``: the instructor's preset,
-    whose thresholds apply whatever preset the results file names."""
+def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, dict | None, dict]:
+    """The step's report (its checks go in with ``ck.check``), results and thresholds. ``expected``:
+    the instructor's preset, whose thresholds apply whatever preset the results file names."""
     s1, _ = load(run_dir, 1) if step != 1 else (None, "")
     data, why = load(run_dir, step)
     preset = None
@@ -109,16 +95,15 @@ def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Che
         if isinstance(src, dict) and isinstance(src.get("preset"), str):
             preset = src["preset"]
             break
-    report = Report(step, TITLES[step], str(run_dir), preset, question=RESULTS_QUESTION[step])
-    ck = Checker(report, step)
-    ck.add(
+    ck = Report(step, TITLES[step], str(run_dir), preset, question=RESULTS_QUESTION[step], explain=explainer(step))
+    ck.check(
         f"s{step}.results",
         f"{STEP_FILES[step]} in the run folder",
         lambda: (data is not None, why),
         f"run {NOTEBOOKS[step]} first; it writes {STEP_FILES[step]}",
     )
     if data is not None and step != 1:
-        ck.add(
+        ck.check(
             f"s{step}.same_run",
             f"the same run (run_id and preset) as {STEP_FILES[1]}",
             lambda: (
@@ -132,7 +117,7 @@ def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Che
             "folder",
         )
     if expected is not None and data is not None:
-        ck.add(
+        ck.check(
             f"s{step}.preset",
             f"results made with the {expected!r} preset",
             lambda: (preset == expected, f"made with {preset!r}, graded for {expected!r}"),
@@ -145,23 +130,23 @@ def _start(run_dir, step: int, expected: str | None = None) -> tuple[Report, Che
     except UnknownPreset as exc:
         why = str(exc).strip("'\"")
         if data is not None:
-            ck.add(
+            ck.check(
                 f"s{step}.preset",
                 "a preset the lab knows (its thresholds apply)",
                 lambda: (False, why),
                 "re-run the step with --preset tiny, gpt2 or smoke",
             )
-        return report, ck, None, {}
-    return report, ck, data, T
+        return ck, None, {}
+    return ck, data, T
 
 
-def _ppl_from_raw(ck: Checker, cid: str, d: dict, reported: str, raw: str, T: dict) -> None:
+def _ppl_from_raw(ck: Report, cid: str, d: dict, reported: str, raw: str, T: dict) -> None:
     def body():
         p, nll, n = num(d, reported), num(d, f"{raw}.nll_sum"), num(d, f"{raw}.tokens")
         recomputed = math.exp(nll / n)
         return close(p, recomputed, T["rel_tol"]), f"{reported}={p:.6g}, exp(nll_sum/tokens)={recomputed:.6g}"
 
-    ck.add(
+    ck.check(
         cid,
         f"{reported} = exp({raw}.nll_sum / {raw}.tokens)",
         body,
@@ -199,7 +184,7 @@ def _units(d: dict, dotted: str, nll_sum: float, tokens: float, T: dict) -> dict
 
 
 def _interval(
-    ck: "Checker", cid: str, d: dict, estimate: str, dotted: str, recompute: Callable[[], dict], T: dict
+    ck: Report, cid: str, d: dict, estimate: str, dotted: str, recompute: Callable[[], dict], T: dict
 ) -> None:
     """A reported interval: recomputed from the per-document sums, and holding its point estimate."""
 
@@ -216,7 +201,7 @@ def _interval(
             )
         return holds(lo, est, hi), f"{estimate}={est:.6g} in [{lo:.6g}, {hi:.6g}]"
 
-    ck.add(
+    ck.check(
         cid,
         f"{dotted}: the 95% interval recomputed from the per-document sums, holding {estimate}",
         body,
@@ -246,12 +231,12 @@ def _paired_intervals(rec: dict, code_base: dict, general_base: dict, T: dict) -
 
 
 def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
-    report, ck, d, T = _start(run_dir, 1, preset)
+    ck, d, T = _start(run_dir, 1, preset)
     if d is None:
-        return report
+        return ck
     for name in ("code", "general"):
         key = f"baseline_{name}_ppl"
-        ck.add(
+        ck.check(
             f"s1.{name}_ppl_finite",
             "a finite perplexity above 1",
             lambda key=key: ((lambda v: math.isfinite(v) and v > 1)(num(d, key)), num(d, key)),
@@ -265,7 +250,7 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
             if legacy
             else T["min_eval_tokens"]
         )
-        ck.add(
+        ck.check(
             f"s1.{name}_tokens",
             f">= {bar:,} scored tokens",
             lambda name=name, bar=bar: (num(d, f"{name}.tokens") >= bar, int(num(d, f"{name}.tokens"))),
@@ -292,20 +277,20 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
         block = get(d, "config.block_size")
         return a == b and a["block_size"] == block == T["block_size"], f"code {a}, English {b}"
 
-    ck.add(
+    ck.check(
         "s1.same_protocol",
         f"code and English scored with one protocol, block_size {T['block_size']}",
         same_protocol,
         "compare like with like: evaluate both sets with the same block size, stride and token cap",
     )
-    return report
+    return ck
 
 
 def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
-    report, ck, d, T = _start(run_dir, 2, preset)
+    ck, d, T = _start(run_dir, 2, preset)
     if d is None:
-        return report
-    ck.add(
+        return ck
+    ck.check(
         "s2.eos_count",
         "one EOS per document (eos_count == n_docs)",
         lambda: (
@@ -314,7 +299,7 @@ def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
         ),
         "append tokenizer.eos_token_id after every document before joining them into one stream",
     )
-    ck.add(
+    ck.check(
         "s2.sizes_add_up",
         "train + val = all tokens and all documents",
         lambda: (
@@ -331,14 +316,14 @@ def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
         lo, hi = T["val_fraction"], T["val_fraction"] + T["split_tolerance"]
         return lo <= frac <= hi, f"val fraction {frac:.4f}"
 
-    ck.add(
+    ck.check(
         "s2.split_98_2",
         f"validation share in [{T['val_fraction']}, {T['val_fraction'] + T['split_tolerance']:.3f}] "
         "(whole documents, so at or a little above 2%)",
         split,
         "take whole documents for validation until they hold 2% of the tokens",
     )
-    ck.add(
+    ck.check(
         "s2.split_tokens",
         f"both splits >= {T['min_split_tokens']:,} tokens",
         lambda: (
@@ -357,13 +342,13 @@ def _check_step2(run_dir: str | Path, preset: str | None = None) -> Report:
             d, "train_tokens"
         ) // block, f"block_size={int(block)}, n_blocks={int(n_blocks)}"
 
-    ck.add(
+    ck.check(
         "s2.blocks",
         f"windows of block_size {T['block_size']}; n_blocks = train_tokens // block_size",
         blocks,
         "reshape the training stream to (-1, block_size) after dropping the tail",
     )
-    return report
+    return ck
 
 
 def schedule(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -428,9 +413,9 @@ def weight_change(run_dir: str | Path, rel: str, preset: str) -> float:
 
 
 def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
-    report, ck, d, T = _start(run_dir, 3, preset)
+    ck, d, T = _start(run_dir, 3, preset)
     if d is None:
-        return report
+        return ck
 
     def rows() -> list[dict]:
         log = get(d, "log")
@@ -447,13 +432,13 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         why = f" (stopped at the retention floor, step {last})" if stopped_at() else ""
         return [num(r, "step") for r in rows()] == list(range(1, last + 1)), f"{len(rows())} logged steps{why}"
 
-    ck.add(
+    ck.check(
         "s3.steps",
         f"{T['max_steps']} optimizer steps, numbered 1..{T['max_steps']} (or up to a retention-floor stop)",
         steps,
         f"train for exactly max_steps={T['max_steps']} and log every step",
     )
-    ck.add(
+    ck.check(
         "s3.hparams",
         f"cpt_lr {T['cpt_lr']}, grad_clip {T['grad_clip']}, block_size {T['block_size']}",
         lambda: (
@@ -479,7 +464,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
                 return False, f"step {step}: lr {got:.6g}, schedule says {want:.6g}"
         return True, f"all {len(rows())} steps match"
 
-    ck.add(
+    ck.check(
         "s3.lr_schedule",
         "every logged lr = cpt_lr x (linear warm-up, then cosine to 0)",
         lr_schedule,
@@ -491,7 +476,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         peak_step = int(num(rows()[lrs.index(max(lrs))], "step"))
         return peak_step == T["warmup_steps"], f"peak at step {peak_step}"
 
-    ck.add(
+    ck.check(
         "s3.warmup_peak",
         f"the learning rate peaks at step {T['warmup_steps']}",
         warmup_peak,
@@ -504,7 +489,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         ends_low = lrs[-1] <= 0.01 * max(lrs) or stopped_at() is not None
         return mono and ends_low, f"non-increasing={mono}, last/peak={lrs[-1] / max(lrs):.3g}"
 
-    ck.add(
+    ck.check(
         "s3.cosine_decay",
         "after the peak the rate only falls, to about 0 at the last step",
         cosine,
@@ -517,7 +502,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             math.isfinite(x) and x >= 0 for x in norms
         ), f"{len(norms)} finite norms (pre-clip max {max(norms):.3g})"
 
-    ck.add(
+    ck.check(
         "s3.grad_norms",
         "a finite pre-clipping gradient norm at every step",
         clipped,
@@ -532,7 +517,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             math.isfinite(x) for x in losses
         ) and last < first, f"first {k} steps {first:.4g}, last {k} steps {last:.4g}"
 
-    ck.add(
+    ck.check(
         "s3.loss_decreased",
         "mean loss of the last 10% of steps below that of the first 10%",
         decreased,
@@ -547,7 +532,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             f"one step scatters by {noise:.3g} around it"
         )
 
-    ck.add(
+    ck.check(
         "s3.loss_trend",
         "a loss trend that falls by more than one step's noise, with |t| >= 3 (a line fitted to every step)",
         trend,
@@ -558,7 +543,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         change = weight_change(run_dir, get(d, "adapted_model"), preset or str(get(d, "preset")))
         return change > 1e-6, f"relative change of the weights from the base model: {change:.3g}"
 
-    ck.add(
+    ck.check(
         "s3.weights_moved",
         "the adapted model's weights differ from the base model's",
         moved,
@@ -571,7 +556,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         worst = max(losses[T["warmup_steps"] :] or losses)
         return worst <= limit, f"max loss after warm-up {worst:.4g} (limit {limit:.4g})"
 
-    ck.add(
+    ck.check(
         "s3.no_loss_spike",
         f"no loss above {T['spike_factor']}x the first step's after warm-up",
         spikes,
@@ -604,7 +589,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
                 )
         return steps == want, f"points at steps {steps[:4]}...{steps[-2:]}"
 
-    ck.add(
+    ck.check(
         "s3.forgetting_curve",
         "code and English evaluated at step 0, every k steps and at the last step",
         curve,
@@ -637,7 +622,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             f"{int(num(s1, 'general.tokens')):,} English tokens",
         )
 
-    ck.add(
+    ck.check(
         "s3.curve_on_headline_tokens",
         "every curve point scored on the headline's evaluation tokens (step 1's)",
         headline_tokens,
@@ -655,7 +640,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
                 return False, f"step {int(num(p, 'step'))}: {wrong}"
         return True, f"{len(pts) - 1} points, each interval recomputed and holding its estimate"
 
-    ck.add(
+    ck.check(
         "s3.curve_intervals",
         "each curve point's code drop and forgetting ratio with its paired 95% interval (recomputed)",
         curve_intervals,
@@ -674,21 +659,21 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
             return False, f"refused: {exc}" if isinstance(exc, Unsafe) else f"{rel}: {exc}"
         return True, f"{rel}: config.json and {len(weights)} safetensors file(s), {tensors} header entries"
 
-    ck.add(
+    ck.check(
         "s3.adapted_model",
         "a model folder with config.json and safetensors weights",
         model_folder,
         "save the adapted model with save_pretrained(folder, safe_serialization=True) and the tokenizer beside it",
     )
-    return report
+    return ck
 
 
 def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
-    report, ck, d, T = _start(run_dir, 4, preset)
+    ck, d, T = _start(run_dir, 4, preset)
     if d is None:
-        return report
+        return ck
     s1, why1 = load(run_dir, 1)
-    ck.add(
+    ck.check(
         "s4.step1_present",
         f"{STEP_FILES[1]} to compare against",
         lambda: (s1 is not None, why1),
@@ -696,7 +681,7 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
     )
     for name in ("code", "general"):
         _ppl_from_raw(ck, f"s4.adapted_{name}_ppl_from_raw", d, f"adapted_{name}_ppl", name, T)
-        ck.add(
+        ck.check(
             f"s4.baseline_{name}_matches_step1",
             f"baseline_{name}_ppl equal to step 1's",
             lambda name=name: (
@@ -706,7 +691,7 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
             ),
             "step 4 must compare against the baseline measured in step 1: re-run step 4",
         )
-        ck.add(
+        ck.check(
             f"s4.same_{name}_tokens",
             f"the {name} set scored on the same tokens as the baseline",
             lambda name=name: (
@@ -724,7 +709,7 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
             num(d, "code_ppl_drop"), want, T["rel_tol"]
         ), f"code_ppl_drop={num(d, 'code_ppl_drop'):.6g}, recomputed {want:.6g}"
 
-    ck.add(
+    ck.check(
         "s4.code_ppl_drop_consistent",
         "code_ppl_drop = 1 - adapted_code_ppl / baseline_code_ppl",
         drop_formula,
@@ -737,7 +722,7 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
             num(d, "forgetting_ratio"), want, T["rel_tol"]
         ), f"forgetting_ratio={num(d, 'forgetting_ratio'):.6g}, recomputed {want:.6g}"
 
-    ck.add(
+    ck.check(
         "s4.forgetting_ratio_consistent",
         "forgetting_ratio = adapted_general_ppl / baseline_general_ppl",
         ratio_formula,
@@ -745,7 +730,7 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
     )
     s3, why3 = load(run_dir, 3)
     if "code_ppl_drop_ci" not in d or not opt(d, "code.units"):
-        ck.add(
+        ck.check(
             "s4.intervals",
             "the code drop and forgetting ratio with their 95% intervals",
             lambda: (False, "no intervals: made by an older cptlab"),
@@ -799,30 +784,30 @@ def _check_step4(run_dir: str | Path, preset: str | None = None) -> Report:
             f"headline {num(d, 'adapted_code_ppl'):.6g}/{num(d, 'adapted_general_ppl'):.6g}"
         )
 
-    ck.add(
+    ck.check(
         "s4.curve_ends_at_headline",
         "the forgetting curve's last point is the headline (same model, tokens and protocol)",
         curve_end,
         "re-run step 3 (notebooks/03_cpt.ipynb), then step 4: the curve must be scored on the headline's tokens",
     )
-    ck.add(
+    ck.check(
         "s4.code_ppl_drop",
         f"code_ppl_drop >= {T['min_code_ppl_drop']:.2f}",
         lambda: (num(d, "code_ppl_drop") >= T["min_code_ppl_drop"], f"{num(d, 'code_ppl_drop'):.4f}"),
         "CPT should cut code perplexity by at least this much: check the learning rate, the steps and that training "
         "used the code corpus",
     )
-    ck.add(
+    ck.check(
         "s4.forgetting_ratio",
         f"forgetting_ratio > {T['min_forgetting_ratio']}",
         lambda: (num(d, "forgetting_ratio") > T["min_forgetting_ratio"], f"{num(d, 'forgetting_ratio'):.4f}"),
         "pure CPT on code should cost some English; a ratio <= 1 suggests the English evaluation is not the baseline's",
     )
     _check_study(ck, d, T, s3)
-    return report
+    return ck
 
 
-def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
+def _check_study(ck: Report, d: dict, T: dict, s3: dict | None = None) -> None:
     """The trade-off study: every variant, honest endpoints, frozen LoRA base, real replay shares,
     and a recommendation that follows from the numbers."""
 
@@ -848,7 +833,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
         )
         return ok, f"{have}, alphas {alphas}"
 
-    ck.add(
+    ck.check(
         "s4.study_variants",
         "pure CPT, >= 3 replay fractions, LoRA, and an interpolation grid from alpha 0 to 1",
         complete,
@@ -872,7 +857,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
                 return False, f"{name}: scored a different number of tokens than the headline numbers"
         return True, f"{len(variants())} variants consistent"
 
-    ck.add(
+    ck.check(
         "s4.study_from_raw",
         "every variant's numbers recomputed from its nll sums, on the headline tokens",
         raw_consistent,
@@ -896,7 +881,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
             f"{num(d, 'adapted_code_ppl'):.5g}/{num(d, 'adapted_general_ppl'):.5g}"
         )
 
-    ck.add(
+    ck.check(
         "s4.interp_endpoints",
         "alpha 0 reproduces the base model and alpha 1 the CPT model (1e-3 relative)",
         endpoints,
@@ -915,7 +900,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
             f"{int(num(of('lora')[0], 'total_params')):,}",
         )
 
-    ck.add(
+    ck.check(
         "s4.lora_base_frozen",
         "LoRA left every base tensor bit-identical (sha256 before = after)",
         lora_frozen,
@@ -935,7 +920,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
             f"{v.get('name')}: {num(v, 'replay_fraction_realised'):.4f}" for v in of("replay")
         )
 
-    ck.add(
+    ck.check(
         "s4.replay_share",
         "each replay run's batches really held the stated share of English windows",
         replay_share,
@@ -953,7 +938,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
         got = get(d, "study.recommendation.name")
         return got == want.get("name"), f"recommended {got}; the numbers give {want.get('name')} (floor {floor})"
 
-    ck.add(
+    ck.check(
         "s4.recommendation",
         "the recommendation is the largest code gain under the retention floor",
         recommendation,
@@ -973,7 +958,7 @@ def _check_study(ck: Checker, d: dict, T: dict, s3: dict | None = None) -> None:
                 return False, f"{v.get('name')}: {wrong}"
         return True, f"{len(variants())} variants, each interval recomputed and holding its estimate"
 
-    ck.add(
+    ck.check(
         "s4.study_intervals",
         "every variant's code drop and forgetting ratio with its paired 95% interval (recomputed)",
         study_intervals,

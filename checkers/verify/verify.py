@@ -9,7 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from checkers.core.report import Check, Report
+from checkers.core.report import Report, plainly
 from checkers.core.safe_files import Unsafe, inside, read_json, sha256
 from checkers.results.steps import Missing, close, get, load, num
 from cptlab.core.config import LabConfig, get_config
@@ -40,21 +40,16 @@ RUN_SETTINGS = {
 }
 
 
+def _explain(exc: Exception) -> tuple[str, str | None]:
+    return (str(exc), None) if isinstance(exc, Missing) else plainly(exc)
+
+
 def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False) -> Report:
     """Re-hash the files, then re-evaluate with the instructor's preset (its base model, data and
     recipe; the learner's recorded seed) and, with ``retrain``, re-run the CPT step itself."""
     run = Path(run_dir)
-    report = Report(5, "verify: files and models re-checked", str(run))
-
-    def add(cid, expected, fn, hint):
-        try:
-            ok, got = fn()
-        except Missing as exc:
-            ok, got = False, str(exc)
-        except Exception as exc:  # a broken model folder or data must fail the check, not the grader
-            ok, got = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        report.checks.append(Check(cid, bool(ok), expected, str(got), hint))
-        return ok
+    # a broken model folder or data fails its check, never the grader
+    report = Report(5, "verify: files and models re-checked", str(run), explain=_explain)
 
     s1, _ = load(run, 1)
     s3, _ = load(run, 3)
@@ -85,7 +80,7 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
                 return False, f"refused: {exc}"
         return not bad, f"{len(files)} files, changed since the run: {bad or 'none'}"
 
-    add(
+    report.check(
         "v.manifest",
         "every results and model file hashes as the run recorded it (manifest.json)",
         manifest,
@@ -93,9 +88,7 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
     )
 
     if s1 is None or s4 is None:
-        report.checks.append(
-            Check("v.models", False, "steps 1 and 4 done", "missing results", "finish the lab before verifying")
-        )
+        report.add("v.models", False, "steps 1 and 4 done", "missing results", "finish the lab before verifying")
         return report
     setup_cpu()
     state: dict = {}
@@ -119,7 +112,7 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
             else f"the {cfg.preset!r} recipe, seed {cfg.seed}",
         )
 
-    add(
+    report.check(
         "v.config",
         "the recorded configuration is the preset's recipe (the seed and hardware settings aside)",
         config,
@@ -139,7 +132,7 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
         want = {name: get(s1, f"{name}.tokens_sha") for name in streams}
         return got == want, f"rebuilt {got}, recorded {want}"
 
-    add(
+    report.check(
         "v.eval_tokens",
         "the evaluation tokens rebuilt from the preset's data and the recorded seed hash as recorded",
         same_tokens,
@@ -166,7 +159,7 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
                 parts.append(f"{name} {res.ppl:.6g} (reported {reported:.6g})")
             return ok, "; ".join(parts)
 
-        add(
+        report.check(
             f"v.{label}_model",
             f"the {label} model re-evaluated gives the reported perplexities (rel. tol. {tol:g})",
             check,
@@ -174,11 +167,11 @@ def verify(run_dir: str | Path, preset: str | None = None, retrain: bool = False
             f"{label} model",
         )
     if retrain:
-        _retrain(report, add, cfg, s3, s4, get(s1, "device.type") == device.type)
+        _retrain(report, cfg, s3, s4, get(s1, "device.type") == device.type)
     return report
 
 
-def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: bool) -> None:
+def _retrain(report: Report, cfg, s3: dict | None, s4: dict, same_device: bool) -> None:
     """Run the CPT step again from the preset's recipe and the recorded seed; the log and the
     adapted perplexities must agree with the reported ones."""
     tol = TOL_RETRAIN_SAME_DEVICE if same_device else TOL_RETRAIN_OTHER_DEVICE
@@ -196,7 +189,7 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
             parts.append(f"{key} {state['s4'][key]:.6g} (reported {num(s4, key):.6g})")
         return ok, "; ".join(parts)
 
-    add(
+    report.check(
         "v.retrain",
         "CPT re-run from the preset's recipe and the recorded seed gives the reported perplexities (rel. tol. "
         f"{tol:g})",
@@ -213,7 +206,7 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
         return worst <= tol, f"largest relative difference of a step's loss {worst:.2g}"
 
     if "log" in state:
-        add(
+        report.check(
             "v.retrain_log",
             f"every logged loss within {tol:g} of the re-run's",
             log,
@@ -237,7 +230,7 @@ def _retrain(report: Report, add, cfg, s3: dict | None, s4: dict, same_device: b
         return not off and rec[0] == rec[1], f"variants off: {off or 'none'}; recommended {rec[0]}, re-run {rec[1]}"
 
     if with_study and "s4" in state:
-        add(
+        report.check(
             "v.retrain_study",
             f"every variant of the study within {tol:g} of the re-run's, and the same recommendation",
             study,
