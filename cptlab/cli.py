@@ -14,7 +14,7 @@ from cptlab.core.distributed import init_from_env, is_main
 from cptlab.data.sources import load_model, load_tokenizer
 from cptlab.lab.pipeline import RunFinished, run_all
 from cptlab.lab.plots import save_all
-from cptlab.lab.steps import format_table, summary_rows
+from cptlab.lab.steps import format_table, small_split_warnings, summary_rows
 from cptlab.lab.study import run_study, study_table
 from cptlab.model.measure import resolve_base_model
 from cptlab.model.perplexity import perplexity
@@ -81,6 +81,8 @@ def cmd_run(args) -> int:
             summary_rows(out) + [("run folder", str(out)), ("wall seconds", f"{time.perf_counter() - t0:.1f}")]
         )
     )
+    for line in small_split_warnings(out):
+        print(f"cptlab run: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -247,8 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_libraries() -> None:
+    """Outside a terminal (a pipe, a log file, CI) the libraries' loading bars are noise: only our
+    output and real warnings go out."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        quiet_libraries()
     try:
         return args.func(args)
     except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -50,3 +50,57 @@ def test_cli_errors_are_one_line_not_a_traceback(tmp_path, capsys, tiny_model_di
     assert "above the model's context" in capsys.readouterr().err
     assert main(["run", "--preset", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def _split_run(tmp_path, preset: str, val_docs: int, val_tokens: int, general_tokens: int):
+    from cptlab.core.results import write_json_atomic
+
+    write_json_atomic(tmp_path / "step1_baseline.json", {"preset": preset, "general": {"tokens": general_tokens}})
+    write_json_atomic(
+        tmp_path / "step2_corpus.json", {"preset": preset, "val_docs": val_docs, "val_tokens": val_tokens}
+    )
+    return tmp_path
+
+
+def test_a_small_split_is_warned_about_with_what_to_do(tmp_path):
+    """What `cptlab run` printed for an outside repository of 17 files: one validation file, 5,220
+    tokens. The warning names the sizes, the lab's bar, and a larger val_fraction as the way out."""
+    from cptlab.lab.steps import small_split_warnings
+
+    warned = small_split_warnings(_split_run(tmp_path / "a", "tiny", 1, 5_220, 60_000))
+    assert len(warned) == 1 and "5,220 tokens in 1 document(s)" in warned[0] and "val_fraction=0.1" in warned[0]
+    both = small_split_warnings(_split_run(tmp_path / "b", "tiny", 40, 80_000, 12_000))
+    assert len(both) == 1 and "12,000 tokens" in both[0] and "--general-file" in both[0]
+    assert small_split_warnings(_split_run(tmp_path / "c", "gpt2", 40, 80_000, 60_000)) == []
+    assert small_split_warnings(_split_run(tmp_path / "d", "tiny", 4, 80_000, 60_000))  # too few documents
+    assert small_split_warnings(_split_run(tmp_path / "e", "smoke", 1, 500, 500)) == []  # seconds, not conclusions
+
+
+def test_the_summary_gives_each_comparison_its_interval(lab_run):
+    from cptlab.lab.steps import summary_rows
+
+    rows = dict(summary_rows(lab_run))
+    s4 = json.loads((lab_run / "step4_tradeoff.json").read_text())
+    ci = s4["code_ppl_drop_ci"]
+    assert rows["code ppl drop"] == (
+        f"{100 * s4['code_ppl_drop']:.1f}% (95% CI {100 * ci['low']:.1f}% to {100 * ci['high']:.1f}%)"
+    )
+    assert rows["forgetting ratio"].startswith(f"{s4['forgetting_ratio']:.3f} (95% CI ")
+
+
+def test_the_command_line_speaks_only_for_itself(tmp_path, tiny_model_dir):
+    """No loading bar, no deprecation notice, no tokenizer length warning on stderr for a text far
+    longer than the model's context: what a script or CI log receives is the result alone."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "long.txt"
+    f.write_text(_real_text() * 4)
+    done = subprocess.run(
+        [sys.executable, "-m", "cptlab", "perplexity", "--model", str(tiny_model_dir), "--text", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads(done.stdout)["tokens"] > 1000

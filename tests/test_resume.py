@@ -2,11 +2,9 @@
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -88,57 +86,53 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
         )
 
 
-def _cli(out, *extra):
+# A run that dies as `kill -9` would, at a known step: right after step 41 begins its hook, with the
+# checkpoint of step 40 on disk. No polling, no race with a run that finishes first.
+DIES_AT_41 = """
+import os, signal, sys
+import cptlab.lab.steps as steps
+real = steps.train
+def train(*args, on_step, **kw):
+    def hooked(step, model):
+        if step == 41:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return on_step(step, model)
+    return real(*args, on_step=hooked, **kw)
+steps.train = train
+from cptlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _args(out, *extra):
     # a list-valued --set: the resumed run must rebuild the very config it stored
-    sets = [
-        "--set",
-        "max_steps=300",
-        "--set",
-        "checkpoint_every=20",
-        "--set",
-        "curve_every=100",
-        "--set",
-        "warmup_steps=3",
-        "--set",
-        "replay_fractions=[0.1,0.2]",
-    ]
-    return [
-        sys.executable,
-        "-m",
-        "cptlab",
-        "run",
-        "--preset",
-        "smoke",
-        "--out",
-        str(out),
-        "--quiet",
-        "--no-study",
-        *sets,
-        *extra,
-    ]
+    sets = ["max_steps=60", "checkpoint_every=20", "curve_every=15", "warmup_steps=3", "replay_fractions=[0.1,0.2]"]
+    return (
+        ["run", "--preset", "smoke", "--out", str(out), "--quiet", "--no-study"]
+        + [a for kv in sets for a in ("--set", kv)]
+        + list(extra)
+    )
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     full = tmp_path / "full"
-    subprocess.run(_cli(full), check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "cptlab", *_args(full)], check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = killed / "checkpoints" / "cpt" / "meta.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if meta.exists() and json.loads(meta.read_text())["step"] >= 40:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    died = subprocess.run([sys.executable, "-c", DIES_AT_41, *_args(killed)], capture_output=True, timeout=600)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    meta = json.loads((killed / "checkpoints" / "cpt" / "meta.json").read_text())
+    assert meta["step"] == 40 and [p["step"] for p in meta["extra"]["curve"]] == [0, 15, 30]
     assert not (killed / "step3_cpt.json").exists()
-    subprocess.run(_cli(killed, "--resume"), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "cptlab", *_args(killed, "--resume")], check=True, capture_output=True, timeout=600
+    )
     a = json.loads((full / "step4_tradeoff.json").read_text())
     b = json.loads((killed / "step4_tradeoff.json").read_text())
     assert b["adapted_code_ppl"] == a["adapted_code_ppl"] and b["adapted_general_ppl"] == a["adapted_general_ppl"]
-    la = json.loads((full / "step3_cpt.json").read_text())["log"]
-    lb = json.loads((killed / "step3_cpt.json").read_text())["log"]
-    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    sa = json.loads((full / "step3_cpt.json").read_text())
+    sb = json.loads((killed / "step3_cpt.json").read_text())
+    assert [r["loss"] for r in sa["log"]] == [r["loss"] for r in sb["log"]] and len(sa["log"]) == 60
+    assert [p["step"] for p in sb["curve"]] == [0, 15, 30, 45, 60]
+    assert [p["code_ppl"] for p in sb["curve"]] == [p["code_ppl"] for p in sa["curve"]]
     assert not (killed / "checkpoints" / "cpt").exists()

@@ -19,6 +19,7 @@ Relative tolerances for recomputed values are 1e-6 (floating point only, no mode
 from __future__ import annotations
 
 from cptlab.core.config import PRESETS
+from cptlab.core.uncertainty import MIN_EVAL_TOKENS
 
 COMMON = {
     "min_forgetting_ratio": 1.0,  # strictly above: CPT on code costs English
@@ -31,12 +32,17 @@ BEFORE_INTERVALS = {"tiny": {"min_eval_tokens": 20_000}}
 
 MARGINS: dict[str, dict] = {
     "gpt2": {
-        "min_split_tokens": 50_000,
+        "min_split_tokens": MIN_EVAL_TOKENS,
         "split_tolerance": 0.005,
-        "min_eval_tokens": 50_000,
+        "min_eval_tokens": MIN_EVAL_TOKENS,
         "min_code_ppl_drop": 0.30,
     },
-    "tiny": {"min_split_tokens": 50_000, "split_tolerance": 0.01, "min_eval_tokens": 50_000, "min_code_ppl_drop": 0.25},
+    "tiny": {
+        "min_split_tokens": MIN_EVAL_TOKENS,
+        "split_tolerance": 0.01,
+        "min_eval_tokens": MIN_EVAL_TOKENS,
+        "min_code_ppl_drop": 0.25,
+    },
     "smoke": {"min_split_tokens": 2_000, "split_tolerance": 0.03, "min_eval_tokens": 2_000, "min_code_ppl_drop": 0.10},
 }
 

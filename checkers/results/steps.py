@@ -40,7 +40,35 @@ def load(run_dir: str | Path, step: int) -> tuple[dict | None, str]:
         return None, f"{name} is not valid JSON ({type(exc).__name__}: {exc})"
     if not isinstance(data, dict):
         return None, f"{name} holds a {type(data).__name__}, not a JSON object"
-    return data, "valid JSON object"
+    return adapt(step, data), "valid JSON object"
+
+
+OLDER = "_older"  # set by ``adapt`` at load time, whatever the file holds under that name
+
+
+def adapt(step: int, data: dict) -> dict:
+    """Results written by an older cptlab, read as today's: what such a file lacks is named here,
+    once, and a check asks ``older(d, what)`` instead of guessing from the file's shape.
+
+    - ``no_intervals`` (step 1): no per-document sums, so no intervals; the token bar of that time.
+    - ``short_curve`` (step 3): the forgetting curve scored fewer tokens than the headline."""
+    lacks = []
+    if step == 1 and any(not isinstance(data.get(n), dict) or "units" not in data[n] for n in ("code", "general")):
+        lacks.append("no_intervals")
+    if step == 3:
+        proto, curve = data.get("curve_protocol"), data.get("curve")
+        last = curve[-1] if isinstance(curve, list) and curve else None
+        if (
+            not isinstance(proto, dict)
+            or "tokens" not in proto
+            or (isinstance(last, dict) and "code_units" not in last)
+        ):
+            lacks.append("short_curve")
+    return {**data, OLDER: lacks}
+
+
+def older(d: dict | None, what: str) -> bool:
+    return isinstance(d, dict) and what in d.get(OLDER, ())
 
 
 def get(d: Any, dotted: str) -> Any:
@@ -244,7 +272,7 @@ def _check_step1(run_dir: str | Path, preset: str | None = None) -> Report:
             "text",
         )
         _ppl_from_raw(ck, f"s1.{name}_ppl_from_raw", d, key, name, T)
-        legacy = not isinstance(opt(d, name), dict) or "units" not in opt(d, name)
+        legacy = older(d, "no_intervals")
         bar = (
             {**T, **BEFORE_INTERVALS.get(str(d.get("preset")), {})}["min_eval_tokens"]
             if legacy
@@ -572,7 +600,7 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
         return pts
 
     def legacy() -> bool:
-        return "tokens" not in (get(d, "curve_protocol") or {}) or "code_units" not in points()[-1]
+        return older(d, "short_curve")
 
     def curve():
         pts = points()

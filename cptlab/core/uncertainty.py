@@ -24,6 +24,10 @@ SEED = 20261128
 PIECE_TOKENS = 4096
 METHOD = f"percentile bootstrap over documents (pieces of at most {PIECE_TOKENS:,} tokens)"
 MIN_UNITS = 8  # fewer units than this and an interval says little: the study says so
+# The lab's bar for a perplexity worth comparing (tiny and gpt2; the checks hold runs to it and
+# `cptlab run` warns below it): fewer tokens or documents and the intervals are wide or say little.
+MIN_EVAL_TOKENS = 50_000
+MIN_EVAL_DOCUMENTS = 5
 
 
 def document_of(ids: np.ndarray, eos_id: int, piece: int = PIECE_TOKENS) -> np.ndarray:

@@ -7,6 +7,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from cptlab.core.cache import fingerprint
 from cptlab.core.config import LabConfig
 from cptlab.core.files import atomic_dir, atomic_path, sha256_file
 from cptlab.core.results import read_step, versions, write_step
-from cptlab.core.uncertainty import drop_interval, ratio_interval
+from cptlab.core.uncertainty import MIN_EVAL_DOCUMENTS, MIN_EVAL_TOKENS, drop_interval, ratio_interval
 from cptlab.data.corpus import build_corpus, split_streams, to_blocks, window_crossing_eos
 from cptlab.model.measure import (
     CORPUS_FILES,
@@ -121,6 +122,47 @@ def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
     return out
 
 
+class ForgettingCurve:
+    """Both perplexities every ``curve_every`` steps, on the headline's tokens and protocol (its last
+    point is step 4's number); with ``stop_at_floor`` it stops the run once forgetting passes the
+    retention floor. ``state`` is plain JSON, saved and restored with each checkpoint."""
+
+    def __init__(self, cfg: LabConfig, score: Callable[[object, int, list[dict]], dict]):
+        self.cfg, self.score = cfg, score
+        self.state: dict = {"curve": [], "stopped": {"at": None, "eval_seconds": 0.0}}
+
+    @property
+    def points(self) -> list[dict]:
+        return self.state["curve"]
+
+    @property
+    def stopped_at(self) -> int | None:
+        return self.state["stopped"]["at"]
+
+    @property
+    def eval_seconds(self) -> float:
+        return self.state["stopped"]["eval_seconds"]
+
+    def measure(self, model, step: int) -> dict:
+        point = self.score(model, step, self.points)
+        self.points.append(point)
+        return point
+
+    def on_step(self, step: int, model) -> bool:
+        """``train``'s hook: a point at every ``curve_every`` steps and the last; True stops the run.
+        Its evaluation time is counted apart, so the training speed leaves it out."""
+        if step % self.cfg.curve_every and step != self.cfg.max_steps:
+            return False
+        t = time.perf_counter()
+        point = self.measure(model, step)
+        model.train()
+        self.state["stopped"]["eval_seconds"] += time.perf_counter() - t
+        if self.cfg.stop_at_floor and point["forgetting_ratio"] > self.cfg.retention_floor:
+            self.state["stopped"]["at"] = step
+            return True
+        return False
+
+
 def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, lr_fn=None, step_fn=None) -> dict:
     """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer).
 
@@ -134,48 +176,25 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
     blocks, val = run_corpus(run_dir)
     english, _ = general_stream(cfg, s.tokenizer)
     model = s.model()
+    eos = s.tokenizer.eos_token_id
+
+    def score(m, step: int, curve: list[dict]) -> dict:
+        base = baseline_of(s1, curve) if step else baseline_of(s1)
+        p = scored(m, f"step {step}", val, english, cfg, s.device, eos, base)
+        return {"step": step, **{k: v for k, v in p.items() if k != "name"}}
+
+    curve = ForgettingCurve(cfg, score)
+    # the curve's state rides in every checkpoint: a resumed run keeps the points it had
     ckpt = Checkpointing(
-        Path(run_dir) / "checkpoints" / "cpt", cfg.checkpoint_every, key=fingerprint(cfg.to_dict(), s1["base_model"])
+        Path(run_dir) / "checkpoints" / "cpt",
+        cfg.checkpoint_every,
+        key=fingerprint(cfg.to_dict(), s1["base_model"]),
+        extra=curve.state,
     )
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
-    # The forgetting curve: both sets every curve_every steps, on the headline's tokens and protocol
-    # (its last point is step 4's number). It lives in the checkpoint's extra state, so a resumed
-    # run keeps the points it had.
-    eos = s.tokenizer.eos_token_id
-    baseline = baseline_of(s1)
-
-    def point(m, step: int) -> dict:
-        p = scored(
-            m,
-            f"step {step}",
-            val,
-            english,
-            cfg,
-            s.device,
-            eos,
-            baseline_of(s1, ckpt.extra["curve"]) if step else baseline,
-        )
-        return {"step": step, **{k: v for k, v in p.items() if k != "name"}}
-
-    ckpt.extra.update(curve=[], stopped={"at": None, "eval_seconds": 0.0})
     if not ckpt.exists():
-        ckpt.extra["curve"].append(point(model, 0))
-
-    def on_step(step: int, m) -> bool:
-        if step % cfg.curve_every and step != cfg.max_steps:
-            return False
-        curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
-        t = time.perf_counter()
-        p = point(m, step)
-        m.train()
-        stopped["eval_seconds"] += time.perf_counter() - t
-        curve.append(p)
-        if cfg.stop_at_floor and p["forgetting_ratio"] > cfg.retention_floor:
-            stopped["at"] = step
-            return True
-        return False
-
+        curve.measure(model, 0)
     seed_everything(cfg.seed)
     result = train(
         model,
@@ -184,12 +203,11 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
         s.device,
         s.amp,
         progress=progress,
-        on_step=on_step,
+        on_step=curve.on_step,
         checkpointing=ckpt,
         lr_fn=lr_fn,
         step_fn=step_fn,
     )
-    curve, stopped = ckpt.extra["curve"], ckpt.extra["stopped"]
     folder = Path(run_dir) / "models" / "adapted"
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
@@ -220,7 +238,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
             "precision": str(s.amp).replace("torch.", "") if s.amp else "fp32",
         },
         "log": result.log,
-        "curve": curve,
+        "curve": curve.points,
         "curve_protocol": {
             "every": cfg.curve_every,
             "max_tokens": cfg.eval_max_tokens,
@@ -229,11 +247,11 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
             "code_tokens_sha": eval_tokens_sha(val, cfg),
             "general_tokens_sha": eval_tokens_sha(english, cfg),
         },
-        "floor": {**floor_crossing(curve, cfg.retention_floor), "stopped_at_step": stopped["at"]},
+        "floor": {**floor_crossing(curve.points, cfg.retention_floor), "stopped_at_step": curve.stopped_at},
         "seconds": result.seconds,
-        "curve_eval_seconds": stopped["eval_seconds"],
+        "curve_eval_seconds": curve.eval_seconds,
         "tokens_seen": result.tokens,
-        "tokens_per_second": result.tokens / max(1e-9, result.seconds - stopped["eval_seconds"]),
+        "tokens_per_second": result.tokens / max(1e-9, result.seconds - curve.eval_seconds),
         "base_model": s1["base_model"],
         "adapted_model": "models/adapted",  # relative to the run folder: a run folder can be moved or handed in
         "device": describe(s.device),
@@ -313,20 +331,50 @@ def _number(fn, *args) -> float:
 
 
 def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
+    """The headline numbers, each comparison with its paired 95% interval over documents."""
     s4 = read_step(run_dir, 4)
     s3 = read_step(run_dir, 3)
+
+    def ci(key: str, scale: float, fmt: str, unit: str = "") -> str:
+        c = s4.get(f"{key}_ci")
+        if not isinstance(c, dict):
+            return ""
+        return f" (95% CI {scale * c['low']:{fmt}}{unit} to {scale * c['high']:{fmt}}{unit})"
+
     return [
         ("preset", s4["preset"]),
         ("baseline code ppl", f"{s4['baseline_code_ppl']:.3f}"),
         ("adapted code ppl", f"{s4['adapted_code_ppl']:.3f}"),
-        ("code ppl drop", f"{100 * s4['code_ppl_drop']:.1f}%"),
+        ("code ppl drop", f"{100 * s4['code_ppl_drop']:.1f}%" + ci("code_ppl_drop", 100, ".1f", "%")),
         ("baseline English ppl", f"{s4['baseline_general_ppl']:.3f}"),
         ("adapted English ppl", f"{s4['adapted_general_ppl']:.3f}"),
-        ("forgetting ratio", f"{s4['forgetting_ratio']:.3f}"),
+        ("forgetting ratio", f"{s4['forgetting_ratio']:.3f}" + ci("forgetting_ratio", 1, ".3f")),
         ("CPT steps / tokens", f"{len(s3['log'])} / {s3['tokens_seen']}"),
         ("CPT seconds", f"{s3['seconds']:.1f}"),
         ("adapted model", str(model_path(run_dir, s4["adapted_model"]))),
     ]
+
+
+def small_split_warnings(run_dir: str | Path) -> list[str]:
+    """One line per evaluation set too small for its numbers to mean much, saying what to do."""
+    s1, s2 = read_step(run_dir, 1), read_step(run_dir, 2)
+    if s1.get("preset") == "smoke":  # seconds, not conclusions
+        return []
+    out = []
+    docs, tokens = int(s2["val_docs"]), int(s2["val_tokens"])
+    if tokens < MIN_EVAL_TOKENS or docs < MIN_EVAL_DOCUMENTS:
+        out.append(
+            f"the code validation split holds {tokens:,} tokens in {docs} document(s), under the lab's "
+            f"{MIN_EVAL_TOKENS:,} tokens in {MIN_EVAL_DOCUMENTS} documents: the code numbers and their intervals rest "
+            "on little. Add code (a larger --code-dir) or give validation a larger share (--set val_fraction=0.1)"
+        )
+    general = int(s1["general"]["tokens"])
+    if general < MIN_EVAL_TOKENS:
+        out.append(
+            f"the English evaluation scored {general:,} tokens, under the lab's {MIN_EVAL_TOKENS:,}: the forgetting "
+            "ratio rests on little. Pass a longer --general-file (or raise --eval-max-tokens if it was cut)"
+        )
+    return out
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:
