@@ -75,7 +75,10 @@ def test_a_smoke_run_graded_for_tiny_fails_naming_both(tmp_path):
             f"s{report.step}.preset" in failed
             and "made with 'smoke', graded for 'tiny'" in failed[f"s{report.step}.preset"].got
         )
-    assert "s3.steps" in {c.id for c in check_all(tmp_path / "run", "tiny")[2].failures}  # tiny's 150 steps apply
+    s3 = check_all(tmp_path / "run", "tiny")[2]
+    assert "s3.steps" in {c.id for c in s3.failures}  # tiny's 150 steps apply
+    # the tiny base model is never built to compare a smoke run's weights: that run does not count for tiny
+    assert "graded for 'tiny'" in {c.id: c for c in s3.checks}["s3.weights_moved"].got and s3.points == 0
 
 
 def test_a_retired_setting_is_refused_with_why_and_read_past_in_old_results():

@@ -236,7 +236,7 @@ def test_the_lab_command_s_grader_exits_1_when_a_point_is_lost(lab_run, tmp_path
 
     run = _copy(lab_run, tmp_path)
     data = json.loads((run / "step1_baseline.json").read_text())
-    data["code"]["ppl"] *= 0.5
+    data["baseline_code_ppl"] *= 0.5  # no longer exp(code.nll_sum / code.tokens)
     (run / "step1_baseline.json").write_text(json.dumps(data))
     (run / "index.html").unlink()
     done = subprocess.run([sys.executable, "-m", "checkers", "summarize", str(run)], capture_output=True, text=True)

@@ -96,7 +96,7 @@ def student_run(tmp_path_factory):
 
 def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
     student_run, rel = student_run
-    assert list((rel / "cptlab" / "__pycache__").glob("lab.*.pyc")), (
+    assert list((rel / "cptlab" / "lab" / "__pycache__").glob("steps.*.pyc")), (
         "the kernel imported another cptlab than the release's"
     )
     for name in STEP_NOTEBOOKS.values():

@@ -568,7 +568,10 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
     )
 
     def moved():
-        change = weight_change(run_dir, get(d, "adapted_model"), preset or str(get(d, "preset")))
+        made_with = str(get(d, "preset"))
+        if preset is not None and preset != made_with:  # another preset's run is not compared, nor counted
+            return False, f"made with {made_with!r}, graded for {preset!r}: not compared with {preset!r}'s base model"
+        change = weight_change(run_dir, get(d, "adapted_model"), made_with)
         return change > 1e-6, f"relative change of the weights from the base model: {change:.3g}"
 
     ck.check(
@@ -995,7 +998,10 @@ def _check_study(ck: Report, d: dict, T: dict, s3: dict | None = None) -> None:
 
 
 # A failed gate check means the file is not what its step is about: every point of the question goes.
-GATES = {"s3.weights_moved": "the adapted model is the base model: this run did not train, so its results earn nothing"}
+GATES = {
+    "s3.weights_moved": "the adapted model is not shown to differ from the graded preset's base model (a run that "
+    "did not train, or another preset's): its results earn nothing"
+}
 
 
 def step_functions(step: int) -> tuple[str, ...]:

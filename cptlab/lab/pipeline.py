@@ -15,7 +15,7 @@ from pathlib import Path
 from cptlab.core.config import ConfigError, LabConfig
 from cptlab.core.distributed import barrier, is_main
 from cptlab.core.results import STEP_FILES, read_step, update_manifest
-from cptlab.lab import steps as lab
+from cptlab.lab import steps
 from cptlab.lab.study import run_study
 from cptlab.model.measure import config_of
 
@@ -102,15 +102,15 @@ def run_all(
         if done[4] and (not study or "study" in read_step(run_dir, 4)):
             raise RunFinished(f"{run_dir} is finished: nothing to resume (--force starts it over)")
         if not done[1]:
-            lab.run_step1(cfg, run_dir, progress)
+            steps.run_step1(cfg, run_dir, progress)
         barrier()
         if not done[2]:
-            lab.run_step2(run_dir)
+            steps.run_step2(run_dir)
         barrier()
         if not done[3]:
-            lab.run_step3(run_dir, progress, resume=resume)
+            steps.run_step3(run_dir, progress, resume=resume)
         barrier()
-        out = lab.run_step4(run_dir, progress) if not done[4] else read_step(run_dir, 4)
+        out = steps.run_step4(run_dir, progress) if not done[4] else read_step(run_dir, 4)
         barrier()
         if study:
             out["study"] = run_study(run_dir, progress)

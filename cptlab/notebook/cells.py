@@ -15,9 +15,8 @@ from transformers.utils import logging as hf_logging
 
 from cptlab.core.results import MissingStepError, read_step
 from cptlab.core.uncertainty import describe
-from cptlab.lab import plots
-from cptlab.lab import steps as lab
-from cptlab.lab import study as tradeoff
+from cptlab.lab import plots, steps
+from cptlab.lab.study import run_study, study_table
 from cptlab.notebook.fallback import use
 
 # A notebook shows the lab's own output: no loading bars or deprecation notices from the libraries.
@@ -50,8 +49,8 @@ def _guarded(fn):
 
 @_guarded
 def measure_baseline(cfg, run_dir, perplexity_fn) -> dict:
-    s1 = lab.run_step1(cfg, run_dir, perplexity_fn=use(perplexity_fn, "corpus_perplexity"))
-    print(lab.step_table(s1, ["base_model", "model_params", "baseline_code_ppl", "baseline_general_ppl"]))
+    s1 = steps.run_step1(cfg, run_dir, perplexity_fn=use(perplexity_fn, "corpus_perplexity"))
+    print(steps.step_table(s1, ["base_model", "model_params", "baseline_code_ppl", "baseline_general_ppl"]))
     print(
         f"scored tokens: code {s1['code']['tokens']:,}, English {s1['general']['tokens']:,}; "
         f"code / English perplexity = {s1['baseline_code_ppl'] / s1['baseline_general_ppl']:.2f}"
@@ -69,9 +68,9 @@ def measure_baseline(cfg, run_dir, perplexity_fn) -> dict:
 
 @_guarded
 def make_corpus(run_dir, split_fn, blocks_fn) -> dict:
-    s2 = lab.run_step2(run_dir, split_fn=use(split_fn, "split_documents"), blocks_fn=use(blocks_fn, "to_blocks"))
+    s2 = steps.run_step2(run_dir, split_fn=use(split_fn, "split_documents"), blocks_fn=use(blocks_fn, "to_blocks"))
     print(
-        lab.step_table(
+        steps.step_table(
             s2,
             [
                 "n_docs",
@@ -92,7 +91,7 @@ def make_corpus(run_dir, split_fn, blocks_fn) -> dict:
 
 @_guarded
 def show_eos_window(run_dir) -> dict:
-    w = lab.eos_window(run_dir)
+    w = steps.eos_window(run_dir)
     print(f"EOS at positions {w['eos_positions']} of a {w.get('block_size')}-token window\n")
     print(
         w["text"].replace(
@@ -104,7 +103,7 @@ def show_eos_window(run_dir) -> dict:
 
 @_guarded
 def run_cpt(run_dir, lr_fn, step_fn) -> dict:
-    s3 = lab.run_step3(run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"))
+    s3 = steps.run_step3(run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"))
     norms = [r["grad_norm"] for r in s3["log"]]
     clipped = sum(n > s3["hparams"]["grad_clip"] for n in norms)
     print(
@@ -139,9 +138,9 @@ def loss_reading(s3: dict) -> str:
 
 @_guarded
 def measure_tradeoff(run_dir, drop_fn, ratio_fn) -> dict:
-    s4 = lab.run_step4(run_dir, drop_fn=use(drop_fn, "code_ppl_drop"), ratio_fn=use(ratio_fn, "forgetting_ratio"))
+    s4 = steps.run_step4(run_dir, drop_fn=use(drop_fn, "code_ppl_drop"), ratio_fn=use(ratio_fn, "forgetting_ratio"))
     print(
-        lab.step_table(
+        steps.step_table(
             s4,
             [
                 "baseline_code_ppl",
@@ -190,8 +189,8 @@ def show_floor(run_dir) -> dict:
 
 @_guarded
 def compare_variants(run_dir, choose_fn) -> dict:
-    study = tradeoff.run_study(run_dir, choose_fn=use(choose_fn, "choose_variant"))
-    print(tradeoff.study_table(study))
+    study = run_study(run_dir, choose_fn=use(choose_fn, "choose_variant"))
+    print(study_table(study))
     return study
 
 
