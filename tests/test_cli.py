@@ -18,7 +18,9 @@ def _real_text() -> str:
     return "\n\n".join(m.__doc__ for m in (argparse, j, textwrap))
 
 
-@pytest.mark.parametrize("extra", [[], ["--stride", "16"], ["--block-size", "40", "--max-tokens", "300"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--stride", "16", "--max-tokens", "800"], ["--block-size", "40", "--max-tokens", "300"]]
+)
 def test_perplexity_cli_matches_reference(tmp_path, capsys, model_and_tok, tiny_model_dir, extra):
     model, tok = model_and_tok
     text = _real_text()
