@@ -99,3 +99,19 @@ def test_memory_past_the_cap_costs_the_question(tmp_path):
 def test_a_missing_function_is_named(tmp_path):
     report = judge("2.1", "def pack(doc_ids, eos_id):\n    return None\n", tmp_path)
     assert report.points == 0 and "no function named pack_documents" in report.failures[0].got
+
+
+def test_a_question_s_process_imports_what_functions_use_not_the_grader_or_the_lab_helpers():
+    from checkers.grading.judge import setup_imports
+
+    setup = (
+        "import math\nimport torch.nn.functional as F\nfrom checkers import check_step1\nimport checkers.core\n"
+        "from cptlab import get_config\nfrom cptlab.notebook import cells\nfrom cptlab.notebook.friendly import x\n"
+        "import numpy as np, checkers\nfrom cptlab.notebooks_extra import y\n"
+    )
+    assert setup_imports(setup).splitlines() == [
+        "import math",
+        "import torch.nn.functional as F",
+        "from cptlab import get_config",
+        "from cptlab.notebooks_extra import y",
+    ]

@@ -54,13 +54,22 @@ def cap_process(memory_bytes: int) -> Callable[[], None]:
     return apply
 
 
+# Left out of each question's process: the grader (the judge runs the checks) and the helpers the
+# notebook's cells call to run the lab (a learner function uses neither; importing them costs 4 s).
+NOT_FOR_FUNCTIONS = ("checkers", "cptlab.notebook")
+
+
 def setup_imports(setup_source: str) -> str:
-    """The set-up cell's import statements, the grader's package left out (the judge runs the checks)."""
+    """The set-up cell's import statements a learner function may use."""
+
+    def wanted(module: str) -> bool:
+        return not any(module == m or module.startswith(m + ".") for m in NOT_FOR_FUNCTIONS)
+
     keep = []
     for node in ast.parse(setup_source).body:
-        if isinstance(node, ast.Import) and not any(a.name.split(".")[0] == "checkers" for a in node.names):
+        if isinstance(node, ast.Import) and all(wanted(a.name) for a in node.names):
             keep.append(ast.unparse(node))
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] != "checkers":
+        elif isinstance(node, ast.ImportFrom) and wanted(node.module or ""):
             keep.append(ast.unparse(node))
     return "\n".join(keep)
 
