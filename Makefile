@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PRESET ?= tiny
+PORT   ?= 8888
 BIN    := $(VENV)/bin
 
 .PHONY: setup lab test bench clean-runs notebooks jupyter release
@@ -33,9 +34,11 @@ notebooks: setup
 	$(BIN)/python notebooks/build.py
 
 # JupyterLab (an optional extra) on the student notebooks, with the project's environment as kernel.
+# Headless (it prints the URL with its token; open it in a browser or forward the port) and allowed
+# to run as root, as containers and GPU sandboxes do: `make jupyter PORT=8890`.
 jupyter: setup
-	$(BIN)/python -m pip install -q -e ".[jupyter]"
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[jupyter]"
+	$(BIN)/jupyter lab --no-browser --allow-root --port $(PORT) notebooks/
 
 # What learners receive: student notebooks, the library, the checks, the learner README (no solutions).
 release: setup
