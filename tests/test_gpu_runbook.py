@@ -18,6 +18,7 @@ def test_the_dry_run_lists_every_step_and_runs_none(tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    for step in ("nvidia-smi", "cptlab run --preset tiny", "checkers grade", "check_fused_compile.py", "gpu_throughput"):
+    steps = ("nvidia-smi", "cptlab run --preset tiny", "checkers grade", "check_fused_compile.py", "gpu_throughput")
+    for step in steps:
         assert step in done.stdout, step
     assert not out.exists()  # nothing written, nothing run
