@@ -63,3 +63,14 @@ def test_notebook4_runs_to_its_end_on_a_run_that_did_not_train(untrained, tmp_pa
     s4 = json.loads((untrained / "step4_tradeoff.json").read_text())
     assert abs(s4["code_ppl_drop"]) < 1e-3 and abs(s4["forgetting_ratio"] - 1) < 1e-3
     assert (untrained / "plots" / "step4_before_after.png").is_file()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8, 11])
+def test_the_loss_reading_of_a_run_shorter_than_its_window(steps):
+    """Notebook 3's reading of the loss names the steepest stretch of up to 10 steps: a run of fewer
+    steps (a scaled-down preset) gets its whole length, not an IndexError."""
+    from cptlab.notebook.cells import loss_reading
+
+    s3 = {"log": [{"loss": 5.0 - 0.1 * i} for i in range(steps)], "hparams": {"warmup_steps": 2, "batch_size": 4}}
+    text = loss_reading(s3)
+    assert f"over steps 1-{min(steps, 11) if steps > 1 else 1}" in text and f"at step {steps};" in text

@@ -513,6 +513,8 @@ def _check_step3(run_dir: str | Path, preset: str | None = None) -> Report:
 
     def cosine():
         lrs = [num(r, "lr") for r in rows()][T["warmup_steps"] :]
+        if not lrs:
+            return False, f"no step after the recipe's {T['warmup_steps']} warm-up steps"
         mono = all(b <= a + 1e-15 for a, b in zip(lrs, lrs[1:]))
         ends_low = lrs[-1] <= 0.01 * max(lrs) or stopped_at() is not None
         return mono and ends_low, f"non-increasing={mono}, last/peak={lrs[-1] / max(lrs):.3g}"

@@ -158,7 +158,39 @@ def read_python_dir(root: str | os.PathLike | None, exclude_tests: bool = True) 
     return docs, {"root": str(root_path), "files": len(files), "used": len(good), "skipped": skipped}
 
 
-def iter_hf_texts(src: DataSource) -> Iterator[str]:
+# A hub dataset may sit in the cache under more than one id: wikitext moved to Salesforce/wikitext
+# (the short id redirects only online), so a preloaded cache holds either.
+HUB_ALIASES = {
+    "wikitext": ("wikitext", "Salesforce/wikitext"),
+    "Salesforce/wikitext": ("Salesforce/wikitext", "wikitext"),
+}
+DATA_SUFFIXES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".gz": "json", ".txt": "text"}
+
+
+def cached_snapshot_files(repo_id: str, name: str | None, split: str) -> list[str]:
+    """The data files of one split of a hub dataset from its snapshot in the hub cache, found the
+    way the hub lays repos out: ``<config>/<split>-*.parquet`` (wikitext), or every data file at the
+    top when none is named after a split (codeparrot-clean's ``file-*.json.gz`` shards are train)."""
+    from huggingface_hub import snapshot_download
+
+    for repo in HUB_ALIASES.get(repo_id, (repo_id,)):
+        try:
+            folder = Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache under this id: try the next
+            continue
+        root = folder / name if name and (folder / name).is_dir() else folder
+        data = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in DATA_SUFFIXES)
+        named = [f for f in data if f.name.startswith(f"{split}-") or f.name.startswith(f"{split}.")]
+        if named:
+            return [str(f) for f in named]
+        if split == "train" and not any(f.name.split("-")[0] in ("test", "validation", "valid") for f in data):
+            return [str(f) for f in data]
+    return []
+
+
+def open_hf_dataset(src: DataSource):
+    """``load_dataset`` as the source says; offline, where ``datasets`` cannot list a hub repo, the
+    same split read from the repo's snapshot in the hub cache (what a preloaded sandbox holds)."""
     from datasets import load_dataset
 
     _quiet_datasets()
@@ -166,10 +198,19 @@ def iter_hf_texts(src: DataSource) -> Iterator[str]:
     if src.data_files is not None:
         kwargs["data_files"] = src.data_files
     try:
-        ds = load_dataset(src.path, src.name, **kwargs)
+        return load_dataset(src.path, src.name, **kwargs)
     except (OSError, ValueError, FileNotFoundError, ConnectionError) as exc:
-        raise _missing(f"dataset {src.path!r} (config {src.name!r}, split {src.split!r})", exc) from None
-    for row in ds:
+        first = exc
+    files = cached_snapshot_files(src.path or "", src.name, src.split) if src.data_files is None else []
+    if files:
+        builder = DATA_SUFFIXES[Path(files[0]).suffix]
+        return load_dataset(builder, data_files={src.split: files}, split=src.split, streaming=src.streaming)
+    ids = " or ".join(repr(i) for i in HUB_ALIASES.get(src.path or "", (src.path,)))
+    raise _missing(f"dataset {ids} (config {src.name!r}, split {src.split!r})", first) from None
+
+
+def iter_hf_texts(src: DataSource) -> Iterator[str]:
+    for row in open_hf_dataset(src):
         if src.field not in row:
             raise KeyError(f"dataset {src.path!r} has no field {src.field!r}; its fields are {sorted(row)}")
         yield row[src.field]

@@ -124,9 +124,8 @@ def loss_reading(s3: dict) -> str:
     loss = [r["loss"] for r in s3["log"]]
     smooth = plots.ema(loss)
     warm = min(s3["hparams"]["warmup_steps"], len(loss)) or 1
-    k = 10
-    falls = [(smooth[i] - smooth[i + k], i + 1) for i in range(0, max(1, len(smooth) - k))]
-    fall, start = max(falls) if len(smooth) > k else (smooth[0] - smooth[-1], 1)
+    k = min(10, len(smooth) - 1)  # the steepest stretch of (at most) 10 steps; a short run has fewer
+    fall, start = max((smooth[i] - smooth[i + k], i + 1) for i in range(len(smooth) - k)) if k else (0.0, 1)
     noise = float((np.asarray(loss) - smooth).std())
     return (
         f"smoothed loss {smooth[0]:.3f} at step 1, {smooth[warm - 1]:.3f} at the end of warm-up (step {warm}), "

@@ -1,0 +1,141 @@
+"""The gpt2 preset on a replica of the GPU sandbox's cache (``tests/hub_replica.py``), offline: its own
+ids (``gpt2``, ``codeparrot/codeparrot-clean``, ``wikitext``/``wikitext-2-raw-v1``), its sources
+unchanged, only sizes scaled down. What the hub cache cannot give ``datasets`` offline (a repo
+listing) ``cptlab.data.sources`` reads from the repo's snapshot."""
+
+import json
+import shutil
+
+import pytest
+from conftest import CODE, ENGLISH
+from hub_replica import GPT2_FILES, build, gpt2_folder
+
+from cptlab.core.config import get_config
+
+
+@pytest.fixture(scope="module")
+def gpt2_repo(tmp_path_factory, tiny_model_dir):
+    return gpt2_folder(tmp_path_factory.mktemp("gpt2-repo"), tiny_model_dir)
+
+
+def _use(monkeypatch, home):
+    """Point the hub cache at the replica as HF_HOME would at start-up (its constants are read at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def test_the_replica_is_a_hub_cache_as_huggingface_hub_reads_it(tmp_path, gpt2_repo):
+    from huggingface_hub import scan_cache_dir
+
+    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE)
+    info = scan_cache_dir(home / "hub")
+    assert not info.warnings, info.warnings
+    repos = {(r.repo_type, r.repo_id): {f.file_name for rev in r.revisions for f in rev.files} for r in info.repos}
+    assert repos[("model", "gpt2")] == set(GPT2_FILES)
+    assert repos[("dataset", "codeparrot/codeparrot-clean")] == {
+        "file-000000000001.json.gz",
+        "file-000000000002.json.gz",
+    }
+    assert {f"{s}-00000-of-00001.parquet" for s in ("train", "validation", "test")} == repos[
+        ("dataset", "Salesforce/wikitext")
+    ]
+
+
+@pytest.mark.parametrize("wikitext_id", ["Salesforce/wikitext", "wikitext"])
+def test_every_asset_loads_offline_under_the_presets_own_ids(tmp_path, monkeypatch, gpt2_repo, wikitext_id):
+    from cptlab.data.sources import load_documents, load_model, load_tokenizer
+
+    _use(monkeypatch, build(tmp_path / "home", gpt2_repo, ENGLISH, CODE, wikitext_id=wikitext_id))
+    g = get_config("gpt2")
+    assert g.code_source.path == "codeparrot/codeparrot-clean" and g.general_source.path == "wikitext"
+    tok, model = load_tokenizer("gpt2"), load_model("gpt2")
+    assert model.config.model_type == "gpt2" and len(tok) == model.config.vocab_size
+    code, info = load_documents(g.code_source, 3_000, lambda t: len(tok(t, verbose=False)["input_ids"]))
+    assert 0 < len(code) < 150 and code[0].startswith(CODE[:20])  # streamed, cut at the budget
+    test, _ = load_documents(g.general_source)
+    train, _ = load_documents(g.replay_source)
+    assert len(test) == len(train) == 1 and "test section 0" in test[0] and "train section 0" in train[0]
+
+
+@pytest.mark.parametrize(
+    "skip, named",
+    [
+        ("gpt2", "'gpt2'"),
+        ("codeparrot", "'codeparrot/codeparrot-clean'"),
+        ("wikitext", "'wikitext' or 'Salesforce/wikitext'"),
+    ],
+)
+def test_a_missing_asset_gets_one_message_naming_ids_cache_and_fallback(tmp_path, monkeypatch, gpt2_repo, skip, named):
+    from cptlab.data.sources import AssetNotFoundError, load_documents, load_model
+
+    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE, skip=skip)
+    _use(monkeypatch, home)
+    g = get_config("gpt2")
+    load = {
+        "gpt2": lambda: load_model("gpt2"),
+        "codeparrot": lambda: load_documents(g.code_source, 100, len),
+        "wikitext": lambda: load_documents(g.general_source),
+    }[skip]
+    with pytest.raises(AssetNotFoundError) as err:
+        load()
+    text = str(err.value)
+    assert named in text and f"HF_HOME={home}" in text and "--preset tiny" in text, text
+
+
+@pytest.mark.slow
+def test_the_four_notebooks_run_and_grade_on_the_replica(tmp_path, monkeypatch, gpt2_repo):
+    """PRESET = "gpt2", sizes scaled down through OVERRIDES, network off: the kernels load the
+    preset's own assets from the replica, and the grader reads the run."""
+    from checkers.results.steps import check_all
+    from cptlab.notebook.execute import execute_lab
+
+    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE)
+    _use(monkeypatch, home)
+    small = {
+        "code_token_budget": 6_000,
+        "block_size": 32,
+        "batch_size": 4,
+        "eval_batch_size": 4,
+        "max_steps": 8,
+        "warmup_steps": 2,
+        "cpt_lr": 1e-3,
+        "eval_max_tokens": 1_500,
+        "curve_every": 4,
+        "lora_lr": 1e-2,
+        "interp_alphas": [0.0, 1.0],
+        "device": "cpu",
+        "replay_fractions": [0.2],
+    }
+    run = execute_lab("gpt2", run_dir=tmp_path / "run", overrides=small)
+    s1 = json.loads((run / "step1_baseline.json").read_text())
+    assert s1["preset"] == "gpt2" and s1["base_model"] == "gpt2"
+    assert s1["code"]["source"]["path"] == "codeparrot/codeparrot-clean"
+    reports = check_all(run, "gpt2")
+    checks = {c.id: c for r in reports for c in r.checks}
+    # what makes a grade trustworthy holds on the replica: the files, the run, the sums, the training
+    must = [f"s{n}.results" for n in (1, 2, 3, 4)] + [f"s{n}.same_run" for n in (2, 3, 4)]
+    must += ["s1.code_ppl_from_raw", "s1.general_ppl_from_raw", "s3.weights_moved"]
+    assert all(checks[i].passed for i in must), [(i, checks[i].got) for i in must if not checks[i].passed]
+    # and what fails is the recipe and the sizes the OVERRIDES scaled down, nothing else
+    scaled = {
+        "s1.code_tokens",
+        "s1.general_tokens",
+        "s1.same_protocol",
+        "s2.split_98_2",
+        "s2.split_tokens",
+        "s3.steps",
+        "s3.hparams",
+        "s3.warmup_peak",
+        "s3.cosine_decay",
+        "s4.code_ppl_drop",
+        "s4.forgetting_ratio",
+        "s4.study_variants",
+        "s3.loss_trend",  # the bar assumes the recipe's 150 steps
+    }
+    failed = {c.id for r in reports for c in r.failures}
+    assert failed <= scaled, failed - scaled
+    shutil.rmtree(run / "models", ignore_errors=True)
