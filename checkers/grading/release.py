@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+from cptlab.core.files import atomic_dir
 from cptlab.core.results import STEP_NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,18 +52,15 @@ def release(out: Path) -> Path:
     out = Path(out)
     if out.resolve() == REPO or REPO in out.resolve().parents and out.resolve().parent == REPO / "notebooks":
         raise ValueError(f"{out}: choose a folder outside the repository's sources, e.g. release/")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for pkg in PACKAGES:
-        shutil.copytree(REPO / pkg, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (tmp / "notebooks").mkdir(parents=True)
-    for name in STEP_NOTEBOOKS.values():
-        shutil.copy2(REPO / "notebooks" / name, tmp / "notebooks" / name)
-    for rel in FILES:
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, tmp / rel)
-    (tmp / "Makefile").write_text(MAKEFILE)
-    (tmp / "README.md").write_text(learner_readme((REPO / "README.md").read_text()))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        for pkg in PACKAGES:
+            shutil.copytree(REPO / pkg, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (tmp / "notebooks").mkdir(parents=True)
+        for name in STEP_NOTEBOOKS.values():
+            shutil.copy2(REPO / "notebooks" / name, tmp / "notebooks" / name)
+        for rel in FILES:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, tmp / rel)
+        (tmp / "Makefile").write_text(MAKEFILE)
+        (tmp / "README.md").write_text(learner_readme((REPO / "README.md").read_text()))
     return out

@@ -63,6 +63,17 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def link_atomic(link: str | os.PathLike, target: str) -> Path:
+    """Point the symlink ``link`` at ``target`` (relative to the link's folder), replacing any old
+    link in one rename, so ``runs/latest`` always names a whole run folder."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+    return link
+
+
 def is_complete(folder: str | os.PathLike) -> bool:
     return (Path(folder) / ".complete").is_file()
 

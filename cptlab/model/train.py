@@ -308,6 +308,8 @@ def train(
         checkpointing.load(model, opt, gen, result) + 1 if checkpointing is not None and checkpointing.exists() else 1
     )
     t0 = time.perf_counter() - result.seconds
+    # Speed, one flag: on a GPU the host reads losses every 10 steps (``_flush``), so it never waits
+    # for the device; on a CPU (plain path) every step is read and logged as it ends.
     log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
     pending: list[_Pending] = []
     bar = progress_bar(cfg.max_steps, desc, initial=start - 1) if progress else None

@@ -12,6 +12,7 @@ import nbformat
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
+from cptlab.core.files import link_atomic
 from cptlab.core.progress import HEADLESS
 from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.notebook.friendly import STOPPED
@@ -74,10 +75,7 @@ def new_run_dir(runs: Path, preset: str) -> Path:
             break
         except FileExistsError:
             continue
-    tmp = runs / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run.name)
-    os.replace(tmp, runs / "latest")
+    link_atomic(runs / "latest", run.name)
     return run
 
 
