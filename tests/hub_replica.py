@@ -2,7 +2,9 @@
 (``hub/<type>s--<owner>--<name>/{blobs,refs/main,snapshots/<commit>/...}``, each snapshot file a
 relative link to its blob named by the content's sha256): GPT-2 under the id ``gpt2`` with the files
 its repo has, codeparrot-clean as ``.json.gz`` shards with its columns, wikitext-2-raw-v1 as one
-parquet file per split, under ``Salesforce/wikitext`` or the older ``wikitext``."""
+parquet file per split, under ``Salesforce/wikitext`` or the older ``wikitext``. ``prepare_arrow`` adds
+what an online ``load_dataset`` call leaves in ``HF_HOME/datasets`` (the prepared Arrow files), written by
+``datasets``' own builders into the folder its cache lookup reads."""
 
 from __future__ import annotations
 
@@ -123,3 +125,35 @@ def gpt2_folder(tmp: Path, model_dir: Path) -> Path:
     missing = [n for n in GPT2_FILES if not (tmp / n).is_file()]
     assert not missing, f"the replica's gpt2 lacks {missing}"
     return tmp
+
+
+def snapshot(home: Path, repo_id: str) -> Path:
+    repo = home / "hub" / f"datasets--{repo_id.replace('/', '--')}"
+    return repo / "snapshots" / (repo / "refs" / "main").read_text()
+
+
+def prepare_arrow(home: Path, repo_id: str, config_name: str, split_files: dict[str, list[str]]) -> Path:
+    """The Arrow files ``load_dataset(repo_id, config_name)`` writes online, from the replica's own
+    files: ``datasets/<owner>___<name>/<config>/0.0.0/<commit>/<name>-<split>.arrow`` and
+    ``dataset_info.json``. ``datasets``' builder lays the folder out (``_relative_data_dir``); online it
+    would also check that the files are the repo's ``hf://`` paths, which offline they cannot be, so the
+    repo id is set after that check."""
+    from datasets.packaged_modules.json.json import Json
+    from datasets.packaged_modules.parquet.parquet import Parquet
+    from datasets.naming import camelcase_to_snakecase
+
+    first = next(iter(split_files.values()))[0]
+    builder_class = Parquet if first.endswith(".parquet") else Json
+    commit = (home / "hub" / f"datasets--{repo_id.replace('/', '--')}" / "refs" / "main").read_text()
+    builder = builder_class(
+        cache_dir=str(home / "datasets"),
+        dataset_name=camelcase_to_snakecase(repo_id.split("/")[-1]),
+        config_name=config_name,
+        config_id=config_name,
+        data_files=split_files,
+        hash=commit,
+    )
+    builder.repo_id = repo_id
+    builder._cache_dir = builder._build_cache_dir()
+    builder.download_and_prepare()
+    return Path(builder._cache_dir)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from conftest import CODE, ENGLISH
-from hub_replica import GPT2_FILES, build, gpt2_folder
+from hub_replica import GPT2_FILES, build, gpt2_folder, prepare_arrow, snapshot
 
 from cptlab.core.config import get_config
 
@@ -22,8 +22,11 @@ def _use(monkeypatch, home):
     """Point the hub cache at the replica as HF_HOME would at start-up (its constants are read at import)."""
     from huggingface_hub import constants
 
+    from datasets import config as datasets_config
+
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", home / "datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
@@ -61,6 +64,51 @@ def test_every_asset_loads_offline_under_the_presets_own_ids(tmp_path, monkeypat
     assert len(test) == len(train) == 1 and "test section 0" in test[0] and "train section 0" in train[0]
 
 
+def _all_documents(tok):
+    g = get_config("gpt2")
+    from cptlab.data.sources import load_documents
+
+    count = lambda t: len(tok(t, verbose=False)["input_ids"])  # noqa: E731
+    return [
+        load_documents(s, b, count)[0]
+        for s, b in ((g.code_source, 3_000), (g.general_source, None), (g.replay_source, None))
+    ]
+
+
+@pytest.mark.parametrize("wikitext_id", ["Salesforce/wikitext", "wikitext"])
+@pytest.mark.parametrize("hub_files", ["kept", "deleted"])
+def test_the_arrow_files_an_online_load_left_give_the_same_documents(
+    tmp_path, monkeypatch, gpt2_repo, wikitext_id, hub_files
+):
+    """A sandbox whose cache was filled by ``load_dataset`` calls made online holds each dataset's
+    prepared Arrow files beside (or, pruned, instead of) the hub's files: the same documents load."""
+    from cptlab.data.sources import load_tokenizer
+
+    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE, wikitext_id=wikitext_id)
+    _use(monkeypatch, home)
+    tok = load_tokenizer("gpt2")
+    expected = _all_documents(tok)
+    wiki = snapshot(home, wikitext_id)
+    splits = {s: [str(wiki / f"wikitext-2-raw-v1/{s}-00000-of-00001.parquet")] for s in ("train", "validation", "test")}
+    arrow = [prepare_arrow(home, wikitext_id, "wikitext-2-raw-v1", splits)]
+    code = snapshot(home, "codeparrot/codeparrot-clean")
+    arrow.append(
+        prepare_arrow(home, "codeparrot/codeparrot-clean", "default", {"train": sorted(map(str, code.glob("*.gz")))})
+    )
+    assert sorted(p.name for p in arrow[0].glob("*.arrow")) == [
+        f"wikitext-{s}.arrow" for s in ("test", "train", "validation")
+    ]
+    assert arrow[0].relative_to(home / "datasets").parts[:3] == (
+        wikitext_id.replace("/", "___"),
+        "wikitext-2-raw-v1",
+        "0.0.0",
+    )
+    if hub_files == "deleted":
+        for repo in (wikitext_id, "codeparrot/codeparrot-clean"):
+            shutil.rmtree(home / "hub" / f"datasets--{repo.replace('/', '--')}")
+    assert _all_documents(tok) == expected
+
+
 @pytest.mark.parametrize(
     "skip, named",
     [
@@ -87,13 +135,25 @@ def test_a_missing_asset_gets_one_message_naming_ids_cache_and_fallback(tmp_path
 
 
 @pytest.mark.slow
-def test_the_four_notebooks_run_and_grade_on_the_replica(tmp_path, monkeypatch, gpt2_repo):
+@pytest.mark.parametrize("wikitext_id, arrow", [("Salesforce/wikitext", False), ("wikitext", True)])
+def test_the_four_notebooks_run_and_grade_on_the_replica(tmp_path, monkeypatch, gpt2_repo, wikitext_id, arrow):
     """PRESET = "gpt2", sizes scaled down through OVERRIDES, network off: the kernels load the
-    preset's own assets from the replica, and the grader reads the run."""
+    preset's own assets from the replica (under either wikitext id; with the Arrow files an online
+    load leaves, ``datasets`` reads those), and the grader reads the run."""
     from checkers.results.steps import check_all
     from cptlab.notebook.execute import execute_lab
 
-    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE)
+    home = build(tmp_path / "home", gpt2_repo, ENGLISH, CODE, wikitext_id=wikitext_id)
+    if arrow:
+        wiki = snapshot(home, wikitext_id) / "wikitext-2-raw-v1"
+        prepare_arrow(
+            home,
+            wikitext_id,
+            "wikitext-2-raw-v1",
+            {s: [str(wiki / f"{s}-00000-of-00001.parquet")] for s in ("train", "validation", "test")},
+        )
+        code = snapshot(home, "codeparrot/codeparrot-clean")
+        prepare_arrow(home, "codeparrot/codeparrot-clean", "default", {"train": sorted(map(str, code.glob("*.gz")))})
     _use(monkeypatch, home)
     small = {
         "code_token_budget": 6_000,

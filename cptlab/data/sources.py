@@ -189,18 +189,21 @@ def cached_snapshot_files(repo_id: str, name: str | None, split: str) -> list[st
 
 
 def open_hf_dataset(src: DataSource):
-    """``load_dataset`` as the source says; offline, where ``datasets`` cannot list a hub repo, the
-    same split read from the repo's snapshot in the hub cache (what a preloaded sandbox holds)."""
+    """``load_dataset`` as the source says, under each id the dataset has had; offline, where
+    ``datasets`` finds neither the repo nor its prepared Arrow files, the same split read from the
+    repo's snapshot in the hub cache (what a preloaded sandbox holds)."""
     from datasets import load_dataset
 
     _quiet_datasets()
     kwargs = {"split": src.split, "streaming": src.streaming}
     if src.data_files is not None:
         kwargs["data_files"] = src.data_files
-    try:
-        return load_dataset(src.path, src.name, **kwargs)
-    except (OSError, ValueError, FileNotFoundError, ConnectionError) as exc:
-        first = exc
+    first = None
+    for repo in HUB_ALIASES.get(src.path or "", (src.path,)):
+        try:  # online, or offline from the Arrow files an earlier online load left in HF_DATASETS_CACHE
+            return load_dataset(repo, src.name, **kwargs)
+        except (OSError, ValueError, FileNotFoundError, ConnectionError) as exc:
+            first = first or exc
     files = cached_snapshot_files(src.path or "", src.name, src.split) if src.data_files is None else []
     if files:
         builder = DATA_SUFFIXES[Path(files[0]).suffix]
