@@ -138,9 +138,9 @@ def prepare_arrow(home: Path, repo_id: str, config_name: str, split_files: dict[
     ``dataset_info.json``. ``datasets``' builder lays the folder out (``_relative_data_dir``); online it
     would also check that the files are the repo's ``hf://`` paths, which offline they cannot be, so the
     repo id is set after that check."""
+    from datasets.naming import camelcase_to_snakecase
     from datasets.packaged_modules.json.json import Json
     from datasets.packaged_modules.parquet.parquet import Parquet
-    from datasets.naming import camelcase_to_snakecase
 
     first = next(iter(split_files.values()))[0]
     builder_class = Parquet if first.endswith(".parquet") else Json

@@ -20,9 +20,8 @@ def gpt2_repo(tmp_path_factory, tiny_model_dir):
 
 def _use(monkeypatch, home):
     """Point the hub cache at the replica as HF_HOME would at start-up (its constants are read at import)."""
-    from huggingface_hub import constants
-
     from datasets import config as datasets_config
+    from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
