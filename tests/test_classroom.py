@@ -333,7 +333,7 @@ def test_merging_takes_only_the_answer_cells():
             cell.source = "PRESET = 'gpt2'"
     merge = merge_answers(pristine, submitted)
     params = next(c for c in merge.notebook.cells if "parameters" in c.metadata.get("tags", []))
-    assert 'PRESET = "tiny"' in params.source
+    assert 'PRESET = "auto"' in params.source
     assert any("math.exp(nll_sum / n_scored)" in src for src in merge.answers.values())
 
 

@@ -198,3 +198,50 @@ def test_the_four_notebooks_run_and_grade_on_the_replica(tmp_path, monkeypatch, 
     failed = {c.id for r in reports for c in r.failures}
     assert failed <= scaled, failed - scaled
     shutil.rmtree(run / "models", ignore_errors=True)
+
+
+def test_auto_is_tiny_without_a_cuda_device(monkeypatch, capsys):
+    from cptlab.lab.preset import resolve_preset
+    from cptlab.notebook import cells
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_preset("auto") == ("tiny", "no CUDA device: tiny")
+    assert resolve_preset("smoke") == ("smoke", "smoke: as PRESET says")
+    cfg = cells.lab_config("auto", "runs/x", seed=7, overrides={})
+    assert (cfg.preset, cfg.seed) == ("tiny", 7)
+    assert capsys.readouterr().out.splitlines()[0] == "preset tiny (no CUDA device: tiny)"
+
+
+def test_auto_is_gpt2_on_a_gpu_whose_cache_holds_the_three_assets(tmp_path, monkeypatch, gpt2_repo, capsys):
+    """CUDA faked, the sandbox's cache replicated: auto resolves to gpt2, and the run folder records
+    gpt2, never auto."""
+    from cptlab.lab import steps
+    from cptlab.notebook import cells
+
+    _use(monkeypatch, build(tmp_path / "home", gpt2_repo, ENGLISH, CODE))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    small = {
+        "device": "cpu",
+        "code_token_budget": 3_000,
+        "block_size": 32,
+        "eval_max_tokens": 600,
+        "eval_batch_size": 4,
+    }
+    cfg = cells.lab_config("auto", str(tmp_path / "run"), seed=1234, overrides=small)
+    assert cfg.preset == "gpt2"
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == "preset gpt2 (gpt2: GPU found, GPT-2, codeparrot-clean and wikitext-2 in the cache)"
+    steps.run_step1(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "step1_baseline.json").read_text())["preset"] == "gpt2"
+
+
+@pytest.mark.parametrize(
+    "skip, named", [("gpt2", "GPT-2"), ("codeparrot", "codeparrot-clean"), ("wikitext", "wikitext-2")]
+)
+def test_auto_falls_back_to_tiny_naming_what_the_cache_lacks(tmp_path, monkeypatch, gpt2_repo, skip, named):
+    from cptlab.lab.preset import resolve_preset
+
+    _use(monkeypatch, build(tmp_path / "home", gpt2_repo, ENGLISH, CODE, skip=skip))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    preset, why = resolve_preset("auto")
+    assert preset == "tiny" and why.startswith(f"GPU found, but {named} not in the Hugging Face cache: tiny"), why

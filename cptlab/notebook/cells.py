@@ -13,9 +13,11 @@ import numpy as np
 from huggingface_hub.utils import disable_progress_bars
 from transformers.utils import logging as hf_logging
 
+from cptlab.core.config import get_config
 from cptlab.core.results import MissingStepError, read_step
 from cptlab.core.uncertainty import describe
 from cptlab.lab import plots, steps
+from cptlab.lab.preset import resolve_preset
 from cptlab.lab.study import run_study, study_table
 from cptlab.notebook.fallback import use
 
@@ -224,6 +226,15 @@ loss_curve = _guarded(plots.loss_curve)
 before_after = _guarded(plots.before_after)
 forgetting_curve = _guarded(plots.forgetting_curve)
 tradeoff_plot = _guarded(plots.tradeoff_plot)
+
+
+def lab_config(preset: str, run_dir: str, seed: int, overrides: dict):
+    """The run's config from the parameters cell, ``auto`` resolved, said in one line."""
+    name, why = resolve_preset(preset)
+    cfg = get_config(name, seed=seed, **overrides)
+    print(f"preset {cfg.preset} ({why})")
+    print(f"block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder {run_dir}")
+    return cfg
 
 
 def run_folder(path: str) -> str:

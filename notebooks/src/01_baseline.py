@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "auto"  # auto: gpt2 on a GPU with its cache, else tiny | tiny: CPU, offline | gpt2 | smoke: seconds, for CI
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
@@ -34,17 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from checkers import check_perplexity, check_step1
-from cptlab import get_config
 from cptlab.notebook import cells
 from cptlab.notebook.friendly import friendly_errors
 
 friendly_errors()  # the lab's own errors show as one message that says what to do
 RUN_DIR = cells.run_folder(RUN_DIR)
-cfg = get_config(PRESET, seed=SEED, **OVERRIDES)
-print(
-    f"preset {cfg.preset}: block_size {cfg.block_size}, CPT lr {cfg.cpt_lr}, {cfg.max_steps} steps, run folder "
-    f"{RUN_DIR}"
-)
+cfg = cells.lab_config(PRESET, RUN_DIR, seed=SEED, overrides=OVERRIDES)
 
 # %% [markdown]
 # ## ✏️ Question 1.1 · Corpus perplexity (14 points)

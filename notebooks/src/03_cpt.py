@@ -21,7 +21,7 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
-PRESET = "tiny"  # tiny: CPU, offline (default) | gpt2: the real lab on a GPU | smoke: seconds, for CI
+PRESET = "auto"  # step 1 chose the preset; this notebook reads it from the run folder
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
