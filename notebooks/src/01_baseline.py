@@ -124,10 +124,10 @@ check_step1(RUN_DIR)
 # %% [markdown] tags=["answer", "W1"]
 # ### BEGIN SOLUTION
 # Which set is harder depends on the model's pre-training mix, the tokenizer and the protocol, not
-# on whether my code is right: GPT-2 (WebText, with code) starts near its English perplexity, while
-# this run's tiny base (3% code) starts at a code perplexity several times its English one. A check
-# that asserted a direction would fail a correct perplexity for a reason that is not my bug, or pass
-# a wrong one that happens to land on the expected side. What the check can assert is what must
+# on whether my code is right: this run's tiny base (3% code) starts at a code perplexity several
+# times its English one, while GPT-2, whose WebText held code, should start much closer (the gpt2
+# preset measures it). A check that asserted a direction would fail a correct perplexity for a
+# reason that is not my bug, or pass a wrong one that happens to land on the expected side. What the check can assert is what must
 # hold for any model: both numbers are finite, above 1, recomputable from their raw sums, on enough
 # tokens and under one protocol. Caveat: with another block size the two numbers move differently.
 # ### END SOLUTION

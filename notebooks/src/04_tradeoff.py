@@ -77,6 +77,14 @@ cells.forgetting_curve(RUN_DIR)
 # - **Replay mixing**: keep a share of general text in every batch (a few percent for a mild shift,
 #   up to about a quarter for a strong one such as English to code). It costs a little domain gain
 #   and buys back much of the forgetting; Code Llama kept about 7% natural language for this reason.
+#   What is replayed matters. On `tiny` the English replayed is the base model's own pre-training
+#   articles, never the held-out articles the English perplexity is measured on: the production
+#   setting. On `gpt2` the cache holds no WebText, so the lab replays WikiText-2's *train* split:
+#   Wikipedia, which GPT-2 never saw (WebText removed it), and the very distribution of the English
+#   test set. There the replay rows measure how much training on the evaluation's own distribution
+#   protects it, an upper bound on what replaying real pre-training data would buy; with a
+#   WebText-like sample in the cache, set `OVERRIDES = {"replay_source": {"kind": "hf", "path":
+#   "stas/openwebtext-10k", "field": "text"}}` in step 1 to measure the production setting.
 # - **LoRA on frozen weights**: train small low-rank adapters and leave the base weights
 #   bit-identical; the base stays available by switching the adapter off, and one base can serve
 #   many adapters. Whether it also forgets less is an empirical question: measure it (below, it
