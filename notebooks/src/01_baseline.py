@@ -128,6 +128,6 @@ check_step1(RUN_DIR)
 # times its English one, while GPT-2, whose WebText held code, should start much closer (the gpt2
 # preset measures it). A check that asserted a direction would fail a correct perplexity for a
 # reason that is not my bug, or pass a wrong one that happens to land on the expected side. What
-# the check can assert is what must hold for any model: both numbers are finite, above 1, recomputable from their raw sums, on enough
-# tokens and under one protocol. Caveat: with another block size the two numbers move differently.
+# the check can assert is what must hold for any model: both numbers are finite, above 1,
+# recomputable from their raw sums, on enough tokens and under one protocol. Caveat: with another block size the two numbers move differently.
 # ### END SOLUTION
