@@ -129,5 +129,6 @@ check_step1(RUN_DIR)
 # preset measures it). A check that asserted a direction would fail a correct perplexity for a
 # reason that is not my bug, or pass a wrong one that happens to land on the expected side. What
 # the check can assert is what must hold for any model: both numbers are finite, above 1,
-# recomputable from their raw sums, on enough tokens and under one protocol. Caveat: with another block size the two numbers move differently.
+# recomputable from their raw sums, on enough tokens and under one protocol. Caveat: with another
+# block size the two numbers move differently.
 # ### END SOLUTION
