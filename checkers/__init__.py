@@ -15,10 +15,13 @@ cptlab.data, cptlab.speed, cptlab.model, cptlab.lab, cptlab.notebook.
 from checkers.code.exercises import (
     check_blocks,
     check_choice,
+    check_interpolate,
+    check_lora_config,
     check_optimizer_step,
     check_pack,
     check_perplexity,
     check_production_choices,
+    check_replay_schedule,
     check_schedule,
     check_split,
     check_tradeoff,
@@ -41,6 +44,9 @@ __all__ = [
     "check_schedule",
     "check_optimizer_step",
     "check_tradeoff",
+    "check_replay_schedule",
+    "check_interpolate",
+    "check_lora_config",
     "check_choice",
     "check_production_choices",
 ]

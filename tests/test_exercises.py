@@ -11,10 +11,13 @@ import torch.nn.functional as F
 from checkers import (
     check_blocks,
     check_choice,
+    check_interpolate,
+    check_lora_config,
     check_optimizer_step,
     check_pack,
     check_perplexity,
     check_production_choices,
+    check_replay_schedule,
     check_schedule,
     check_split,
     check_tradeoff,
@@ -131,7 +134,7 @@ def test_perplexity_mistakes_are_named(fn, mistake):
 
 def test_a_stub_reports_not_implemented_yet_with_no_points():
     report = check_perplexity(stub)
-    assert report.status == "not implemented yet" and report.points == 0 and report.max_points == 14
+    assert report.status == "not implemented yet" and report.points == 0 and report.max_points == 12
     assert "not implemented yet" in report._repr_html_() and "Traceback" not in str(report)
 
 
@@ -473,7 +476,7 @@ def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
     from checkers.core.questions import CHECK_POINTS
 
     report = check_perplexity(ppl_mean_of_ppl, seed=3)
-    assert report.max_points == 14 and report.points <= 5
+    assert report.max_points == 12 and report.points <= 5
     assert {c.id.split(".", 2)[2]: c.points for c in report.checks} == CHECK_POINTS["1.1"]
 
 
@@ -494,4 +497,120 @@ def test_a_malformed_or_hostile_own_study_fails_its_row_and_never_raises(tmp_pat
     else:
         (tmp_path / "step4_tradeoff.json").write_text(content)
     report = check_production_choices(choices_ok, str(tmp_path), seed=1)
-    assert [c.id for c in report.failures][:1] == ["q4.3.own_study"] and report.points == 2
+    assert [c.id for c in report.failures][:1] == ["q4.6.own_study"] and report.points == 2
+
+
+# ----------------------------------------------------------------------------- step 4: replay, souping, LoRA
+def schedule_ok(fraction, windows, steps):
+    total = [math.floor(fraction * windows * k + 1e-9) for k in range(steps + 1)]
+    return [total[k] - total[k - 1] for k in range(1, steps + 1)]
+
+
+def schedule_rounded_per_step(fraction, windows, steps):
+    return [round(fraction * windows)] * steps
+
+
+def schedule_front_loaded(fraction, windows, steps):
+    left, out = round(fraction * windows * steps), []
+    for _ in range(steps):
+        out.append(min(windows, left))
+        left -= out[-1]
+    return out
+
+
+def schedule_code_share(fraction, windows, steps):
+    return schedule_ok(1 - fraction, windows, steps)
+
+
+def schedule_fractional(fraction, windows, steps):
+    return [fraction * windows] * steps
+
+
+def interpolate_ok(base, cpt, alpha):
+    return {k: (1 - alpha) * v + alpha * cpt[k] if v.is_floating_point() else v.clone() for k, v in base.items()}
+
+
+def interpolate_reversed(base, cpt, alpha):
+    return interpolate_ok(base, cpt, 1 - alpha)
+
+
+def interpolate_in_place(base, cpt, alpha):
+    for k, v in base.items():
+        if v.is_floating_point():
+            v.mul_(1 - alpha).add_(alpha * cpt[k])
+    return base
+
+
+def interpolate_every_tensor(base, cpt, alpha):
+    return {k: (1 - alpha) * v + alpha * cpt[k] for k, v in base.items()}
+
+
+def _lora(**kw):
+    from peft import LoraConfig
+
+    return lambda r, alpha: LoraConfig(
+        **{
+            "r": r,
+            "lora_alpha": alpha,
+            "target_modules": ["c_attn", "c_proj", "c_fc"],
+            "fan_in_fan_out": True,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            **kw,
+        }
+    )
+
+
+def test_replay_souping_and_lora_checks_pass_right_functions():
+    assert_full(check_replay_schedule(schedule_ok))
+    assert_full(check_interpolate(interpolate_ok))
+    assert_full(check_lora_config(_lora()))
+    assert_full(check_lora_config(_lora(target_modules="all-linear")))  # peft's own name for the same layers
+
+
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (schedule_rounded_per_step, "rounded per step"),
+        (schedule_front_loaded, "front-loaded"),
+        (schedule_code_share, "the code share, not the English share"),
+    ],
+)
+def test_replay_schedule_mistakes_are_named(fn, mistake):
+    named_on_every_seed(check_replay_schedule, mistake, fn)
+
+
+def test_a_fractional_schedule_fails_its_form():
+    report = check_replay_schedule(schedule_fractional, seed=1)
+    assert [c.id for c in report.failures][:1] == ["q4.2.returns"] and report.points == 0
+
+
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (interpolate_reversed, "alpha weights the base"),
+        (interpolate_in_place, "the inputs changed in place"),
+        (interpolate_every_tensor, "an integer buffer blended"),
+    ],
+)
+def test_interpolate_mistakes_are_named(fn, mistake):
+    named_on_every_seed(check_interpolate, mistake, fn)
+
+
+@pytest.mark.parametrize(
+    "kw, mistake",
+    [
+        ({"target_modules": ["q_proj", "v_proj"]}, "targets that match nothing"),
+        ({"fan_in_fan_out": False}, "fan_in_fan_out missing"),
+        ({"target_modules": ["attn.c_attn", "attn.c_proj"]}, "attention only"),
+        ({"bias": "all"}, "the base not frozen"),
+        ({"modules_to_save": ["lm_head"]}, "the base not frozen"),
+    ],
+)
+def test_lora_config_mistakes_are_named(kw, mistake):
+    named_on_every_seed(check_lora_config, mistake, _lora(**kw))
+
+
+def test_a_regular_expression_as_targets_never_reaches_peft():
+    report = check_lora_config(_lora(target_modules="(a+)+$"), seed=2)
+    assert [c.id for c in report.failures][:1] == ["q4.4.returns"] and report.points == 0

@@ -288,6 +288,34 @@ def test_a_run_folder_from_before_the_intervals_asks_to_rerun_step_3(lab_run, tm
     } <= {c.id for c in report.checks}
 
 
+def test_the_study_is_built_from_the_learners_schedule_souping_and_lora(lab_run, tmp_path):
+    """Notebook 4's functions build the study: wrong ones change its numbers, and the results
+    checks see what they did."""
+    from peft import LoraConfig
+
+    from cptlab.lab.study import run_study
+
+    run = tmp_path / "run"
+    shutil.copytree(lab_run, run)
+    before = {v["name"]: v for v in json.loads((run / "step4_tradeoff.json").read_text())["study"]["variants"]}
+    study = run_study(
+        run,
+        progress=False,
+        schedule_fn=lambda fraction, windows, steps: [0] * steps,  # rounded per step: no English at all
+        interpolate_fn=lambda base, cpt, alpha: {k: alpha * v + (1 - alpha) * cpt[k] for k, v in base.items()},
+        lora_fn=lambda r, alpha: LoraConfig(r=r, lora_alpha=alpha, target_modules=["c_attn"], fan_in_fan_out=True),
+    )
+    after = {v["name"]: v for v in study["variants"]}
+    replay = [n for n, v in after.items() if v["choice"] == "replay"]
+    assert replay and all(after[n]["replay_windows"] == 0 and before[n]["replay_windows"] > 0 for n in replay)
+    assert all(after[n]["code_ppl"] != before[n]["code_ppl"] for n in replay)
+    lora = next(n for n, v in after.items() if v["choice"] == "lora")
+    assert after[lora]["lora_modules"] == ["c_attn"] and after[lora]["code_ppl"] != before[lora]["code_ppl"]
+    assert after["interp a=0"]["code_ppl"] == pytest.approx(before["interp a=1"]["code_ppl"], rel=1e-6)
+    failed = {c.id for c in check_step4(run).failures}
+    assert {"s4.replay_share", "s4.interp_endpoints"} <= failed, failed
+
+
 def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
     import numpy as np
 

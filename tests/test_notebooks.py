@@ -67,6 +67,20 @@ def test_every_question_has_its_cell():
     assert sorted(written) == sorted(q for q, v in QUESTIONS.items() if v.kind == "written")
 
 
+def test_the_points_the_notebooks_announce_are_the_graders():
+    """Every "Question X.Y ... (N points)" and "Check step N (P points)" heading says what questions.py gives."""
+    from checkers.core.questions import RESULTS_QUESTION
+
+    said = {}
+    for src in SOURCES:
+        text = src.read_text()
+        said.update({q: int(p) for q, p in re.findall(r"Question (\d\.\d) ·[^\n]*\((\d+) points\)", text)})
+        said.update(
+            {RESULTS_QUESTION[int(n)]: int(p) for n, p in re.findall(r"Check step (\d) \((\d+) points\)", text)}
+        )
+    assert said == {q: v.points for q, v in QUESTIONS.items() if v.kind != "written"}
+
+
 def test_solution_notebooks_score_every_automatic_point(lab_run):
     scores = score_notebooks(lab_run)
     assert scores["max"] == AUTO_POINTS == 88

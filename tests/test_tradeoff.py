@@ -8,7 +8,15 @@ import torch
 
 from cptlab.core.config import get_config
 from cptlab.data.corpus import replay_batches, replay_counts
-from cptlab.lab.study import base_weights_digest, interpolate_, lora_model, params_of, pareto_front, recommend
+from cptlab.lab.study import (
+    base_weights_digest,
+    interpolate,
+    load_interpolated,
+    lora_model,
+    pareto_front,
+    recommend,
+    state_of,
+)
 from cptlab.model.measure import floor_crossing
 from cptlab.model.perplexity import perplexity
 from cptlab.model.train import train
@@ -41,15 +49,23 @@ def test_replay_batches_mix_the_two_streams():
 
 def test_interpolation_endpoints_and_midpoint(model_and_tok):
     model, _ = model_and_tok
-    base = params_of(model)
-    tuned = {n: p + 0.01 * torch.randn_like(p) for n, p in base.items()}
+    base = state_of(model)
     m = copy.deepcopy(model)
-    interpolate_(m, base, tuned, 0.0)
-    assert all(torch.equal(p, base[n]) for n, p in m.named_parameters())
-    interpolate_(m, base, tuned, 1.0)
-    assert all(torch.equal(p, tuned[n]) for n, p in m.named_parameters())
-    interpolate_(m, base, tuned, 0.5)
-    assert all(torch.allclose(p, (base[n] + tuned[n]) / 2) for n, p in m.named_parameters())
+    with torch.no_grad():
+        for p in m.parameters():  # the tied embedding and lm_head move together, as in a real CPT model
+            p.add_(0.01 * torch.randn_like(p))
+    tuned = state_of(m)
+    for alpha, want in ((0.0, base), (1.0, tuned), (0.5, {n: (base[n] + tuned[n]) / 2 for n in base})):
+        load_interpolated(m, interpolate(base, tuned, alpha))
+        assert all(torch.allclose(p, want[n]) for n, p in m.state_dict().items())
+    assert all(torch.equal(base[n], p) for n, p in state_of(model).items())  # the base itself untouched
+
+
+def test_a_wrong_interpolated_state_is_refused_in_one_line(model_and_tok):
+    model, _ = model_and_tok
+    state = state_of(model)
+    with pytest.raises(ValueError, match="not the model's .* state-dict keys"):
+        load_interpolated(copy.deepcopy(model), {k: v for k, v in list(state.items())[1:]})
 
 
 def test_lora_trains_adapters_and_leaves_base_bit_identical(model_and_tok):

@@ -506,8 +506,8 @@ def grade_learner(
                     res.answers[qid] = cell.source
         setup = setup_cell(pristine)
         merges[step] = (merge, setup, cells)
-        for q in questions:  # the judge, one sandboxed process per question (4.3 also needs step 4's study: below)
-            if q.id == "4.3":
+        for q in questions:  # the judge, one sandboxed process per question (4.6 also needs step 4's study: below)
+            if q.id == "4.6":
                 continue
             if submitted is None:
                 reports[q.id] = _missing_report(q, name, why)
@@ -562,11 +562,11 @@ def grade_learner(
         res.status[name] = status
     if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
         _, setup, cells = merges[4]
-        reports["4.3"] = judge_question(
-            "4.3", [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir
+        reports["4.6"] = judge_question(
+            "4.6", [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir
         )
     else:
-        reports["4.3"] = _missing_report(QUESTIONS["4.3"], STEP_NOTEBOOKS[4], "missing")
+        reports["4.6"] = _missing_report(QUESTIONS["4.6"], STEP_NOTEBOOKS[4], "missing")
     res.code = "\n\n".join(codes)
     for q in QUESTIONS.values():
         if q.kind == "code":

@@ -192,8 +192,11 @@ CHECKS: dict[str, Callable] = {
     "3.1": ex.check_schedule,
     "3.2": ex.check_optimizer_step,
     "4.1": ex.check_tradeoff,
-    "4.2": ex.check_choice,
-    "4.3": ex.check_production_choices,
+    "4.2": ex.check_replay_schedule,
+    "4.3": ex.check_interpolate,
+    "4.4": ex.check_lora_config,
+    "4.5": ex.check_choice,
+    "4.6": ex.check_production_choices,
 }
 
 
@@ -216,7 +219,7 @@ def judge_question(
         except OutOfLimits as exc:
             return _limit_report(q, f"the answer cells did not finish: {exc}")
         fns = [RemoteFunction(server, name) for name in q.functions]
-        extra = {"run_dir": str(run_dir)} if qid == "4.3" and run_dir is not None else {}
+        extra = {"run_dir": str(run_dir)} if qid == "4.6" and run_dir is not None else {}
         report = CHECKS[qid](*fns, seed=seed, **extra)
         if defined.get("errors") and not report.passed:
             for c in report.failures:

@@ -247,10 +247,29 @@ def replay_counts(fraction: float, batch_size: int, steps: int) -> list[int]:
     return [min(batch_size, total[k] - total[k - 1]) for k in range(1, steps + 1)]
 
 
-def replay_batches(main: np.ndarray, replay: np.ndarray, cfg, fraction: float, record: list[int]):
-    """``batch_fn`` for ``train``: each step's windows from ``main``, ``replay_counts`` of them from
-    ``replay`` (CPT replays English into code; the tiny base replays code into English)."""
-    counts = replay_counts(fraction, cfg.batch_size * cfg.grad_accum, cfg.max_steps)
+def checked_counts(counts, windows: int, steps: int, name: str = "replay_schedule") -> list[int]:
+    """A learner's replay schedule as the loop needs it, or one line that says what is wrong."""
+    try:
+        counts = [int(c) for c in counts] if all(float(c) == int(c) for c in counts) else None
+    except (TypeError, ValueError):
+        counts = None
+    if counts is None or len(counts) != steps or any(c < 0 or c > windows for c in counts):
+        raise ValueError(
+            f"{name} should give {steps} whole numbers of replay windows, each between 0 and {windows}: "
+            "run its check cell"
+        )
+    return counts
+
+
+def replay_batches(main: np.ndarray, replay: np.ndarray, cfg, fraction: float, record: list[int], schedule_fn=None):
+    """``batch_fn`` for ``train``: each step's windows from ``main``, and as many from ``replay`` as
+    the schedule says (``schedule_fn(fraction, windows_per_step, steps)``, the learner's in notebook 4,
+    else ``replay_counts``). CPT replays English into code; the tiny base replays code into English."""
+    windows = cfg.batch_size * cfg.grad_accum
+    if schedule_fn is None:
+        counts = replay_counts(fraction, windows, cfg.max_steps)
+    else:
+        counts = checked_counts(schedule_fn(fraction, windows, cfg.max_steps), windows, cfg.max_steps)
 
     def batch_fn(step: int, gen: torch.Generator) -> list[torch.Tensor]:
         n_rep = counts[step - 1]

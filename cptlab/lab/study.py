@@ -47,30 +47,67 @@ def base_weights_digest(model: torch.nn.Module) -> str:
 LORA_TARGETS = {"all_linear": ["c_attn", "c_proj", "c_fc"], "attention": ["attn.c_attn", "attn.c_proj"]}
 
 
-def lora_model(model, cfg: LabConfig):
-    from peft import LoraConfig, get_peft_model
+def lora_config(r: int, alpha: int):
+    """LoRA for GPT-2 (the reference of notebook 4's ``lora_config``): adapters on every linear layer
+    (``c_attn``, ``c_proj``, ``c_fc``), which are ``Conv1D`` modules storing their weight as [in, out],
+    hence ``fan_in_fan_out``; no dropout, no bias trained, nothing else saved: the base stays frozen."""
+    from peft import LoraConfig
 
-    config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
         lora_dropout=0.0,
         bias="none",
-        target_modules=LORA_TARGETS[cfg.lora_targets],
-        fan_in_fan_out=True,  # GPT-2's Conv1D layers
+        target_modules=LORA_TARGETS["all_linear"],
+        fan_in_fan_out=True,
     )
+
+
+def lora_model(model, cfg: LabConfig, config_fn=None):
+    """``model`` with LoRA adapters, from ``config_fn(r, alpha)`` (the learner's, in notebook 4) when
+    the run asks for all linear layers, else the reference set-up for ``cfg.lora_targets``."""
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.lora_targets == "all_linear":
+        config = (config_fn or lora_config)(cfg.lora_r, cfg.lora_alpha)
+        if not isinstance(config, LoraConfig):
+            raise TypeError(f"lora_config returned {type(config).__name__}, not a peft.LoraConfig: run its check cell")
+    else:
+        config = lora_config(cfg.lora_r, cfg.lora_alpha)
+        config.target_modules = LORA_TARGETS[cfg.lora_targets]
     return get_peft_model(model, config)
 
 
 # ----------------------------------------------------------------------------- interpolation
 @torch.no_grad()
-def interpolate_(model, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> None:
-    """theta(alpha) = (1 - alpha) theta_base + alpha theta_cpt, in place (WiSE-FT)."""
-    for name, p in model.named_parameters():
-        p.copy_((1.0 - alpha) * base[name] + alpha * tuned[name])
+def interpolate(base: dict[str, torch.Tensor], cpt: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """theta(alpha) = (1 - alpha) theta_base + alpha theta_cpt, tensor by tensor (WiSE-FT), as new
+    tensors; integer buffers are copied from the base (the reference of notebook 4's ``interpolate``)."""
+    return {
+        k: (1.0 - alpha) * base[k] + alpha * cpt[k] if base[k].is_floating_point() else base[k].clone() for k in base
+    }
 
 
-def params_of(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+def load_interpolated(model, state) -> None:
+    """Load a learner's interpolated state, or say in one line what is wrong with it."""
+    own = model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        got = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"interpolate returned {got}..., not the model's {len(own)} state-dict keys: run its check cell"
+        )
+    bad = [k for k in own if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(f"interpolate returned a wrong tensor for {bad[0]}: run its check cell")
+    model.load_state_dict(state)
+
+
+def _names(targets) -> list[str]:
+    return [targets] if isinstance(targets, str) else sorted(targets)
+
+
+def state_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -179,9 +216,19 @@ def pareto_front(variants: list[dict]) -> list[str]:
     return front
 
 
-def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dict:
-    """Measure every variant, add the study to ``step4_tradeoff.json``, return it. ``choose_fn(variants,
-    floor) -> name`` is the learner's decision rule (notebook 4); ``recommend`` is the reference."""
+def run_study(
+    run_dir: str | Path,
+    progress: bool = True,
+    choose_fn=None,
+    schedule_fn=None,
+    interpolate_fn=None,
+    lora_fn=None,
+) -> dict:
+    """Measure every variant, add the study to ``step4_tradeoff.json``, return it. The learner's
+    functions of notebook 4 build the choices when given (``None``: the reference): ``choose_fn(variants,
+    floor) -> name`` the decision rule, ``schedule_fn(fraction, windows_per_step, steps)`` the replay
+    windows of each step, ``interpolate_fn(base_state, cpt_state, alpha)`` souping, ``lora_fn(r, alpha)``
+    the LoRA set-up."""
     cfg = config_of(run_dir)
     s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)
     s = StepSetup(cfg, s1["base_model"])
@@ -246,7 +293,7 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
                 s.amp,
                 progress=progress,
                 desc=f"replay {frac:.0%}",
-                batch_fn=replay_batches(blocks, english, cfg, frac, record),
+                batch_fn=replay_batches(blocks, english, cfg, frac, record, schedule_fn),
             )
             windows = len(record) * cfg.batch_size * cfg.grad_accum
             variants.append(
@@ -269,7 +316,7 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
     seed_everything(cfg.seed)
     model = s.model()
     before = base_weights_digest(model)
-    peft_model = lora_model(model, cfg)
+    peft_model = lora_model(model, cfg, lora_fn)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     res = train(peft_model, blocks, cfg.replace(cpt_lr=cfg.lora_lr), s.device, s.amp, progress=progress, desc="LoRA")
@@ -284,6 +331,7 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
             lora_alpha=cfg.lora_alpha,
             lora_lr=cfg.lora_lr,
             lora_targets=cfg.lora_targets,
+            lora_modules=_names(peft_model.peft_config["default"].target_modules),
             trainable_params=trainable,
             total_params=total,
             base_sha256_before=before,
@@ -295,10 +343,10 @@ def run_study(run_dir: str | Path, progress: bool = True, choose_fn=None) -> dic
 
     # weight interpolation: no training
     base_model = s.model()
-    base_params = params_of(base_model)
-    tuned_params = params_of(s.model(str(model_path(run_dir, s3["adapted_model"]))))
+    base_state = state_of(base_model)
+    cpt_state = state_of(s.model(str(model_path(run_dir, s3["adapted_model"]))))
     for alpha in cfg.interp_alphas:
-        interpolate_(base_model, base_params, tuned_params, alpha)
+        load_interpolated(base_model, (interpolate_fn or interpolate)(base_state, cpt_state, alpha))
         variants.append(measure(base_model, f"interp a={alpha:g}", "interpolation", alpha=alpha))
     for v in variants:
         v["within_floor"] = within_floor(v, cfg.retention_floor)

@@ -102,11 +102,52 @@ def encode(x: Any, special=None) -> Any:
             "shape": list(a.shape),
             "data": _b64(a.contiguous().numpy().tobytes()),
         }
+    lora = _lora_fields(x)
+    if lora is not None:
+        return {"__lora_config__": lora}
     try:
         text = repr(x)[:200]
     except Exception:  # noqa: BLE001 - a learner's __repr__ may raise
         text = type(x).__name__
     return {"__opaque__": type(x).__name__, "repr": text}
+
+
+# A peft.LoraConfig crosses as its plain fields only (notebook 4's lora_config returns one).
+LORA_FIELDS = {
+    "r": int,
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "bias": str,
+    "fan_in_fan_out": bool,
+    "target_modules": (str, list),
+    "modules_to_save": (list, type(None)),
+}
+
+
+def _lora_fields(x: Any) -> dict | None:
+    if type(x).__name__ != "LoraConfig" or not type(x).__module__.startswith("peft"):
+        return None
+    fields = {}
+    for name in LORA_FIELDS:
+        v = getattr(x, name, None)
+        fields[name] = sorted(v) if isinstance(v, (set, tuple)) else v
+    return fields
+
+
+def _lora_config(fields: Any):
+    """A LoraConfig from plain fields of the expected types, or an opaque value the check then fails."""
+    from peft import LoraConfig
+
+    if not isinstance(fields, dict) or set(fields) != set(LORA_FIELDS):
+        return Opaque("LoraConfig", "fields missing")
+    for name, kind in LORA_FIELDS.items():
+        v = fields[name]
+        if not isinstance(v, kind) or (isinstance(v, list) and not all(isinstance(t, str) for t in v)):
+            return Opaque("LoraConfig", f"{name}={v!r}"[:200])
+    try:
+        return LoraConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        return Opaque("LoraConfig", str(exc)[:200])
 
 
 def encode_model(handle: int, model, with_state: bool) -> dict:
@@ -135,6 +176,8 @@ def decode(x: Any, models: dict | None = None, optimizers: dict | None = None) -
         return _array(x)
     if "__tensor__" in x:
         return torch.from_numpy(_array(x))
+    if "__lora_config__" in x:
+        return _lora_config(x["__lora_config__"])
     if "__opaque__" in x:
         return Opaque(str(x["__opaque__"]), str(x.get("repr", "")))
     if "__model__" in x and models is not None:

@@ -189,8 +189,16 @@ def show_floor(run_dir) -> dict:
 
 
 @_guarded
-def compare_variants(run_dir, choose_fn) -> dict:
-    study = run_study(run_dir, choose_fn=use(choose_fn, "choose_variant"))
+def compare_variants(run_dir, choose_fn, schedule_fn=None, interpolate_fn=None, lora_fn=None) -> dict:
+    """The study, built from the learner's replay schedule, souping and LoRA set-up, and decided by
+    their rule (each replaced by the reference, said in one line, while it fails its check)."""
+    study = run_study(
+        run_dir,
+        choose_fn=use(choose_fn, "choose_variant"),
+        schedule_fn=use(schedule_fn, "replay_schedule"),
+        interpolate_fn=use(interpolate_fn, "interpolate"),
+        lora_fn=use(lora_fn, "lora_config"),
+    )
     print(study_table(study))
     return study
 

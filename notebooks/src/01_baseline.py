@@ -42,7 +42,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 cfg = cells.lab_config(PRESET, RUN_DIR, seed=SEED, overrides=OVERRIDES)
 
 # %% [markdown]
-# ## ✏️ Question 1.1 · Corpus perplexity (14 points)
+# ## ✏️ Question 1.1 · Corpus perplexity (12 points)
 #
 # **The protocol** (the same for every number in this lab): the corpus is one stream of token ids
 # (documents joined by EOS); cut it into non-overlapping windows of `block_size` tokens; in each
@@ -108,7 +108,7 @@ cells.baseline_bars(RUN_DIR)
 # on raw text give a higher number). Either way, code is far more predictable than prose once a
 # model knows its idioms, which is the room CPT has to improve.
 #
-# ### Check step 1 (5 points)
+# ### Check step 1 (4 points)
 # The check recomputes both perplexities from their raw sums and both intervals from the
 # per-document sums, asks for enough scored tokens (50k per set on `tiny` and `gpt2`), and one
 # protocol for both sets. It asserts no direction between code and English.

@@ -51,7 +51,7 @@ def pack_documents(doc_ids, eos_id):
 check_pack(pack_documents)
 
 # %% [markdown]
-# ## ✏️ Question 2.2 · The 98/2 split, on whole documents (8 points)
+# ## ✏️ Question 2.2 · The 98/2 split, on whole documents (7 points)
 #
 # The split is made on **whole documents**, so no file leaks half into training and half into
 # validation (cutting the packed stream at 98% would). The lab's rule, which step 1 already used
@@ -134,7 +134,7 @@ cells.corpus_figures(RUN_DIR)
 # %%
 cells.show_eos_window(RUN_DIR)
 # %% [markdown]
-# ### Check step 2 (4 points)
+# ### Check step 2 (3 points)
 
 # %%
 check_step2(RUN_DIR)

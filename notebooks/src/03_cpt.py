@@ -64,7 +64,7 @@ def lr_at(step, peak_lr, warmup_steps, max_steps):
 check_schedule(lr_at)
 
 # %% [markdown]
-# ## ✏️ Question 3.2 · One optimizer step (12 points)
+# ## ✏️ Question 3.2 · One optimizer step (10 points)
 #
 # `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
 # the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t predicts
@@ -115,7 +115,7 @@ cells.loss_curve(RUN_DIR)
 #   by far more on `smoke`, whose 30 steps at a high rate shake a barely trained base. Step 4 looks
 #   at this trade-off closely.
 #
-# ### Check step 3 (6 points)
+# ### Check step 3 (5 points)
 
 # %%
 check_step3(RUN_DIR)

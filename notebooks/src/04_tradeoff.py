@@ -19,7 +19,19 @@ SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
 
 # %%
-from checkers import check_choice, check_production_choices, check_step4, check_tradeoff
+import math
+
+from peft import LoraConfig
+
+from checkers import (
+    check_choice,
+    check_interpolate,
+    check_lora_config,
+    check_production_choices,
+    check_replay_schedule,
+    check_step4,
+    check_tradeoff,
+)
 from cptlab.notebook import cells
 from cptlab.notebook.friendly import friendly_errors
 
@@ -27,7 +39,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 4.1 · The two numbers (6 points)
+# ## ✏️ Question 4.1 · The two numbers (2 points)
 # Both are ratios of perplexities (a perplexity is a geometric quantity: a difference of 5 means
 # little at 1,000 and a lot at 10). Return fractions, not percentages: a 35% drop is `0.35`.
 
@@ -94,9 +106,87 @@ cells.forgetting_curve(RUN_DIR)
 #   alpha traces a curve from the base model to the CPT model.
 #
 # Which one wins is an empirical question on your data, model and floor, so the lab measures all of
-# them with the same steps, tokens per step and evaluation tokens as your run.
+# them with the same steps, tokens per step and evaluation tokens as your run, and builds three of
+# them from your code: the replay schedule, souping and the LoRA set-up.
 #
-# ## ✏️ Question 4.2 · The choice under a retention floor (5 points)
+# ## ✏️ Question 4.2 · The replay schedule (5 points)
+# Each optimizer step trains on `windows_per_step` windows. With replay at `fraction`, how many of
+# each step's windows are English? Return one whole number per step, `steps` of them, so that the
+# run's total is `fraction x windows_per_step x steps` (to the nearest window) and **every stretch
+# of the run** holds its share: after any `k` steps, within one window of
+# `fraction x windows_per_step x k`. The trap: 5% of 4 windows is 0.2 a step, and 0.2 rounds to 0
+# at every step. Keep a running total instead.
+
+
+# %%
+def replay_schedule(fraction, windows_per_step, steps):
+    """English windows of each optimizer step, so that the running share tracks ``fraction``."""
+    ### BEGIN SOLUTION replay_schedule: a running total of fraction * windows * k; each step takes what it adds
+    total = [math.floor(fraction * windows_per_step * k + 1e-9) for k in range(steps + 1)]
+    return [total[k] - total[k - 1] for k in range(1, steps + 1)]
+    ### END SOLUTION
+
+
+# %%
+check_replay_schedule(replay_schedule)
+
+# %% [markdown]
+# ## ✏️ Question 4.3 · Weight souping (4 points)
+# `base_state` and `cpt_state` are state dicts (name -> tensor) of the base and the CPT model.
+# Return a **new** state dict with `(1 - alpha) * base + alpha * cpt` for every floating-point
+# tensor (alpha 0 is the base model, 1 the CPT model), leaving both inputs as they are (the study
+# blends the same base again for every alpha). A tensor that is not floating point (an integer
+# buffer) is not a weight: copy it from the base (`tensor.is_floating_point()`).
+
+
+# %%
+def interpolate(base_state, cpt_state, alpha):
+    """theta(alpha) = (1 - alpha) theta_base + alpha theta_cpt, as a new state dict."""
+    ### BEGIN SOLUTION interpolate: new tensors (1 - alpha) * base + alpha * cpt; copy the non-float ones
+    out = {}
+    for name, b in base_state.items():
+        if b.is_floating_point():
+            out[name] = (1.0 - alpha) * b + alpha * cpt_state[name]
+        else:
+            out[name] = b.clone()
+    return out
+    ### END SOLUTION
+
+
+# %%
+check_interpolate(interpolate)
+
+# %% [markdown]
+# ## ✏️ Question 4.4 · LoRA for GPT-2 (4 points)
+# Return the `peft.LoraConfig` the study's LoRA run uses: rank `r` and `lora_alpha=alpha` as given,
+# adapters on **every linear layer** of GPT-2's blocks (the lab's sweep below chose all of them over
+# attention only). Two things are GPT-2's own: its linear layers are named `c_attn`, `c_proj` and
+# `c_fc` (`print(model)` shows them; `q_proj` / `v_proj` are other models' names), and they are
+# `Conv1D` modules that store the weight as `[in, out]`, the transpose of `nn.Linear`, which peft
+# must be told (`fan_in_fan_out=True`). No dropout (`lora_dropout=0.0`), and nothing of the base
+# trained (`bias="none"`, no `modules_to_save`): the base weights stay bit-identical, which the
+# study verifies by hashing them before and after.
+
+
+# %%
+def lora_config(r, alpha):
+    """LoRA on every linear layer of GPT-2, with the Conv1D layout, rank r and alpha."""
+    ### BEGIN SOLUTION lora_config: a LoraConfig on every linear layer of GPT-2, told of its Conv1D layout
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        lora_dropout=0.0,
+        bias="none",
+    )
+    ### END SOLUTION
+
+
+# %%
+check_lora_config(lora_config)
+#
+# ## ✏️ Question 4.5 · The choice under a retention floor (5 points)
 # `variants` is a list of dicts with `name`, `choice`, `code_ppl_drop` and `forgetting_ratio`.
 # Return the `name` of the variant with the largest `code_ppl_drop` among those whose
 # `forgetting_ratio` is at most `floor`; if none is, the one with the smallest `forgetting_ratio`.
@@ -121,7 +211,13 @@ check_choice(choose_variant)
 # This cell trains several short runs: it is the longest of the lab (about 3 minutes on `tiny`).
 
 # %%
-study = cells.compare_variants(RUN_DIR, choose_fn=choose_variant)
+study = cells.compare_variants(
+    RUN_DIR,
+    choose_fn=choose_variant,
+    schedule_fn=replay_schedule,
+    interpolate_fn=interpolate,
+    lora_fn=lora_config,
+)
 
 # %%
 cells.tradeoff_plot(RUN_DIR)
@@ -170,7 +266,7 @@ cells.lora_sweep(cells.LORA_SWEEP, RUN_DIR)
 # customer) at a small gain, which is what `per_customer_adapters` buys.
 
 # %% [markdown]
-# ## ✏️ Question 4.3 · Four production scenarios (4 points)
+# ## ✏️ Question 4.6 · Four production scenarios (4 points)
 # For each scenario, name the variant of *your* study you would ship (a `name` from the table above),
 # decided from the numbers, not by hand, so that the same function gives the right choice on any
 # study:
@@ -203,7 +299,7 @@ def production_choices(variants, floor):
 check_production_choices(production_choices, RUN_DIR)
 
 # %% [markdown]
-# ### Check step 4 (5 points)
+# ### Check step 4 (4 points)
 # The check recomputes every number of the step and of the study from its raw sums, the interpolation
 # endpoints, the frozen LoRA base, the realised replay shares and the recommendation.
 
