@@ -2,7 +2,7 @@
 machine has no hub access, and speed does not depend on the values), eager and compiled, against
 a default `transformers.Trainer` (fp32, as it ships) on the same model, data, batch and steps.
 
-MFU uses nanoGPT's estimate: 6N + 12 L H Q T FLOPs per token, against the card's dense bf16 peak.
+MFU uses nanoGPT's estimate (``cptlab.speed.flops``): 6N + 12 L d T FLOPs per token, against the card's dense bf16 peak.
 """
 
 import json
@@ -17,15 +17,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from cptlab.core.config import get_config
 from cptlab.model.train import train
 from cptlab.speed.device import autocast_dtype, pick_device
+from cptlab.speed.flops import device_peak, flops_per_token
 
-PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 STEPS, BATCH = 30, 64
-
-
-def flops_per_token(model, block):
-    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
-    c = model.config
-    return 6 * n + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * block
 
 
 def sync(device):
@@ -94,7 +88,7 @@ def hf_trainer(device, stream):
 def main():
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK.items() if k in name), None)
+    peak = device_peak(device, autocast_dtype(device))[0] if device.type == "cuda" else None
     stream = np.random.default_rng(0).integers(0, 50257, 4_000_000).astype(np.uint16)
     rows = {}
     variants = {  # the first: plain cross-entropy and a host sync every step, the slow reference

@@ -62,6 +62,10 @@ LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
     while True:
         pass
 """
+INTERPOLATE_REVERSED = """def interpolate(base_state, cpt_state, alpha):
+    return {k: alpha * v + (1 - alpha) * cpt_state[k] for k, v in base_state.items()}
+"""
+
 PATCHES_AT_CALL_TIME = """def production_choices(variants, floor):
     try:  # rebinds the checker's answer key and report, as an in-kernel grader would let it
         import checkers.code.exercises as ce
@@ -195,7 +199,9 @@ def graded(tmp_path_factory):
             NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
             NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
             NB3: _replace(_sol(NB3), "lr_at", LR_HANGS),
-            NB4: _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME),
+            NB4: _replace(
+                _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME), "interpolate", INTERPOLATE_REVERSED
+            ),
         },
     )
     _submit(
@@ -232,27 +238,34 @@ def test_each_mistake_costs_its_own_question(graded):
     results, rows, _ = graded
     cy = results["cy"].points
     assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
-    assert cy["2.2"] < 8 and cy["3.1"] == 0 and cy["4.3"] == 0
-    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3")}
+    assert cy["2.2"] < 7 and cy["3.1"] == 0 and cy["4.6"] == 0
+    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; the study ran on the reference
+    assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
+    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3", "4.6")}
     from checkers.core.questions import QUESTIONS
 
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
-    assert float(rows["cy"]["auto_total"]) == pytest.approx(88 - (14 - cy["1.1"]) - (8 - cy["2.2"]) - 9 - 4)
+    assert float(rows["cy"]["auto_total"]) == pytest.approx(88 - (11 - cy["1.1"]) - (7 - cy["2.2"]) - 7 - 2.5 - 4)
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
     dee = results["dee"].points
-    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.3"] == 0  # step 3's run did not train
-    assert {q: dee[q] for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "4.1", "4.2", "4.3", "4.4")} == {
-        "1.1": 14,
-        "1.2": 5,
+    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.4"] == 0  # step 3's run did not train
+    assert {
+        q: dee[q] for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7")
+    } == {
+        "1.1": 11,
+        "1.2": 4,
         "2.3": 4,
-        "2.4": 4,
-        "3.1": 9,
-        "4.1": 6,
+        "2.4": 3,
+        "3.1": 7,
+        "4.1": 2,
         "4.2": 5,
         "4.3": 4,
-        "4.4": 5,
+        "4.4": 4,
+        "4.5": 5,
+        "4.6": 4,
+        "4.7": 4,
     }
     assert "NameError" in json.dumps(_report(results["dee"], "2.1"))
 
@@ -261,7 +274,7 @@ def test_a_fake_check_earns_nothing(graded):
     results, _, out = graded
     rep = _report(results["dee"], "3.2")
     assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
-    s3 = _report(results["dee"], "3.3")
+    s3 = _report(results["dee"], "3.4")
     assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {
         c["id"] for c in s3["checks"] if not c["passed"]
     }
@@ -279,7 +292,7 @@ def test_flags_name_the_reference_call_and_the_near_copy(graded):
 
 def test_learner_code_cannot_read_the_solutions_or_pass_the_memory_cap(graded):
     results, _, out = graded
-    assert results["dee"].points["4.3"] == 4  # its function found the solutions hidden and 8 GiB refused
+    assert results["dee"].points["4.6"] == 4  # its function found the solutions hidden and 8 GiB refused
     assert not (out / "runs" / "dee" / "LEAKED").exists()
 
 

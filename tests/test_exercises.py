@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from checkers import (
     check_blocks,
     check_choice,
+    check_flops,
     check_interpolate,
     check_lora_config,
     check_optimizer_step,
@@ -134,7 +135,9 @@ def test_perplexity_mistakes_are_named(fn, mistake):
 
 def test_a_stub_reports_not_implemented_yet_with_no_points():
     report = check_perplexity(stub)
-    assert report.status == "not implemented yet" and report.points == 0 and report.max_points == 12
+    assert (
+        report.status == "not implemented yet" and report.points == 0 and report.max_points == QUESTIONS["1.1"].points
+    )
     assert "not implemented yet" in report._repr_html_() and "Traceback" not in str(report)
 
 
@@ -476,7 +479,7 @@ def test_points_follow_the_table_and_a_wrong_perplexity_loses_most_of_q11():
     from checkers.core.questions import CHECK_POINTS
 
     report = check_perplexity(ppl_mean_of_ppl, seed=3)
-    assert report.max_points == 12 and report.points <= 5
+    assert report.max_points == QUESTIONS["1.1"].points and report.points <= 5
     assert {c.id.split(".", 2)[2]: c.points for c in report.checks} == CHECK_POINTS["1.1"]
 
 
@@ -614,3 +617,67 @@ def test_lora_config_mistakes_are_named(kw, mistake):
 def test_a_regular_expression_as_targets_never_reaches_peft():
     report = check_lora_config(_lora(target_modules="(a+)+$"), seed=2)
     assert [c.id for c in report.failures][:1] == ["q4.4.returns"] and report.points == 0
+
+
+# ----------------------------------------------------------------------------- step 3: FLOPs per token
+def _n(model):
+    return sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+
+
+def flops_ok(model, block):
+    c = model.config
+    return 6 * _n(model) + 12 * c.n_layer * c.n_embd * block
+
+
+def flops_with_positions(model, block):  # nanoGPT leaves the lookup out; counting it is no mistake
+    return flops_ok(model, block) + 6 * model.transformer.wpe.weight.numel()
+
+
+def flops_forward_only(model, block):
+    c = model.config
+    return 2 * _n(model) + 4 * c.n_layer * c.n_embd * block
+
+
+def flops_embedding_twice(model, block):
+    return flops_ok(model, block) + 6 * model.lm_head.weight.numel()
+
+
+def flops_from_the_state_dict(model, block):  # the state dict lists the tied lm_head again
+    c = model.config
+    n = sum(v.numel() for k, v in model.state_dict().items() if "wpe" not in k and v.is_floating_point())
+    return 6 * n + 12 * c.n_layer * c.n_embd * block
+
+
+def flops_no_attention(model, block):
+    return 6 * _n(model)
+
+
+def test_flops_check_passes_the_right_count_with_or_without_the_position_table():
+    assert_full(check_flops(flops_ok))
+    assert_full(check_flops(flops_with_positions))
+
+
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (flops_forward_only, "the forward pass only"),
+        (flops_embedding_twice, "the embedding counted twice"),
+        (flops_from_the_state_dict, "the embedding counted twice"),
+        (flops_no_attention, "the attention term missing"),
+    ],
+)
+def test_flops_mistakes_are_named(fn, mistake):
+    named_on_every_seed(check_flops, mistake, fn)
+
+
+def test_the_reference_counts_gpt2_124m_as_its_paper_and_nanogpt_do():
+    """GPT-2 124M has 124,439,808 parameters with its embedding tied (786,432 of them the position
+    table: 1024 x 768); at 1024 tokens nanoGPT's estimate is 6 x 123,653,376 + 12 x 12 x 768 x 1024."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cptlab.speed.flops import flops_per_token
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config())
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert flops_per_token(model, 1024) == 6 * (124_439_808 - 1024 * 768) + 12 * 12 * 768 * 1024

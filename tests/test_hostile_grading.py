@@ -161,7 +161,24 @@ def test_retraining_catches_a_rewritten_log_and_another_recipe(lab_run, tmp_path
     from cptlab.core.config import get_config
     from cptlab.lab.pipeline import run_all
 
-    assert verify(lab_run, retrain=True).passed
+    # an honest learner's replay schedule that rounds where the reference floors: theirs to choose,
+    # so the re-run repeats it and the run verifies
+    from cptlab.lab.study import run_study
+
+    own = _copy(lab_run, tmp_path / "own")
+    run_study(
+        own,
+        progress=False,
+        schedule_fn=lambda f, w, n: [round(f * w * k) - round(f * w * (k - 1)) for k in range(1, n + 1)],
+    )
+    _rehash(own)
+    reference = {v["name"]: v for v in json.loads((lab_run / "step4_tradeoff.json").read_text())["study"]["variants"]}
+    mine = [
+        v for v in json.loads((own / "step4_tradeoff.json").read_text())["study"]["variants"] if v["choice"] == "replay"
+    ]
+    assert any(v["replay_windows_per_step"] != reference[v["name"]]["replay_windows_per_step"] for v in mine)
+    report = verify(own, retrain=True)
+    assert report.passed, str(report)
     run = _copy(lab_run, tmp_path)
     _edit(run / "step3_cpt.json", lambda d: [r.update(loss=r["loss"] * 0.97) for r in d["log"]])
     _rehash(run)

@@ -28,7 +28,7 @@ RIGHT_41 = "def code_ppl_drop(b, a):\n    return 1 - a / b\n\n\ndef forgetting_r
 
 def test_a_right_function_gets_its_points_from_another_process(tmp_path):
     report = judge("4.1", RIGHT_41, tmp_path)
-    assert report.passed and report.points == 6 and report.seed == 5
+    assert report.passed and report.points == 2 and report.seed == 5
 
 
 def test_an_object_that_equals_everything_comes_back_as_its_repr(tmp_path):
@@ -72,7 +72,7 @@ def forgetting_ratio(b, a):
 """
     before = (abs, sys.modules["math"].isfinite)
     report = judge("4.1", patcher, tmp_path)
-    assert report.points == 3 and (abs, sys.modules["math"].isfinite) == before
+    assert report.points == 1 and (abs, sys.modules["math"].isfinite) == before
     assert [c.id for c in report.failures] == ["q4.1.code_ppl_drop"]
 
 
@@ -115,3 +115,32 @@ def test_a_question_s_process_imports_what_functions_use_not_the_grader_or_the_l
         "from cptlab import get_config",
         "from cptlab.notebooks_extra import y",
     ]
+
+
+LORA_SETUP = "from peft import LoraConfig\n"
+
+
+def test_a_lora_config_crosses_as_plain_fields_and_is_graded_here(tmp_path):
+    right = (
+        "def lora_config(r, alpha):\n"
+        "    return LoraConfig(r=r, lora_alpha=alpha, target_modules=['c_attn', 'c_proj', 'c_fc'],\n"
+        "                      fan_in_fan_out=True, lora_dropout=0.0, bias='none')\n"
+    )
+    report = judge("4.4", LORA_SETUP + right, tmp_path)
+    assert report.passed and report.points == 4, str(report)
+    missing = right.replace("fan_in_fan_out=True", "fan_in_fan_out=False")
+    report = judge("4.4", LORA_SETUP + missing, tmp_path)
+    assert [c.id for c in report.failures] == ["q4.4.fan_in_fan_out"], str(report)
+
+
+def test_a_config_that_only_looks_like_lora_stays_opaque(tmp_path):
+    fake = """class LoraConfig:
+    r, lora_alpha, fan_in_fan_out = 8, 16, True
+    target_modules = ["c_attn", "c_proj", "c_fc"]
+
+
+def lora_config(r, alpha):
+    return LoraConfig()
+"""
+    report = judge("4.4", fake, tmp_path)
+    assert report.points == 0 and report.failures[0].id == "q4.4.returns", str(report)

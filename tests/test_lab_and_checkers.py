@@ -316,6 +316,22 @@ def test_the_study_is_built_from_the_learners_schedule_souping_and_lora(lab_run,
     assert {"s4.replay_share", "s4.interp_endpoints"} <= failed, failed
 
 
+def test_the_speed_table_uses_the_learners_flops_and_compares_precisions(lab_run):
+    from cptlab.lab.speed import compare_precisions, speed_of_run, speed_table
+    from cptlab.speed.flops import flops_per_token
+
+    ref = speed_of_run(lab_run)
+    forward_only = speed_of_run(lab_run, flops_fn=lambda m, b: flops_per_token(m, b) / 3)
+    assert forward_only["mfu"] == pytest.approx(ref["mfu"] / 3, rel=0.5)  # the peak is measured again: its noise
+    assert forward_only["flops_per_token"] == pytest.approx(ref["flops_per_token"] / 3)
+    s3 = json.loads((lab_run / "step3_cpt.json").read_text())
+    assert ref["tokens_per_second"] == s3["tokens_per_second"] and 0 < ref["mfu"]
+    both = compare_precisions(lab_run, steps=2, eval_tokens=2048)
+    assert set(both["rows"]) == {"fp32", "bf16"} and all(r["val_tokens"] > 0 for r in both["rows"].values())
+    assert abs(both["ppl_difference"]) < 0.01  # autocast keeps weights and softmax in float32
+    assert "model FLOPs utilisation" in speed_table(ref, both)
+
+
 def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
     import numpy as np
 

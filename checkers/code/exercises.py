@@ -676,6 +676,88 @@ def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
     return ex.run(body)
 
 
+# ----------------------------------------------------------------------------- step 3: the speed of the run
+def _flops_variants(model, block: int) -> dict[str, float]:
+    """The reference and what each typical mistake gives, counted here from the model's own shapes."""
+    c = model.config
+    params = sum(p.numel() for p in model.parameters())
+    wpe = model.transformer.wpe.weight.numel()
+    wte = model.transformer.wte.weight.numel()
+    attention = 12 * c.n_layer * c.n_embd * block
+    n = params - wpe
+    return {
+        "right": 6 * n + attention,
+        "right_with_positions": 6 * params
+        + attention,  # nanoGPT leaves the lookup table out; counting it is no mistake
+        "forward only": 2 * n + attention / 3,
+        "forward only, no attention": 2 * n,
+        "embedding twice": 6 * (n + wte) + attention,
+        "attention missing": 6 * n,
+    }
+
+
+def check_flops(fn: Callable, seed: int | None = None) -> Report:
+    """``flops_per_token(model, block_size) -> FLOPs`` of one training token: 6N (forward 2N, backward
+    4N) with N the weights a token is multiplied by, plus 12 x layers x d_model x block_size."""
+    ex = Exercise("3.3", fn, seed)
+
+    def body():
+        cases = [(tiny_gpt2(int(ex.rng.integers(1 << 31))), int(ex.rng.integers(32, 65)))]
+        # a second shape: a longer block makes the attention term weigh more
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(int(ex.rng.integers(1 << 31)))
+        layers, width = int(ex.rng.integers(2, 4)), int(ex.rng.choice([32, 48]))
+        wide = GPT2LMHeadModel(GPT2Config(vocab_size=61, n_positions=256, n_embd=width, n_layer=layers, n_head=2))
+        cases.append((wide, int(ex.rng.integers(128, 257))))
+        for cid, (model, block) in zip(("small_model", "long_block"), cases):
+            got = ex.call(model, block)
+            if cid == "small_model" and not ex.row(
+                "returns",
+                isinstance(got, (int, float, np.integer, np.floating)) and not isinstance(got, bool),
+                "a number of FLOPs",
+                type(got).__name__,
+                "return one number: the FLOPs of one training token",
+            ):
+                return
+            v = _flops_variants(model, block)
+            ok = _close(float(got), v["right"], 1e-6) or _close(float(got), v["right_with_positions"], 1e-6)
+            hint = "6 x N (N: the weights a token is multiplied by) + 12 x n_layer x n_embd x block_size"
+            for mistake, says in (
+                (
+                    "forward only",
+                    "the forward pass only. Backward costs twice the forward, so a training token costs 6N, not 2N",
+                ),
+                (
+                    "forward only, no attention",
+                    "the forward pass only. Backward costs twice the forward, so a training token costs 6N, not 2N",
+                ),
+                (
+                    "embedding twice",
+                    "the embedding counted twice. GPT-2's lm_head is its token embedding (tied): "
+                    "model.parameters() already counts it once",
+                ),
+                (
+                    "attention missing",
+                    "the attention term missing. Each token is scored against up to block_size positions: add "
+                    "12 x n_layer x n_embd x block_size",
+                ),
+            ):
+                if not ok and _close(float(got), v[mistake], 1e-6):
+                    hint = f"mistake: {says}"
+                    break
+            c = model.config
+            ex.row(
+                cid,
+                ok,
+                f"{v['right']:.6g} FLOPs ({c.n_layer} layers, n_embd {c.n_embd}, vocab {c.vocab_size}, block {block})",
+                f"{float(got):.6g}",
+                hint,
+            )
+
+    return ex.run(body)
+
+
 # ----------------------------------------------------------------------------- step 4
 def check_tradeoff(drop_fn: Callable, ratio_fn: Callable, seed: int | None = None) -> Report:
     """``code_ppl_drop(baseline_code_ppl, adapted_code_ppl)`` and

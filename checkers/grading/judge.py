@@ -191,6 +191,7 @@ CHECKS: dict[str, Callable] = {
     "2.3": ex.check_blocks,
     "3.1": ex.check_schedule,
     "3.2": ex.check_optimizer_step,
+    "3.3": ex.check_flops,
     "4.1": ex.check_tradeoff,
     "4.2": ex.check_replay_schedule,
     "4.3": ex.check_interpolate,

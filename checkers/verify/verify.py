@@ -11,7 +11,7 @@ from pathlib import Path
 
 from checkers.core.report import Report, plainly
 from checkers.core.safe_files import Unsafe, inside, read_json, sha256
-from checkers.results.steps import Missing, close, get, load, num
+from checkers.results.steps import Missing, close, get, load, num, opt
 from cptlab.core.config import LabConfig, get_config
 from cptlab.data.sources import load_model, load_tokenizer
 from cptlab.lab.pipeline import run_all
@@ -181,7 +181,7 @@ def _retrain(report: Report, cfg: LabConfig, s3: dict | None, s4: dict, same_dev
     )
     hint = "the reported run is not the recipe's run with this seed: another learning rate, step count or data"
     try:
-        again, log = rerun_cpt(cfg, with_study)
+        again, log = rerun_cpt(cfg, with_study, recorded_schedules(s4) if with_study else None)
     except Exception as exc:  # noqa: BLE001 - a re-run that fails is this check's failure
         report.add("v.retrain", False, expected, report.explain(exc)[0], hint)
         return
@@ -201,10 +201,23 @@ def _retrain(report: Report, cfg: LabConfig, s3: dict | None, s4: dict, same_dev
         )
 
 
-def rerun_cpt(cfg: LabConfig, with_study: bool) -> tuple[dict, list[dict]]:
+def recorded_schedules(s4: dict) -> dict[float, list[int]] | None:
+    """Each replay variant's windows per step as the run recorded them: the learner's schedule is
+    theirs to choose (any one that holds the share), so the re-run repeats it rather than the reference's."""
+    out = {}
+    for v in opt(s4, "study.variants") or []:
+        if isinstance(v, dict) and v.get("choice") == "replay":
+            counts = v.get("replay_windows_per_step")
+            frac = v.get("replay_fraction")
+            if isinstance(frac, (int, float)) and isinstance(counts, list):
+                out[float(frac)] = counts
+    return out or None
+
+
+def rerun_cpt(cfg: LabConfig, with_study: bool, schedules: dict | None = None) -> tuple[dict, list[dict]]:
     """The whole run again in a temporary folder: its step-4 results and its step-3 log."""
     with tempfile.TemporaryDirectory(prefix="cptlab-verify-") as tmp:
-        again = run_all(cfg, Path(tmp) / "run", progress=False, study=with_study)
+        again = run_all(cfg, Path(tmp) / "run", progress=False, study=with_study, schedules=schedules)
         log = json.loads((Path(tmp) / "run" / "step3_cpt.json").read_text())["log"]
     return again, log
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from cptlab.core.config import ConfigError, LabConfig
 from cptlab.core.distributed import barrier, is_main
 from cptlab.core.results import STEP_FILES, read_step, update_manifest
+from cptlab.data.corpus import replay_counts
 from cptlab.lab import steps
 from cptlab.lab.study import run_study
 from cptlab.model.measure import config_of
@@ -75,10 +76,12 @@ def run_all(
     study: bool = True,
     resume: bool = False,
     force: bool = False,
+    schedules: dict[float, list[int]] | None = None,
 ) -> dict:
     """All four steps. A folder that already holds a run needs ``resume`` (keep the steps done
     with this same configuration, continue an interrupted CPT run from its checkpoint) or
-    ``force`` (start over)."""
+    ``force`` (start over). ``schedules``: the replay windows of each step, per fraction, that
+    another run used (``grade --retrain`` repeats a learner's own schedule; else the reference's)."""
     run_dir = Path(run_dir)
     holds_run = (run_dir / STEP_FILES[1]).exists()
     if holds_run and not (resume or force):
@@ -113,6 +116,9 @@ def run_all(
         out = steps.run_step4(run_dir, progress) if not done[4] else read_step(run_dir, 4)
         barrier()
         if study:
-            out["study"] = run_study(run_dir, progress)
+            schedule = (
+                (lambda f, w, n: schedules[f] if f in schedules else replay_counts(f, w, n)) if schedules else None
+            )
+            out["study"] = run_study(run_dir, progress, schedule_fn=schedule)
         barrier()
     return out

@@ -18,6 +18,8 @@ from cptlab.core.results import MissingStepError, read_step
 from cptlab.core.uncertainty import describe
 from cptlab.lab import plots, steps
 from cptlab.lab.preset import resolve_preset
+from cptlab.lab.speed import compare_precisions, speed_table
+from cptlab.lab.speed import speed_of_run as _speed_of_run
 from cptlab.lab.study import run_study, study_table
 from cptlab.notebook.fallback import use
 
@@ -234,6 +236,15 @@ loss_curve = _guarded(plots.loss_curve)
 before_after = _guarded(plots.before_after)
 forgetting_curve = _guarded(plots.forgetting_curve)
 tradeoff_plot = _guarded(plots.tradeoff_plot)
+
+
+@_guarded
+def speed_of_run(run_dir, flops_fn) -> dict:
+    """Step 3's MFU from the learner's ``flops_per_token``, and bf16 against fp32 on this device."""
+    speed = _speed_of_run(run_dir, flops_fn=use(flops_fn, "flops_per_token"))
+    precisions = compare_precisions(run_dir)
+    print(speed_table(speed, precisions))
+    return {**speed, "precisions": precisions}
 
 
 def lab_config(preset: str, run_dir: str, seed: int, overrides: dict):

@@ -32,7 +32,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 2.1 · Packing (6 points)
+# ## ✏️ Question 2.1 · Packing (5 points)
 # `doc_ids` is a list of 1-D integer arrays, one per document. Return one 1-D array:
 # `doc_0, EOS, doc_1, EOS, ..., doc_last, EOS`.
 

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from checkers import check_optimizer_step, check_schedule, check_step3
+from checkers import check_flops, check_optimizer_step, check_schedule, check_step3
 from cptlab.notebook import cells
 from cptlab.notebook.friendly import friendly_errors
 
@@ -39,7 +39,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 3.1 · The learning rate at a step (9 points)
+# ## ✏️ Question 3.1 · The learning rate at a step (7 points)
 #
 # Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
 # `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak comes
@@ -121,6 +121,57 @@ cells.loss_curve(RUN_DIR)
 check_step3(RUN_DIR)
 
 # %% [markdown]
+# ## ✏️ Question 3.3 · The speed of your run (4 points)
+#
+# How much of the machine did your run use? **Model FLOPs utilisation (MFU)** is the FLOPs the model
+# needs per second at your speed over what the device can do at its peak (PaLM's definition). The
+# model's FLOPs per training token:
+#
+# - **the weights: 6N.** A token is multiplied by every weight once in the forward pass: 2 FLOPs
+#   (a multiply and an add) per weight, 2N. The backward pass costs twice that (the gradient with
+#   respect to the activations, and with respect to the weights): 4N. N counts each weight once:
+#   GPT-2's `lm_head` *is* its token embedding (tied), and `model.parameters()` already lists it
+#   once. The position table `transformer.wpe` is a lookup, not a product: leave it out.
+# - **attention: 12 x n_layer x n_embd x block_size.** Each token's query meets up to `block_size`
+#   keys, and the weighted sum reads as many values (nanoGPT's estimate, forward and backward).
+#
+# Return the FLOPs of one training token of `model` at `block_size` (`model.config` holds
+# `n_layer` and `n_embd`). The cell after the check turns it into your run's MFU.
+
+
+# %%
+def flops_per_token(model, block_size):
+    """Training FLOPs of one token: 6 x weights + 12 x n_layer x n_embd x block_size."""
+    ### BEGIN SOLUTION flops_per_token: 6 x (parameters less the position table) + the attention term
+    c = model.config
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return 6 * n + 12 * c.n_layer * c.n_embd * block_size
+    ### END SOLUTION
+
+
+# %%
+check_flops(flops_per_token)
+
+# %% [markdown]
+# Your run's speed: tokens per second as step 3 measured them (the forgetting curve's evaluations
+# left out), times your FLOPs per token, over the device's peak at the run's precision: the
+# datasheet's dense figure on a known GPU; on a CPU, which has no figure a program can read, the best
+# of a few large matrix products measured now. Then bf16 autocast against fp32 on this device: a
+# few training steps of your adapted model at each precision, and its validation perplexity at each.
+
+# %%
+speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
+
+# %% [markdown]
+# Read the table as an engineer would. On a GPU, a small model's matrices are too small to fill the
+# device and the host's Python overhead shows: GPT-2 124M at 64 x 256 tokens a step reached about
+# 20% of an H100's bf16 peak in this lab's own loop (`benchmarks/gpu.sh`), and a default
+# `transformers.Trainer` in fp32 under 5%. On a CPU the peak is the machine's own, measured on one
+# large product, so the utilisation can look high. bf16 halves the bytes every product moves and,
+# on hardware that multiplies bf16 natively (GPUs, recent CPUs), runs the products faster; where it
+# is emulated it runs slower. Its perplexity should move only in the fourth or fifth digit (the
+# table's last line says by how much here): the weights and the softmax stay float32 under autocast.
+#
 # ## ✍️ Question W3 (3 points, graded by your instructor)
 # How many of your steps were clipped (the line under the run cell says)? What does it mean for the
 # updates when most steps are clipped, and what would you try if you saw this in a production run?
