@@ -63,7 +63,7 @@ LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
         pass
 """
 INTERPOLATE_REVERSED = """def interpolate(base_state, cpt_state, alpha):
-    return {k: alpha * v + (1 - alpha) * cpt_state[k] for k, v in base_state.items()}
+    return {k: alpha * v + (1 - alpha) * cpt_state[k] if v.is_floating_point() else v for k, v in base_state.items()}
 """
 
 PATCHES_AT_CALL_TIME = """def production_choices(variants, floor):

@@ -18,6 +18,8 @@ class Question:
     points: int
     kind: str  # code | results | written
     functions: tuple[str, ...] = ()  # the learner's functions a code question checks
+    # whether the step's run (and so its results file) is made with them; flops_per_token only reads it
+    runs_the_step: bool = True
 
 
 # Points per check of each code question (otter's points per test case): the final answer of each
@@ -60,7 +62,7 @@ QUESTIONS: dict[str, Question] = {
         Question("2.4", 2, "step 2 results", 3, "results"),
         Question("3.1", 3, "lr_at", 7, "code", ("lr_at",)),
         Question("3.2", 3, "optimizer_step", 10, "code", ("optimizer_step",)),
-        Question("3.3", 3, "flops_per_token", 4, "code", ("flops_per_token",)),
+        Question("3.3", 3, "flops_per_token", 4, "code", ("flops_per_token",), runs_the_step=False),
         Question("3.4", 3, "step 3 results", 5, "results"),
         Question("4.1", 4, "code_ppl_drop and forgetting_ratio", 2, "code", ("code_ppl_drop", "forgetting_ratio")),
         Question("4.2", 4, "replay_schedule", 5, "code", ("replay_schedule",)),

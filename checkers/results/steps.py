@@ -1007,7 +1007,10 @@ GATES = {
 
 
 def step_functions(step: int) -> tuple[str, ...]:
-    return tuple(f for q in QUESTIONS.values() if q.step == step and q.kind == "code" for f in q.functions)
+    """The learner's functions the step's run is made with (its results earn nothing without one)."""
+    return tuple(
+        f for q in QUESTIONS.values() if q.step == step and q.kind == "code" and q.runs_the_step for f in q.functions
+    )
 
 
 def not_yours(report: Report, why: str) -> Report:
