@@ -239,13 +239,18 @@ def test_each_mistake_costs_its_own_question(graded):
     cy = results["cy"].points
     assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
     assert cy["2.2"] < 7 and cy["3.1"] == 0 and cy["4.6"] == 0
-    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; the study ran on the reference
+    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; the study ran on it as the learner
+    # wrote it (a wrong value, not a crash), so step 4's results lose the check it breaks, and only that one
     assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
-    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3", "4.6")}
+    s4 = _report(results["cy"], "4.7")
+    assert [c["id"] for c in s4["checks"] if not c["passed"]] == ["s4.interp_endpoints"] and 3 < cy["4.7"] < 4
+    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3", "4.6", "4.7")}
     from checkers.core.questions import QUESTIONS
 
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
-    assert float(rows["cy"]["auto_total"]) == pytest.approx(88 - (11 - cy["1.1"]) - (7 - cy["2.2"]) - 7 - 2.5 - 4)
+    assert float(rows["cy"]["auto_total"]) == pytest.approx(
+        88 - (11 - cy["1.1"]) - (7 - cy["2.2"]) - 7 - 2.5 - 4 - (4 - cy["4.7"])
+    )
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
