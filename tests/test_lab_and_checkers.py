@@ -332,6 +332,24 @@ def test_the_speed_table_uses_the_learners_flops_and_compares_precisions(lab_run
     assert "model FLOPs utilisation" in speed_table(ref, both)
 
 
+def test_the_recipe_experiments_run_on_the_learners_schedule(lab_run, tmp_path):
+    """A schedule that never moves the weights leaves every variant at the base model but the flat
+    rate's (its rate after warm-up is the peak itself): the experiments train with the learner's."""
+    from cptlab.lab.experiments import experiments_table, recipe_experiments
+
+    run = tmp_path / "run"
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb", "checkpoints"))
+    exp = recipe_experiments(run, lr_fn=lambda step, peak, warmup, max_steps: 0.0, steps=6)
+    rows = {v["name"]: v for v in exp["variants"]}
+    assert set(rows) == {"recipe", "lr 6e-4", "no warm-up", "6e-4, no warm-up", "flat rate"}
+    for name in ("recipe", "lr 6e-4", "no warm-up", "6e-4, no warm-up"):
+        assert rows[name]["code_ppl_drop"] == pytest.approx(0.0, abs=1e-4), name  # bf16 sums: not bit-exact
+        assert set(rows[name]["lrs"]) == {0.0}
+    assert rows["flat rate"]["code_ppl_drop"] > 0.001 and rows["flat rate"]["code_ppl_drop_ci"]["low"] > 0
+    assert json.loads((run / "experiments.json").read_text()) == exp
+    assert "within each other's intervals" in experiments_table(exp)
+
+
 def test_the_validation_split_is_the_presets_not_the_seeds(lab_run):
     import numpy as np
 

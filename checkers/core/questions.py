@@ -73,7 +73,7 @@ QUESTIONS: dict[str, Question] = {
         Question("4.7", 4, "step 4 results and the study", 4, "results"),
         Question("W1", 1, "why the step 1 check asserts no direction", 3, "written"),
         Question("W2", 2, "what the EOS changes in the decoded window", 3, "written"),
-        Question("W3", 3, "what it means that most steps were clipped", 3, "written"),
+        Question("W3", 3, "clipping, and what the recipe's experiments show", 3, "written"),
         Question("W4", 4, "why LoRA did what it did in this run", 3, "written"),
     ]
 }

@@ -444,6 +444,45 @@ def lora_sweep_plot(sweep: dict, run_dir=None):
     return fig
 
 
+def experiments_plot(run_dir):
+    """The recipe's experiments: each variant's training loss (smoothed) per step, and where each
+    ends on code gain against English forgetting, with paired 95% intervals."""
+    import json
+
+    exp = json.loads((Path(run_dir) / "experiments.json").read_text())
+    colours = {"recipe": BLUE, "lr 6e-4": RED, "no warm-up": ORANGE, "6e-4, no warm-up": PURPLE, "flat rate": GREEN}
+    fig, (axl, axt) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    for v in exp["variants"]:
+        c = colours.get(v["name"], GREY)
+        steps = np.arange(1, len(v["losses"]) + 1)
+        label = f"{v['name']} (peak {v['peak_lr']:.0e}, warm-up {v['warmup_steps']})"
+        axl.plot(steps, ema(v["losses"], 0.8), color=c, lw=2, label=label)
+        x, y = v["forgetting_ratio"], 100 * v["code_ppl_drop"]
+        axt.errorbar(
+            x,
+            y,
+            xerr=_err(v.get("forgetting_ratio_ci"), x),
+            yerr=_err(v.get("code_ppl_drop_ci"), v["code_ppl_drop"], 100),
+            fmt="o",
+            color=c,
+            capsize=3,
+            ms=6,
+            label=v["name"],
+        )
+    axl.set_xlabel("optimizer step")
+    axl.set_ylabel("training loss, nats/token (EMA 0.8)")
+    axl.set_title(f"{exp['budget']} steps each, same seed and batches", fontsize=10)
+    axl.legend(fontsize=8)
+    axt.axvline(1.0, color=GREY, lw=0.8)
+    axt.set_xlabel("forgetting ratio (English ppl after / before)")
+    axt.set_ylabel("code perplexity drop, %")
+    axt.set_title("where each ends: gain against forgetting, 95% intervals", fontsize=10)
+    axt.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, run_dir, "step3_experiments.png")
+    return fig
+
+
 def save_all(run_dir) -> list[Path]:
     figs = [baseline_bars, corpus_figures, loss_curve, before_after, forgetting_curve, tradeoff_plot]
     for f in figs:

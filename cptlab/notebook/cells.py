@@ -17,6 +17,8 @@ from cptlab.core.config import get_config
 from cptlab.core.results import MissingStepError, read_step
 from cptlab.core.uncertainty import describe
 from cptlab.lab import plots, steps
+from cptlab.lab.experiments import experiments_table
+from cptlab.lab.experiments import recipe_experiments as _recipe_experiments
 from cptlab.lab.preset import resolve_preset
 from cptlab.lab.speed import compare_precisions, speed_table
 from cptlab.lab.speed import speed_of_run as _speed_of_run
@@ -236,6 +238,19 @@ loss_curve = _guarded(plots.loss_curve)
 before_after = _guarded(plots.before_after)
 forgetting_curve = _guarded(plots.forgetting_curve)
 tradeoff_plot = _guarded(plots.tradeoff_plot)
+
+
+@_guarded
+def recipe_experiments(run_dir, lr_fn, step_fn) -> dict:
+    """The recipe's questions as short runs with the learner's schedule and optimizer step."""
+    exp = _recipe_experiments(
+        run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"), progress=False
+    )
+    print(experiments_table(exp))
+    return exp
+
+
+experiments_plot = _guarded(plots.experiments_plot)
 
 
 @_guarded
