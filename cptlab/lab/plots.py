@@ -277,6 +277,20 @@ def _label(v: dict, same: dict[tuple, list[str]]) -> str | None:
     return " = ".join(names)
 
 
+def _tradeoff_point(ax, v: dict, colour: str, **style) -> None:
+    """A variant at (forgetting ratio, code drop in %), with both paired intervals as error bars."""
+    x = v["forgetting_ratio"]
+    ax.errorbar(
+        x,
+        100 * v["code_ppl_drop"],
+        xerr=_err(v.get("forgetting_ratio_ci"), x),
+        yerr=_err(v.get("code_ppl_drop_ci"), v["code_ppl_drop"], 100),
+        fmt="o",
+        color=colour,
+        **style,
+    )
+
+
 def tradeoff_plot(run_dir):
     """Code gain against forgetting for every variant, with paired intervals, the region under the
     retention floor shaded and the Pareto front drawn."""
@@ -329,14 +343,10 @@ def tradeoff_plot(run_dir):
         )
     for choice, colour in colours.items():
         for i, v in enumerate(v for v in variants if v["choice"] == choice):
-            x, y = v["forgetting_ratio"], 100 * v["code_ppl_drop"]
-            ax.errorbar(
-                x,
-                y,
-                xerr=_err(v.get("forgetting_ratio_ci"), x),
-                yerr=_err(v.get("code_ppl_drop_ci"), v["code_ppl_drop"], 100),
-                fmt="o",
-                color=colour,
+            _tradeoff_point(
+                ax,
+                v,
+                colour,
                 ms=8 if v in front else 5,
                 capsize=2,
                 lw=0.8,
@@ -457,18 +467,7 @@ def experiments_plot(run_dir):
         steps = np.arange(1, len(v["losses"]) + 1)
         label = f"{v['name']} (peak {v['peak_lr']:.0e}, warm-up {v['warmup_steps']})"
         axl.plot(steps, ema(v["losses"], 0.8), color=c, lw=2, label=label)
-        x, y = v["forgetting_ratio"], 100 * v["code_ppl_drop"]
-        axt.errorbar(
-            x,
-            y,
-            xerr=_err(v.get("forgetting_ratio_ci"), x),
-            yerr=_err(v.get("code_ppl_drop_ci"), v["code_ppl_drop"], 100),
-            fmt="o",
-            color=c,
-            capsize=3,
-            ms=6,
-            label=v["name"],
-        )
+        _tradeoff_point(axt, v, c, capsize=3, ms=6, label=v["name"])
     axl.set_xlabel("optimizer step")
     axl.set_ylabel("training loss, nats/token (EMA 0.8)")
     axl.set_title(f"{exp['budget']} steps each, same seed and batches", fontsize=10)
