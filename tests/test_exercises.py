@@ -503,7 +503,7 @@ def test_a_malformed_or_hostile_own_study_fails_its_row_and_never_raises(tmp_pat
     assert [c.id for c in report.failures][:1] == ["q4.6.own_study"] and report.points == 2
 
 
-# ----------------------------------------------------------------------------- step 4: replay, souping, LoRA
+# ----------------------------------------------------------------------------- step 4: replay, interpolation, LoRA
 def schedule_ok(fraction, windows, steps):
     total = [math.floor(fraction * windows * k + 1e-9) for k in range(steps + 1)]
     return [total[k] - total[k - 1] for k in range(1, steps + 1)]
@@ -564,7 +564,7 @@ def _lora(**kw):
     )
 
 
-def test_replay_souping_and_lora_checks_pass_right_functions():
+def test_replay_interpolation_and_lora_checks_pass_right_functions():
     assert_full(check_replay_schedule(schedule_ok))
     assert_full(check_interpolate(interpolate_ok))
     assert_full(check_lora_config(_lora()))

@@ -288,7 +288,7 @@ def test_a_run_folder_from_before_the_intervals_asks_to_rerun_step_3(lab_run, tm
     } <= {c.id for c in report.checks}
 
 
-def test_the_study_is_built_from_the_learners_schedule_souping_and_lora(lab_run, tmp_path):
+def test_the_study_is_built_from_the_learners_schedule_interpolation_and_lora(lab_run, tmp_path):
     """Notebook 4's functions build the study: wrong ones change its numbers, and the results
     checks see what they did."""
     from peft import LoraConfig

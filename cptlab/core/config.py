@@ -1,8 +1,9 @@
 """Every hyper-parameter of the lab in one place (nanoGPT style), plus the presets.
 
 A preset overrides only what it must; everything else is the lab's recipe:
-AdamW at 5e-5 (about 8% of GPT-2's 6e-4 pre-training peak), 10 linear warm-up steps,
-cosine decay to zero over 150 steps, gradient clipping at 1.0, 256-token blocks, a 98/2 split.
+AdamW at 5e-5 (about 8% of 6e-4, GPT-3 Small's published peak and nanoGPT's default; the GPT-2
+paper gives none), 10 linear warm-up steps, cosine decay to zero over 150 steps, gradient clipping
+at 1.0, 256-token blocks, a 98/2 split.
 """
 
 from __future__ import annotations

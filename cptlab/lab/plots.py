@@ -124,8 +124,8 @@ def loss_curve(run_dir):
         axn.axhline(clip, color=RED, ls="--", lw=1.2, label=f"clip = {clip:g}")
         n_clipped = sum(n > clip for n in norms)
         axn.set_title(
-            f"clipped on {n_clipped} of {len(norms)} steps: each update's size is set by the clip, its direction by "
-            "the gradient",
+            f"clipped on {n_clipped} of {len(norms)} steps: each of those gradients was rescaled to norm {clip:g} "
+            "before AdamW's moments took it in",
             fontsize=9,
         )
     axn.set_ylim(0, max(norms + [clip or 0]) * 1.15)

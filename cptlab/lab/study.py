@@ -227,7 +227,7 @@ def run_study(
     """Measure every variant, add the study to ``step4_tradeoff.json``, return it. The learner's
     functions of notebook 4 build the choices when given (``None``: the reference): ``choose_fn(variants,
     floor) -> name`` the decision rule, ``schedule_fn(fraction, windows_per_step, steps)`` the replay
-    windows of each step, ``interpolate_fn(base_state, cpt_state, alpha)`` souping, ``lora_fn(r, alpha)``
+    windows of each step, ``interpolate_fn(base_state, cpt_state, alpha)`` the interpolation, ``lora_fn(r, alpha)``
     the LoRA set-up."""
     cfg = config_of(run_dir)
     s1, s3, s4 = read_step(run_dir, 1), read_step(run_dir, 3), read_step(run_dir, 4)

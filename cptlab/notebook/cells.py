@@ -194,7 +194,7 @@ def show_floor(run_dir) -> dict:
 
 @_guarded
 def compare_variants(run_dir, choose_fn, schedule_fn=None, interpolate_fn=None, lora_fn=None) -> dict:
-    """The study, built from the learner's replay schedule, souping and LoRA set-up, and decided by
+    """The study, built from the learner's replay schedule, interpolation and LoRA set-up, and decided by
     their rule (each replaced by the reference, said in one line, while it fails its check)."""
     study = run_study(
         run_dir,

@@ -102,10 +102,11 @@ cells.baseline_bars(RUN_DIR)
 # `code / English perplexity`, and each number's 95% interval (a bootstrap over the documents of
 # the set: how much the number would move on another draw of files and articles of the same kind).
 # On the `tiny` preset the small base saw only 3% code in pre-training, and its code perplexity
-# starts at about twice its English one. GPT-2 124M is a different starting point: WebText held
-# code (GitHub pages, Stack Overflow answers, tutorials), and the GPT-2 paper reports a WikiText-2
-# perplexity of 29.4 for it (1,024-token context, detokenised text; this lab's 256-token windows
-# on raw text give a higher number). Either way, code is far more predictable than prose once a
+# starts at about twice its English one (the ratio printed above). GPT-2 124M is a different
+# starting point: WebText held code (GitHub pages, Stack Overflow answers, tutorials). The GPT-2
+# paper's WikiText-2 figure for it, 29.41, is a perplexity *per word* of de-tokenised text with a
+# 1,024-token context: not comparable with this lab's perplexity per BPE token on raw text in
+# 256-token windows. Either way, code is far more predictable than prose once a
 # model knows its idioms, which is the room CPT has to improve.
 #
 # ### Check step 1 (4 points)
@@ -124,8 +125,8 @@ check_step1(RUN_DIR)
 # %% [markdown] tags=["answer", "W1"]
 # ### BEGIN SOLUTION
 # Which set is harder depends on the model's pre-training mix, the tokenizer and the protocol, not
-# on whether my code is right: this run's tiny base (3% code) starts at a code perplexity several
-# times its English one, while GPT-2, whose WebText held code, should start much closer (the gpt2
+# on whether my code is right: this run's tiny base (3% code) starts at a code perplexity about
+# twice its English one (2.2), while GPT-2, whose WebText held code, should start much closer (the gpt2
 # preset measures it). A check that asserted a direction would fail a correct perplexity for a
 # reason that is not my bug, or pass a wrong one that happens to land on the expected side. What
 # the check can assert is what must hold for any model: both numbers are finite, above 1,

@@ -4,16 +4,21 @@
 # The recipe: **AdamW, lr 5e-5, 10 warm-up steps, cosine decay, gradient clipping at 1.0,
 # 256-token blocks, 150 steps** (the `smoke` preset shrinks all of it to run in seconds).
 #
-# - **Why 5e-5?** GPT-2 was pre-trained with a peak of 6e-4. CPT starts from weights that already sit
-#   in a good basin; about 8% of the original peak moves them towards code without shaking loose what
-#   they know. A rate near the original peak would re-warm the model hard and forget more English.
+# - **Why 5e-5?** The GPT-2 paper gives no learning rate ("manually tuned"); 6e-4 is the published
+#   peak of GPT-3 Small, the same size (Brown et al., 2020, table 2.1), and nanoGPT's default. CPT
+#   starts from weights that already sit in a good basin; about 8% of that peak moves them towards
+#   code without shaking loose what they know. A rate near the pre-training peak would re-warm the
+#   model hard and forget more English (the experiments below measure it).
 # - **Why warm up?** Adam divides each update by a running estimate of the gradient's second moment.
 #   For the first steps that estimate rests on a handful of gradients and is noisy, so the early
 #   updates can be far too large. Ramping the rate linearly over 10 steps lets it settle.
 # - **Why cosine?** Decaying the rate smoothly to zero cools the model into a minimum at the end of
 #   the budget: a lower final loss than a constant rate.
-# - **Why clip at 1.0?** One odd batch (a minified file, a data table) can produce a huge gradient;
-#   clipping the global norm bounds every update's size.
+# - **Why clip at 1.0?** One odd batch (a minified file, a data table) can produce a huge gradient.
+#   Clipping rescales the *gradient* to a global norm of at most 1.0 before AdamW sees it. It does not
+#   set the update's length: Adam's step is `lr * m_hat / sqrt(v_hat)`, about `lr` per coordinate
+#   whatever the gradient's scale. What it bounds is how much one step's gradient weighs in Adam's
+#   running moments `m` and `v`, so a spike does not dominate them for the next 10 to 20 steps.
 #
 # You write the schedule and the optimizer step; the lab's loop calls them for every one of the
 # run's steps and keeps the rest around them: sampling your blocks from step 2, logging, the
@@ -45,8 +50,10 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak comes
 # exactly at `warmup_steps`. Then a half cosine over the steps *after* warm-up:
 # `progress = (step - warmup_steps) / (max_steps - warmup_steps)` and
-# `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is
-# `transformers.get_cosine_schedule_with_warmup`.)
+# `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is the
+# formula of `transformers.get_cosine_schedule_with_warmup`, but that scheduler applies it to the
+# 0-based count of steps taken, so its first update has lr 0; here step k, 1-based, uses the
+# formula at k, so step 1 already learns and the last step has lr 0.)
 
 
 # %%
@@ -108,7 +115,7 @@ cells.loss_curve(RUN_DIR)
 #   `tiny`, the warm-up itself), when the model first adjusts to code's most frequent tokens; then it
 #   falls more and more slowly as the cosine brings the rate down.
 # - **Gradient norm.** The norm before clipping, against the clip line. When it sits above the line,
-#   clipping rescales the update to norm 1.0: its length is then set by the clip and the schedule,
+#   clipping rescales the gradient to norm 1.0 before AdamW's moments take it in,
 #   not by the gradient. On `tiny` that is every step (the printed count says so for your run).
 # - **Perplexities.** Code and English at the curve's points, relative to the base model (the legend
 #   gives both ends): code falls steeply then levels off; English rises, by about 5% on `tiny` and
@@ -178,9 +185,9 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
 # schedule and optimizer step answer them by measurement: five short runs from the base model on
 # your blocks, a third of the recipe's steps each, with the same seed (so the same batches), scored
 # like the headline (the same tokens, paired 95% intervals against the base model): the recipe;
-# GPT-2's own pre-training peak, 6e-4; no warm-up, at both rates; and warm-up then a flat rate in
-# place of the cosine. The lines under the table say which differences the intervals can see (about
-# 45 seconds on `tiny`).
+# 6e-4, the pre-training peak of a model this size (GPT-3 Small's, nanoGPT's); no warm-up, at both
+# rates; and warm-up then a flat rate in place of the cosine. The lines under the table say which
+# differences the intervals can see (about 45 seconds on `tiny`).
 
 # %%
 experiments = cells.recipe_experiments(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
@@ -198,11 +205,13 @@ cells.experiments_plot(RUN_DIR)
 
 # %% [markdown] tags=["answer", "W3"]
 # ### BEGIN SOLUTION
-# On the tiny preset the pre-clip norm sat above 1.0 at nearly every step, so nearly every update was
-# rescaled to norm 1.0: clipping acted as gradient normalisation, the update's size was set by the
-# schedule (lr times a unit vector), not by the gradient's size. It is not a sign of divergence (the
-# loss fell), but the threshold is not catching rare spikes; in production I would set it above the
-# typical norm, or log and watch it (with batches of 4 windows the norm is noisy).
+# On the tiny preset the pre-clip norm sat above 1.0 at nearly every step, so nearly every gradient
+# was rescaled to norm 1.0 before AdamW took it in. That does not set the update's length (Adam's
+# step is about lr per coordinate whatever the gradient's scale); it changes how much each step's
+# gradient weighs in Adam's moments m and v: every step now weighs the same, and a spike cannot
+# dominate them. It is not a sign of divergence (the loss fell), but the threshold no longer singles
+# out rare spikes; in production I would set it above the typical norm, or log and watch it (with
+# batches of 4 windows the norm is noisy).
 #
 # The experiments (50 steps each, tiny): 6e-4 gained far more code (53.9% [52.3, 55.3] against 17.9%
 # [17.1, 18.5]) but forgot much more English (ratio 1.496 [1.438, 1.551] against 1.020 [1.009,
