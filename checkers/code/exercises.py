@@ -25,7 +25,7 @@ from checkers.core.safe_files import Unsafe, read_json
 from cptlab.core.results import STEP_FILES
 from cptlab.data.corpus import pack, split_streams, to_blocks
 from cptlab.lab.steps import code_ppl_drop, forgetting_ratio
-from cptlab.lab.study import recommend
+from cptlab.lab.study import LORA_TARGETS, recommend
 from cptlab.model.perplexity import perplexity, plan_windows
 from cptlab.model.train import lr_multiplier
 from cptlab.notebook.fallback import record
@@ -972,7 +972,6 @@ def check_interpolate(fn: Callable, seed: int | None = None) -> Report:
     return ex.run(body)
 
 
-GPT2_LINEAR = ("c_attn", "c_proj", "c_fc")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -1007,7 +1006,7 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
             return
         fan_in_fan_out = bool(got.fan_in_fan_out)  # peft sets it itself, with a warning, once applied
         model = tiny_gpt2(int(ex.rng.integers(1 << 31)))
-        want = {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in GPT2_LINEAR}
+        want = {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in LORA_TARGETS["all_linear"]}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

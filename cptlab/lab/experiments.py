@@ -1,5 +1,5 @@
-"""The recipe's questions answered by measurement (notebook 3): why 5e-5 and not GPT-2's own peak of
-6e-4, why warm up, why cosine and not a flat rate. Each variant is a short CPT run from the base
+"""The recipe's questions answered by measurement (notebook 3): why 5e-5 and not a pre-training
+peak of 6e-4, why warm up, why cosine and not a flat rate. Each variant is a short CPT run from the base
 model on the learner's blocks, with their schedule and optimizer step, the same seed and budget,
 scored on the headline's tokens with paired 95% intervals against the base model."""
 
@@ -22,18 +22,15 @@ GPT2_PEAK_LR = 6e-4
 EXPERIMENTS_FILE = "experiments.json"
 
 
-def _schedules(lr_fn):
-    """Each variant's (peak, warm-up steps, schedule) from the learner's ``lr_at`` (or the recipe's)."""
+def _flat(lr_fn):
+    """The learner's ``lr_at`` (or the recipe's) through the warm-up, then the peak to the end."""
 
-    def recipe(step, peak, warmup, max_steps):
-        if lr_fn is not None:
-            return lr_fn(step, peak, warmup, max_steps)
-        return peak * lr_multiplier(step, warmup, max_steps)
+    def flat(step, peak, warmup, max_steps):
+        if step > warmup:
+            return peak
+        return lr_fn(step, peak, warmup, max_steps) if lr_fn else peak * lr_multiplier(step, warmup, max_steps)
 
-    def flat(step, peak, warmup, max_steps):  # the same warm-up, then the peak to the end
-        return recipe(step, peak, warmup, max_steps) if step <= warmup else peak
-
-    return recipe, flat
+    return flat
 
 
 def recipe_experiments(
@@ -49,7 +46,7 @@ def recipe_experiments(
     blocks, val = run_corpus(run_dir)
     english, _ = general_stream(cfg, s.tokenizer)
     baseline = baseline_of(s1)
-    recipe, flat = _schedules(lr_fn)
+    recipe, flat = lr_fn, _flat(lr_fn)  # None: the loop's own schedule, the recipe's
     variants = {
         "recipe": (cfg.cpt_lr, warmup, recipe),
         "lr 6e-4": (GPT2_PEAK_LR, warmup, recipe),
@@ -91,8 +88,9 @@ def recipe_experiments(
 
 
 def reading(exp: dict) -> list[str]:
-    """What the numbers say, computed from them: each variant against the recipe, with whether the
-    intervals separate them (a difference inside both intervals is not one this evaluation can see)."""
+    """What the numbers say, computed from them: each variant against the one it differs from by one
+    choice, with whether the intervals separate them (a difference inside both intervals is not one
+    this evaluation can see)."""
     v = {r["name"]: r for r in exp["variants"]}
 
     def apart(a, b, key):
