@@ -15,6 +15,7 @@ cptlab.data, cptlab.speed, cptlab.model, cptlab.lab, cptlab.notebook.
 from checkers.code.exercises import (
     check_blocks,
     check_choice,
+    check_cpt_loop,
     check_flops,
     check_interpolate,
     check_lora_config,
@@ -44,6 +45,7 @@ __all__ = [
     "check_blocks",
     "check_schedule",
     "check_optimizer_step",
+    "check_cpt_loop",
     "check_flops",
     "check_tradeoff",
     "check_replay_schedule",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from checkers import (
     check_blocks,
     check_choice,
+    check_cpt_loop,
     check_flops,
     check_interpolate,
     check_lora_config,
@@ -24,6 +25,7 @@ from checkers import (
     check_tradeoff,
 )
 from checkers.core.questions import QUESTIONS
+from cptlab.model.loop import cpt_loop
 
 
 def hints(report) -> str:
@@ -681,3 +683,131 @@ def test_the_reference_counts_gpt2_124m_as_its_paper_and_nanogpt_do():
         model = GPT2LMHeadModel(GPT2Config())
     assert sum(p.numel() for p in model.parameters()) == 124_439_808
     assert flops_per_token(model, 1024) == 6 * (124_439_808 - 1024 * 768) + 12 * 12 * 768 * 1024
+
+
+# ----------------------------------------------------------------------------- the CPT loop
+def loop_with(
+    assign="every group",
+    eval_first=True,
+    train_after=True,
+    no_grad=True,
+    curve="right",
+    test_first=False,
+    above=">",
+    steps="right",
+    one_batch=False,
+    rate_after=False,
+    asked=True,
+):
+    """The reference loop with one typical mistake switched on."""
+
+    def cpt_loop(run, lr_at, optimizer_step):
+        cfg = run.cfg
+        first = {"right": run.first_step, "zero": run.first_step - 1, "ignores first": 1}.get(steps, run.first_step)
+        last = cfg.max_steps if steps == "short" else cfg.max_steps + 1
+        if steps == "zero":
+            last = cfg.max_steps
+        batch = run.batch(1) if one_batch else None
+        for step in range(first, last):
+            lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+
+            def set_rate():
+                groups = run.optimizer.param_groups
+                for group in groups if assign == "every group" else groups[:1] if assign == "first" else []:
+                    group["lr"] = lr
+
+            if not rate_after:
+                set_rate()
+            x = batch if one_batch else run.batch(step)
+            loss, grad_norm = optimizer_step(run.model, x, run.optimizer, cfg.grad_clip)
+            if rate_after:
+                set_rate()
+            run.log(step, lr, loss, grad_norm)
+            at = {
+                "right": step % cfg.curve_every == 0 or step == cfg.max_steps,
+                "no last": step % cfg.curve_every == 0,
+                "shifted": (step + 1) % cfg.curve_every == 0 or step == cfg.max_steps,
+                "every step": True,
+            }[curve]
+            if at:
+                if eval_first:
+                    run.model.eval()
+                if no_grad:
+                    with torch.no_grad():
+                        point = run.evaluate(step)
+                else:
+                    point = run.evaluate(step)
+                if train_after:
+                    run.model.train()
+                crossed = (
+                    point["forgetting_ratio"] > cfg.retention_floor
+                    if above == ">"
+                    else point["forgetting_ratio"] >= cfg.retention_floor
+                )
+                if test_first and cfg.stop_at_floor and crossed:
+                    break
+                run.curve.append(point)
+                if (cfg.stop_at_floor or not asked) and crossed:
+                    break
+
+    return cpt_loop
+
+
+def loop_inference_mode(run, lr_at, optimizer_step):  # another right way: a while loop, inference mode
+    cfg, step = run.cfg, run.first_step
+    while step <= cfg.max_steps:
+        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        run.model.train()
+        loss, norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
+        run.log(step, lr, loss, norm)
+        if step % cfg.curve_every == 0 or step == cfg.max_steps:
+            run.model.eval()
+            with torch.inference_mode():
+                point = run.evaluate(step)
+            run.curve.append(point)
+            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+                return
+        step += 1
+
+
+def test_loop_check_passes_the_reference_and_another_right_loop():
+    assert_full(check_cpt_loop(cpt_loop))
+    assert_full(check_cpt_loop(loop_with()))
+    assert_full(check_cpt_loop(loop_inference_mode))
+
+
+@pytest.mark.slow  # 16 mutants x 20 seeds of a few optimizer steps each: 40 s
+@pytest.mark.parametrize(
+    "changes, mistake",
+    [
+        ({"assign": "none"}, "the rate computed but never assigned"),
+        ({"assign": "first"}, "the rate set on the first parameter group only"),
+        ({"rate_after": True}, "each step ran with the previous step's rate"),
+        ({"train_after": False}, "the model left in eval() mode after evaluating"),
+        ({"eval_first": False, "train_after": False}, "evaluation in train mode"),
+        ({"no_grad": False}, "evaluation with gradients on"),
+        ({"curve": "no last"}, "the last step has no point"),
+        ({"curve": "shifted"}, "the curve at the wrong steps"),
+        ({"curve": "every step"}, "a point at every step"),
+        ({"test_first": True}, "the floor tested before the point is recorded"),
+        ({"above": ">="}, "stopped at step"),
+        ({"asked": False}, "the run stopped at the floor although cfg.stop_at_floor is False"),
+        ({"steps": "short"}, "one step short"),
+        ({"steps": "zero"}, "steps counted from 0"),
+        ({"steps": "ignores first"}, "run.first_step ignored"),
+        ({"one_batch": True}, "one batch for every step"),
+    ],
+)
+def test_loop_mistakes_are_named(changes, mistake):
+    named_on_every_seed(check_cpt_loop, mistake, loop_with(**changes))
+
+
+def test_a_loop_that_never_stops_at_the_floor_is_named():
+    def never_stops(run, lr_at, optimizer_step):
+        cfg = run.cfg.__class__(**{**run.cfg.__dict__, "stop_at_floor": False})
+        run.cfg = cfg
+        cpt_loop(run, lr_at, optimizer_step)
+
+    named_on_every_seed(check_cpt_loop, "never stopped", never_stops)

@@ -144,3 +144,37 @@ def lora_config(r, alpha):
 """
     report = judge("4.4", fake, tmp_path)
     assert report.points == 0 and report.failures[0].id == "q4.4.returns", str(report)
+
+
+LOOP_RIGHT = """def cpt_loop(run, lr_at, optimizer_step):
+    cfg = run.cfg
+    for step in range(run.first_step, cfg.max_steps + 1):
+        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
+        run.log(step, lr, loss, grad_norm)
+        if step % cfg.curve_every == 0 or step == cfg.max_steps:
+            run.model.eval()
+            with torch.no_grad():
+                point = run.evaluate(step)
+            run.model.train()
+            run.curve.append(point)
+            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+                break
+"""
+
+
+def test_the_loop_runs_on_a_probe_run_in_the_learners_process(tmp_path):
+    """The probe run crosses as its seed and settings, the reference step and schedule as names; its
+    record comes back as plain data, and the judge decides on it."""
+    assert judge("3.3", LOOP_RIGHT, tmp_path).points == 6
+    never_assigned = LOOP_RIGHT.replace('group["lr"] = lr', "pass")
+    report = judge("3.3", never_assigned, tmp_path)
+    assert report.points == 5 and "mistake: the rate computed but never assigned" in report.failures[0].hint
+
+
+def test_a_forged_record_is_read_as_nothing(tmp_path):
+    forger = "def cpt_loop(run, lr_at, optimizer_step):\n    run.events = 'all right'\n    run.curve = None\n"
+    report = judge("3.3", forger, tmp_path)
+    assert report.points == 0 and not report.passed, str(report)

@@ -371,3 +371,48 @@ def test_the_tradeoff_plot_labels_coinciding_variants_once(lab_run):
     fig = tradeoff_plot(lab_run)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("pure CPT = interp a=1") == 1 and "interp a=1" not in texts and "pure CPT" not in texts
+
+
+def test_step3_runs_on_the_learners_loop(lab_run, tmp_path):
+    """A right loop written apart gives the lab's very log; a loop that never sets the rate trains at
+    AdamW's initial rate on every step, and the results file shows it."""
+    import torch
+
+    from cptlab.lab.steps import run_step3
+    from cptlab.model.loop import cpt_loop
+
+    def own_loop(run, lr_at, optimizer_step):
+        cfg, step = run.cfg, run.first_step
+        while step <= cfg.max_steps:
+            lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            loss, norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
+            run.log(step, lr, loss, norm)
+            if step % cfg.curve_every == 0 or step == cfg.max_steps:
+                run.model.eval()
+                with torch.no_grad():
+                    run.curve.append(run.evaluate(step))
+                run.model.train()
+            step += 1
+
+    def rate_never_set(run, lr_at, optimizer_step):
+        cfg = run.cfg
+        for step in range(run.first_step, cfg.max_steps + 1):
+            lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+            loss, norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
+            run.log(step, lr, loss, norm)
+            if step == cfg.max_steps:
+                run.curve.append(run.evaluate(step))
+
+    runs = {}
+    for name, loop in (("lab", cpt_loop), ("own", own_loop), ("wrong", rate_never_set)):
+        run = tmp_path / name
+        shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb", "checkpoints", "step3_*", "step4_*"))
+        runs[name] = run_step3(run, progress=False, loop_fn=loop)
+    lab, own, wrong = (runs[k] for k in ("lab", "own", "wrong"))
+    assert [r["loss"] for r in own["log"]] == [r["loss"] for r in lab["log"]]
+    assert [p["code_ppl"] for p in own["curve"]] == [p["code_ppl"] for p in lab["curve"]]
+    assert own["hparams"]["implementation"]["loop"] == "own_loop"
+    assert [r["loss"] for r in wrong["log"]][1:] != [r["loss"] for r in lab["log"]][1:]
+    assert wrong["curve"][-1]["code_ppl"] != lab["curve"][-1]["code_ppl"]

@@ -87,16 +87,18 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
 
 
 # A run that dies as `kill -9` would, at a known step: right after step 41 begins its hook, with the
-# checkpoint of step 40 on disk. No polling, no race with a run that finishes first.
+# checkpoint of step 40 on disk (saved as the loop asked for step 41's batch). No polling, no race
+# with a run that finishes first.
 DIES_AT_41 = """
 import os, signal, sys
 import cptlab.lab.steps as steps
 real = steps.train
-def train(*args, on_step, **kw):
+def train(*args, on_step=None, **kw):
     def hooked(step, model):
         if step == 41:
             os.kill(os.getpid(), signal.SIGKILL)
-        return on_step(step, model)
+        if on_step is not None:
+            on_step(step, model)
     return real(*args, on_step=hooked, **kw)
 steps.train = train
 from cptlab.cli import main

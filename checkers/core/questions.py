@@ -26,13 +26,14 @@ class Question:
 # function carries most of them; a check not in this table is an error, so adding one never
 # silently re-weights the others.
 CHECK_POINTS: dict[str, dict[str, float]] = {
-    "1.1": {"returns": 1, "no_grad": 1, "tokens": 2, "nll_sum": 1, "ppl": 6},
+    "1.1": {"returns": 1, "no_grad": 1, "tokens": 2, "nll_sum": 1, "ppl": 4},
     "2.1": {"stream": 1, "eos_after_each": 4},
     "2.2": {"returns": 1, "whole_documents": 2, "fraction": 1, "at_the_fraction": 1, "seeded_rule": 2},
     "2.3": {"shape": 1, "values": 2, "exact_multiple": 1},
-    "3.1": {"returns": 1, "warmup": 2, "cosine": 3, "end": 1},
-    "3.2": {"returns": 1, "loss": 2, "grad_norm": 2, "moved": 0, "update": 3, "zero_grad": 2},
-    "3.3": {"returns": 0.5, "small_model": 1.5, "long_block": 2},
+    "3.1": {"returns": 1, "warmup": 1, "cosine": 2, "end": 1},
+    "3.2": {"returns": 1, "loss": 1, "grad_norm": 2, "moved": 0, "update": 2, "zero_grad": 2},
+    "3.3": {"steps": 1, "batches": 0.5, "rate": 1, "log": 0.5, "modes": 1, "curve": 1, "floor": 0.5, "resume": 0.5},
+    "3.4": {"returns": 0.5, "small_model": 1.5, "long_block": 2},
     "4.1": {"code_ppl_drop": 1, "forgetting_ratio": 1},
     "4.2": {"returns": 1, "total": 2, "spread": 2},
     "4.3": {"returns": 0.5, "endpoints": 1, "blend": 1.5, "inputs_unchanged": 0.5, "integer_buffers": 0.5},
@@ -54,16 +55,17 @@ CHECK_POINTS: dict[str, dict[str, float]] = {
 QUESTIONS: dict[str, Question] = {
     q.id: q
     for q in [
-        Question("1.1", 1, "corpus_perplexity", 11, "code", ("corpus_perplexity",)),
+        Question("1.1", 1, "corpus_perplexity", 9, "code", ("corpus_perplexity",)),
         Question("1.2", 1, "step 1 results", 4, "results"),
         Question("2.1", 2, "pack_documents", 5, "code", ("pack_documents",)),
         Question("2.2", 2, "split_documents", 7, "code", ("split_documents",)),
         Question("2.3", 2, "to_blocks", 4, "code", ("to_blocks",)),
         Question("2.4", 2, "step 2 results", 3, "results"),
-        Question("3.1", 3, "lr_at", 7, "code", ("lr_at",)),
-        Question("3.2", 3, "optimizer_step", 10, "code", ("optimizer_step",)),
-        Question("3.3", 3, "flops_per_token", 4, "code", ("flops_per_token",), runs_the_step=False),
-        Question("3.4", 3, "step 3 results", 5, "results"),
+        Question("3.1", 3, "lr_at", 5, "code", ("lr_at",)),
+        Question("3.2", 3, "optimizer_step", 8, "code", ("optimizer_step",)),
+        Question("3.3", 3, "cpt_loop", 6, "code", ("cpt_loop",)),
+        Question("3.4", 3, "flops_per_token", 4, "code", ("flops_per_token",), runs_the_step=False),
+        Question("3.5", 3, "step 3 results", 5, "results"),
         Question("4.1", 4, "code_ppl_drop and forgetting_ratio", 2, "code", ("code_ppl_drop", "forgetting_ratio")),
         Question("4.2", 4, "replay_schedule", 5, "code", ("replay_schedule",)),
         Question("4.3", 4, "interpolate", 4, "code", ("interpolate",)),

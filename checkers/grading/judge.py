@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import inspect
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from checkers.code import exercises as ex
 from checkers.code.exercises import LearnerRaised, OutOfLimits
 from checkers.core.questions import QUESTIONS
 from checkers.core.report import Check, Report
+from cptlab.model.loop import ProbeRun
 from cptlab.notebook.callserver import decode, encode, encode_model, load_state
 
 GiB = 1 << 30
@@ -157,6 +159,17 @@ class RemoteFunction:
             first = h not in self.server.sent
             self.server.sent.add(h)
             return encode_model(h, x, with_state=first)
+        if isinstance(x, ProbeRun):
+            self._models[id(x)] = x
+            return {
+                "__probe_run__": id(x),
+                "seed": x.seed,
+                "config": encode(x.config),
+                "ratios": encode(x.ratios),
+                "first": x.first_step,
+            }
+        if inspect.ismethod(x) and isinstance(x.__self__, ProbeRun):
+            return {"__probe_fn__": x.__name__, "run": id(x.__self__)}
         if isinstance(x, torch.optim.SGD):
             p0 = x.param_groups[0]["params"][0]
             owner = next((h for h, m in self._models.items() if any(p is p0 for p in m.parameters())), None)
@@ -176,6 +189,10 @@ class RemoteFunction:
             raise LearnerRaised(reply["missing"])
         if "raised" in reply:
             raise LearnerRaised(reply["raised"])
+        for h, trace in reply.get("traces", {}).items():
+            probe = self._models.get(int(h))
+            if isinstance(probe, ProbeRun):
+                probe.received = decode(trace)
         for h, state in reply.get("states", {}).items():
             model = self._models.get(int(h))
             if model is not None:
@@ -191,7 +208,8 @@ CHECKS: dict[str, Callable] = {
     "2.3": ex.check_blocks,
     "3.1": ex.check_schedule,
     "3.2": ex.check_optimizer_step,
-    "3.3": ex.check_flops,
+    "3.3": ex.check_cpt_loop,
+    "3.4": ex.check_flops,
     "4.1": ex.check_tradeoff,
     "4.2": ex.check_replay_schedule,
     "4.3": ex.check_interpolate,

@@ -1,6 +1,6 @@
 """The recipe's questions answered by measurement (notebook 3): why 5e-5 and not a pre-training
 peak of 6e-4, why warm up, why cosine and not a flat rate. Each variant is a short CPT run from the base
-model on the learner's blocks, with their schedule and optimizer step, the same seed and budget,
+model on the learner's blocks, with their loop, schedule and optimizer step, the same seed and budget,
 scored on the headline's tokens with paired 95% intervals against the base model."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _flat(lr_fn):
 
 
 def recipe_experiments(
-    run_dir: str | Path, lr_fn=None, step_fn=None, steps: int | None = None, progress: bool = False
+    run_dir: str | Path, lr_fn=None, step_fn=None, steps: int | None = None, progress: bool = False, loop_fn=None
 ) -> dict:
     """Five short runs: the recipe; at 6e-4; without warm-up, at both rates; warm-up then a flat rate.
     ``steps``: the budget (a third of the recipe's, at least 10)."""
@@ -60,7 +60,16 @@ def recipe_experiments(
         model = s.model()
         run_cfg = cfg.replace(max_steps=budget, warmup_steps=w, cpt_lr=peak, stop_at_floor=False)
         res = train(
-            model, blocks, run_cfg, s.device, s.amp, progress=progress, desc=name, lr_fn=schedule, step_fn=step_fn
+            model,
+            blocks,
+            run_cfg,
+            s.device,
+            s.amp,
+            progress=progress,
+            desc=name,
+            lr_fn=schedule,
+            step_fn=step_fn,
+            loop_fn=loop_fn,
         )
         losses = [r["loss"] for r in res.log]
         rows.append(

@@ -148,27 +148,28 @@ class ForgettingCurve:
         self.points.append(point)
         return point
 
-    def on_step(self, step: int, model) -> bool:
-        """``train``'s hook: a point at every ``curve_every`` steps and the last; True stops the run.
-        Its evaluation time is counted apart, so the training speed leaves it out."""
-        if step % self.cfg.curve_every and step != self.cfg.max_steps:
-            return False
+    def evaluate(self, model, step: int) -> dict:
+        """The loop's ``run.evaluate``: the point at ``step``, which the loop appends to the curve. Its
+        time is counted apart, so the training speed leaves it out."""
         t = time.perf_counter()
-        point = self.measure(model, step)
-        model.train()
+        point = self.score(model, step, self.points)
         self.state["stopped"]["eval_seconds"] += time.perf_counter() - t
-        if self.cfg.stop_at_floor and point["forgetting_ratio"] > self.cfg.retention_floor:
-            self.state["stopped"]["at"] = step
-            return True
-        return False
+        return point
+
+    def ended(self, log: list[dict]) -> None:
+        """A run that ended before ``max_steps`` stopped at its last step (the loop's floor test)."""
+        last = log[-1]["step"] if log else 0
+        self.state["stopped"]["at"] = last if last < self.cfg.max_steps else None
 
 
-def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, lr_fn=None, step_fn=None) -> dict:
+def run_step3(
+    run_dir: str | Path, progress: bool = True, resume: bool = True, lr_fn=None, step_fn=None, loop_fn=None
+) -> dict:
     """The CPT run; saves a self-contained adapted model folder (safetensors + tokenizer).
 
     It checkpoints every ``checkpoint_every`` steps; with ``resume`` (the default) a run that was
     interrupted continues from its last checkpoint and ends exactly where an uninterrupted run would.
-    ``lr_fn`` and ``step_fn`` are the learner's schedule and optimizer step (notebook 3)."""
+    ``loop_fn``, ``lr_fn`` and ``step_fn`` are the learner's loop, schedule and optimizer step (notebook 3)."""
     cfg = config_of(run_dir)
     s1 = read_step(run_dir, 1)
     read_step(run_dir, 2)
@@ -203,11 +204,14 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
         s.device,
         s.amp,
         progress=progress,
-        on_step=curve.on_step,
         checkpointing=ckpt,
         lr_fn=lr_fn,
         step_fn=step_fn,
+        loop_fn=loop_fn,
+        evaluate=curve.evaluate,
+        curve=curve.points,
     )
+    curve.ended(result.log)
     folder = Path(run_dir) / "models" / "adapted"
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
@@ -225,6 +229,7 @@ def run_step3(run_dir: str | Path, progress: bool = True, resume: bool = True, l
             "implementation": {
                 "lr": getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.train.lr_multiplier",
                 "step": getattr(step_fn, "__name__", "step_fn") if step_fn else "cptlab.model.train",
+                "loop": getattr(loop_fn, "__name__", "loop_fn") if loop_fn else "cptlab.model.loop.cpt_loop",
             },
             "min_lr_ratio": cfg.min_lr_ratio,
             "grad_clip": cfg.grad_clip,

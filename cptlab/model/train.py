@@ -20,6 +20,7 @@ from cptlab.core.distributed import all_reduce_sum, is_distributed, rank, world_
 from cptlab.core.files import atomic_dir, is_complete
 from cptlab.core.progress import progress_bar
 from cptlab.data.corpus import sample_windows
+from cptlab.model.loop import cpt_loop
 from cptlab.speed.device import autocast
 from cptlab.speed.fastpath import fast_paths
 from cptlab.speed.fused import CausalLMLoss
@@ -111,9 +112,23 @@ class Checkpointing:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         result.log, result.tokens, result.seconds = meta["log"], meta["tokens"], meta["seconds"]
-        self.extra.clear()
-        self.extra.update(meta["extra"])
+        _restore(self.extra, meta["extra"])
         return int(meta["step"])
+
+
+def _restore(into: dict, saved: dict) -> None:
+    """``saved`` into ``into`` in place, nested dicts and lists kept as the same objects: the loop
+    holds the curve's list itself (``run.curve``)."""
+    for key in list(into):
+        if key not in saved:
+            del into[key]
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _restore(into[key], value)
+        elif isinstance(value, list) and isinstance(into.get(key), list):
+            into[key][:] = value
+        else:
+            into[key] = value
 
 
 @dataclass
@@ -136,7 +151,7 @@ class _Pending:
     lr: float
     step_tokens: int
     tokens: int
-    loss_sum: torch.Tensor
+    loss: torch.Tensor  # this process's share of the step's mean loss
     grad_norm: torch.Tensor
 
 
@@ -145,10 +160,9 @@ def _flush(pending: list[_Pending], result: "TrainResult", cfg: LabConfig) -> No
     stop the run at the first non-finite loss."""
     if not pending:
         return
-    values = torch.stack([torch.stack([p.loss_sum.float(), p.grad_norm.float()]) for p in pending])
+    values = torch.stack([torch.stack([p.loss.float(), p.grad_norm.float()]) for p in pending])
     values[:, 0] = all_reduce_sum(values[:, 0].contiguous())
-    for p, (loss_sum, grad_norm) in zip(pending, values.tolist()):
-        loss = loss_sum / p.step_tokens
+    for p, (loss, grad_norm) in zip(pending, values.tolist()):
         if not math.isfinite(loss):
             pending.clear()
             raise TrainingDivergedError(
@@ -172,20 +186,8 @@ def learning_rate(lr_fn, step: int, cfg: LabConfig) -> float:
     return float(lr)
 
 
-def learner_step(step_fn, model, batch: torch.Tensor, opt, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    out = step_fn(model, batch, opt, max_norm)
-    try:
-        loss, norm = out
-        loss, norm = (
-            torch.as_tensor(loss).detach().float().reshape(()),
-            torch.as_tensor(norm).detach().float().reshape(()),
-        )
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(
-            f"{getattr(step_fn, '__name__', 'step_fn')} returned {type(out).__name__}; it should return "
-            "(loss, pre-clip gradient norm): run its check cell"
-        ) from None
-    return loss, norm
+def _as_scalar(x) -> torch.Tensor:
+    return torch.as_tensor(x).detach().float().reshape(())
 
 
 @dataclass
@@ -195,9 +197,16 @@ class TrainResult:
     tokens: int = 0
 
 
+def _tokens(batch) -> int:
+    return sum(x.shape[0] * (x.shape[1] - 1) for x in (batch if isinstance(batch, list) else [batch]))
+
+
 class ReferenceStep:
     """cptlab's optimizer step: micro-batches through the loss module (so DDP and torch.compile see
-    model and loss whole), gradients normalised by the tokens of the whole step, clip, AdamW."""
+    model and loss whole), gradients normalised by the tokens of the whole step, clip, AdamW.
+    Called as the loop calls an optimizer step; returns this process's share of the mean loss."""
+
+    __name__ = "cptlab.model.train"
 
     def __init__(self, model: torch.nn.Module, cfg: LabConfig, device: torch.device, amp_dtype: torch.dtype | None):
         self.ddp, self.world, self.rank = is_distributed(), world_size(), rank()
@@ -213,9 +222,11 @@ class ReferenceStep:
         )
         self.forward = torch.compile(self.wrapped) if cfg.torch_compile else self.wrapped
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.device, self.amp_dtype, self.clip = device, amp_dtype, cfg.grad_clip
+        self.device, self.amp_dtype = device, amp_dtype
 
-    def __call__(self, micro: list[torch.Tensor], opt, step_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, model, batch, opt, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+        micro = batch if isinstance(batch, list) else [batch]
+        step_tokens = _tokens(micro)
         if self.ddp:  # every rank drew the same global batch; each keeps its own share of every micro-batch
             micro = [x[self.rank :: self.world] for x in micro]
         loss_sum = torch.zeros((), device=self.device)
@@ -230,34 +241,55 @@ class ReferenceStep:
                 # equals one large batch exactly; DDP averages over ranks, the world factor undoes it.
                 (loss * self.world / step_tokens).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss_sum, grad_norm
+        return loss_sum / step_tokens, grad_norm
 
 
 class LearnerStep:
     """A learner's ``optimizer_step(model, batch, optimizer, max_norm) -> (loss, pre-clip norm)``
-    (notebook 3) as the loop's step: one micro-batch, one process."""
+    (notebook 3) under the run's precision: one micro-batch, one process."""
 
-    def __init__(self, step_fn: Callable, model: torch.nn.Module, cfg: LabConfig, device: torch.device, amp_dtype):
+    def __init__(self, step_fn: Callable, cfg: LabConfig, device: torch.device, amp_dtype):
         if is_distributed() or cfg.grad_accum != 1 or cfg.torch_compile:
             raise ValueError(
                 "a learner's optimizer step runs one micro-batch per step in one process: "
                 "set grad_accum=1 and torch_compile=false, and run without torchrun"
             )
-        self.step_fn, self.model, self.device, self.amp_dtype, self.clip = (
-            step_fn,
-            model,
-            device,
-            amp_dtype,
-            cfg.grad_clip,
-        )
+        self.step_fn, self.device, self.amp_dtype = step_fn, device, amp_dtype
+        self.__name__ = getattr(step_fn, "__name__", "optimizer_step")
 
-    def __call__(self, micro: list[torch.Tensor], opt, step_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, model, batch, opt, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            loss, grad_norm = learner_step(self.step_fn, self.model, micro[0].to(self.device), opt, self.clip)
-        return loss * step_tokens, grad_norm
+            out = self.step_fn(model, batch, opt, max_norm)
+        try:
+            loss, norm = out
+            return _as_scalar(loss), _as_scalar(norm)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"{self.__name__} returned {type(out).__name__}; it should return (loss, pre-clip gradient norm): "
+                "run its check cell"
+            ) from None
+
+
+class Schedule:
+    """The learner's ``lr_at`` (or the recipe's), its every answer checked to be a usable rate."""
+
+    def __init__(self, lr_fn: Callable | None, min_lr_ratio: float = 0.0):
+        self.lr_fn, self.min_lr_ratio = lr_fn, min_lr_ratio
+        self.__name__ = getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.train.lr_multiplier"
+
+    def __call__(self, step: int, peak_lr: float, warmup_steps: int, max_steps: int) -> float:
+        if self.lr_fn is None:
+            return peak_lr * lr_multiplier(step, warmup_steps, max_steps, self.min_lr_ratio)
+        lr = self.lr_fn(step, peak_lr, warmup_steps, max_steps)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(
+                f"{self.__name__}({step}, ...) returned {lr!r}: a learning rate is a finite number >= 0; run its "
+                "check cell"
+            )
+        return float(lr)
 
 
 def window_batches(
@@ -271,6 +303,81 @@ def window_batches(
     ]
 
 
+class Run:
+    """What the loop is handed (``run``): ``cfg``, ``model``, ``optimizer``, ``first_step``,
+    ``curve``; ``batch(step)``, ``log(step, lr, loss, grad_norm)`` and ``evaluate(step)``.
+
+    Around those calls it keeps the rest: the log's host reads batched (``_flush``), the progress
+    bar, the ``on_step`` hook, and the checkpoint, saved when the loop asks for the batch after a
+    checkpoint step (the step's curve point is in by then)."""
+
+    def __init__(self, model, cfg, device, draw, checkpointing, evaluate, curve, on_step, progress, desc):
+        self.cfg, self.model, self.device = cfg, model, device
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.result = TrainResult()
+        self.curve = curve if curve is not None else []
+        self._draw, self._ckpt, self._evaluate, self._on_step = draw, checkpointing, evaluate, on_step
+        resumed = checkpointing is not None and checkpointing.exists()
+        self.first_step = checkpointing.load(model, self.optimizer, self.gen, self.result) + 1 if resumed else 1
+        self._t0 = time.perf_counter() - self.result.seconds
+        # Speed, one flag: on a GPU the host reads losses every 10 steps (``_flush``), so it never waits
+        # for the device; on a CPU (plain path) every step is read and logged as it ends.
+        self._log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
+        self._pending: list[_Pending] = []
+        self._step_tokens = 0
+        self._bar = progress_bar(cfg.max_steps, desc, initial=self.first_step - 1) if progress else None
+
+    def batch(self, step: int):
+        """The step's batch of windows from the run's blocks: ``[batch_size, block_size]`` token ids on the
+        device (a list of micro-batches when the lab's own step accumulates gradients)."""
+        done = int(step) - 1
+        if self._ckpt is not None and done >= self.first_step and done % self._ckpt.every == 0:
+            self._flush()
+            self.result.seconds = time.perf_counter() - self._t0
+            self._ckpt.save(done, self.model, self.optimizer, self.gen, self.result)
+        micro = self._draw(int(step), self.gen)
+        self._step_tokens = _tokens(micro)
+        return micro[0].to(self.device) if len(micro) == 1 else micro
+
+    def log(self, step: int, lr: float, loss, grad_norm) -> None:
+        """One log row: the step's loss and pre-clip gradient norm (tensors are read at log points only)."""
+        try:
+            loss, grad_norm = _as_scalar(loss), _as_scalar(grad_norm)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"run.log(step, lr, loss, grad_norm) got loss={loss!r:.40}, grad_norm={grad_norm!r:.40}: pass the two "
+                "numbers your optimizer_step returned"
+            ) from None
+        self.result.tokens += self._step_tokens
+        self._pending.append(_Pending(int(step), float(lr), self._step_tokens, self.result.tokens, loss, grad_norm))
+        if int(step) % self._log_every == 0 or int(step) == self.cfg.max_steps:
+            self._flush()
+        if self._on_step is not None:
+            self._on_step(int(step), self.model)
+        if self._bar is not None:
+            if not self._pending:
+                self._bar.set_postfix(loss=f"{self.result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+            self._bar.update(1)
+
+    def evaluate(self, step: int) -> dict:
+        """The curve's point at ``step``: both perplexities and the forgetting ratio (a dict; its
+        ``forgetting_ratio`` is what the floor is about). Runs without a curve return a ratio of nan."""
+        if self._evaluate is None:
+            return {"step": int(step), "forgetting_ratio": float("nan")}
+        return self._evaluate(self.model, int(step))
+
+    def _flush(self) -> None:
+        _flush(self._pending, self.result, self.cfg)
+
+    def finish(self) -> TrainResult:
+        self._flush()
+        if self._bar is not None:
+            self._bar.close()
+        self.result.seconds = time.perf_counter() - self._t0
+        return self.result
+
+
 def train(
     model: torch.nn.Module,
     train_stream: np.ndarray,
@@ -280,66 +387,32 @@ def train(
     progress: bool = True,
     desc: str = "CPT",
     batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, torch.nn.Module], bool | None] | None = None,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
     checkpointing: Checkpointing | None = None,
     lr_fn: Callable[[int, float, int, int], float] | None = None,
     step_fn: Callable | None = None,
+    loop_fn: Callable | None = None,
+    evaluate: Callable[[torch.nn.Module, int], dict] | None = None,
+    curve: list | None = None,
 ) -> TrainResult:
     """Continue pre-training ``model`` on random windows of ``train_stream`` (a 1-D stream, or
     step 2's ``[n_blocks, block_size]`` blocks).
 
+    ``loop_fn(run, lr_at, optimizer_step)`` is the loop (the learner's, notebook 3; else
+    ``cptlab.model.loop.cpt_loop``); ``lr_fn`` and ``step_fn`` are the schedule and optimizer step it
+    is handed (the learner's, else the recipe's and the lab's fast one). ``evaluate(model, step)``
+    gives the forgetting curve's points, appended to ``curve``.
     ``batch_fn(step, generator)`` may supply each step's micro-batches (replay mixing does);
-    ``on_step(step, model)`` runs after each optimizer step (the forgetting curve does);
-    returning True stops the run there (a retention floor can).
-    ``lr_fn(step, peak_lr, warmup_steps, max_steps)`` and ``step_fn(model, batch, optimizer,
-    max_norm) -> (loss, pre-clip norm)`` are the learner's schedule and optimizer step (notebook 3):
-    the loop keeps its data, logging, checkpoints and fast paths around them.
+    ``on_step(step, model)`` runs after each step's log row.
     """
     model.to(device)
     model.train()
-    take_step = (
-        LearnerStep(step_fn, model, cfg, device, amp_dtype) if step_fn else ReferenceStep(model, cfg, device, amp_dtype)
-    )
+    step = LearnerStep(step_fn, cfg, device, amp_dtype) if step_fn else ReferenceStep(model, cfg, device, amp_dtype)
+    schedule = Schedule(lr_fn, cfg.min_lr_ratio)
     draw = batch_fn or window_batches(train_stream, cfg, device)
-    opt = make_optimizer(model, cfg, device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    result = TrainResult()
-    start = (
-        checkpointing.load(model, opt, gen, result) + 1 if checkpointing is not None and checkpointing.exists() else 1
-    )
-    t0 = time.perf_counter() - result.seconds
-    # Speed, one flag: on a GPU the host reads losses every 10 steps (``_flush``), so it never waits
-    # for the device; on a CPU (plain path) every step is read and logged as it ends.
-    log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
-    pending: list[_Pending] = []
-    bar = progress_bar(cfg.max_steps, desc, initial=start - 1) if progress else None
+    run = Run(model, cfg, device, draw, checkpointing, evaluate, curve, on_step, progress, desc)
     with fast_paths(model, device, amp_dtype, evaluation=False):
-        for step in range(start, cfg.max_steps + 1):
-            lr = learning_rate(lr_fn, step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            micro = draw(step, gen)
-            step_tokens = sum(x.shape[0] * (x.shape[1] - 1) for x in micro)
-            loss_sum, grad_norm = take_step(micro, opt, step_tokens)
-            result.tokens += step_tokens
-            pending.append(_Pending(step, lr, step_tokens, result.tokens, loss_sum, grad_norm))
-            # The host waits for the device only at log points: the loss and norm stay tensors until then.
-            at_checkpoint = checkpointing is not None and step % checkpointing.every == 0
-            if step % log_every == 0 or step == cfg.max_steps or at_checkpoint:
-                _flush(pending, result, cfg)
-            stop = bool(on_step(step, model)) if on_step is not None else False
-            if at_checkpoint and step < cfg.max_steps and not stop:
-                result.seconds = time.perf_counter() - t0
-                checkpointing.save(step, model, opt, gen, result)
-            if bar is not None:
-                if not pending:
-                    bar.set_postfix(loss=f"{result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
-            if stop:
-                break
-    _flush(pending, result, cfg)
-    if bar is not None:
-        bar.close()
-    result.seconds = time.perf_counter() - t0
+        (loop_fn or cpt_loop)(run, schedule, step)
+    result = run.finish()
     model.eval()
     return result

@@ -1,13 +1,14 @@
 """Calls of a learner's functions from another process, with plain data in and out.
 
-The grader never runs learner code in its own process: ``python -m cptlab.notebook.callserver`` (started
-by ``checkers.grading.judge`` inside the sandbox, under its own time and memory limits) runs the notebook's
-set-up imports and the learner's answer cells, then answers calls read as JSON lines. Arguments
-and results are plain data (numbers, strings, lists, dicts, arrays as raw bytes, GPT-2 models as
-a config and safetensors weights): no pickle either way, and an object the learner returns that is
-not plain data comes back as its ``repr`` only, so nothing it defines (an ``__eq__`` that always
-says yes) reaches the judge. After a call, every model argument's weights go back too, with the
-grad mode of each forward pass (seen at the token embedding, which every path to the logits uses).
+The grader never runs learner code in its own process: ``python -m cptlab.notebook.callserver``
+(started by ``checkers.grading.judge`` inside the sandbox, under its own time and memory limits)
+runs the notebook's set-up imports and the learner's answer cells, then answers calls read as JSON
+lines. Arguments and results are plain data (numbers, strings, lists, dicts, arrays as raw bytes,
+GPT-2 models as a config and safetensors weights, the loop check's probe run as its seed and
+settings): no pickle either way, and an object the learner returns that is not plain data comes back
+as its ``repr`` only, so nothing it defines (an ``__eq__`` that always says yes) reaches the judge.
+After a call, every model argument's weights go back too, with the grad mode of each forward pass
+(seen at the token embedding, which every path to the logits uses).
 """
 
 from __future__ import annotations
@@ -190,6 +191,15 @@ def decode(x: Any, models: dict | None = None, optimizers: dict | None = None) -
             m.train(bool(x.get("training")))
             models[h] = m
         return models[h]
+    if "__probe_run__" in x and models is not None:
+        from cptlab.model.loop import ProbeRun
+
+        h = x["__probe_run__"]
+        if h not in models:
+            models[h] = ProbeRun(int(x["seed"]), dict(decode(x["config"])), dict(decode(x["ratios"])), int(x["first"]))
+        return models[h]
+    if "__probe_fn__" in x and models is not None and x["__probe_fn__"] in ("lr_at", "optimizer_step"):
+        return getattr(models[x["run"]], x["__probe_fn__"])
     if "__sgd__" in x and optimizers is not None:
         h = x["__sgd__"]
         if h not in optimizers:
@@ -240,8 +250,14 @@ def _call(namespace: dict, req: dict, models: dict, optimizers: dict) -> dict:
         for h in hooks:
             h.remove()
     try:
-        states = {str(h): _b64(state_bytes(m)) for h, m in models.items() if any(m is a for a in args)}
-        return {"result": encode(out), "states": states, "grad_on": grad_on}
+        given = [m for m in models.values() if any(m is a for a in args)]
+        states = {
+            str(h): _b64(state_bytes(m)) for h, m in models.items() if m in given and isinstance(m, torch.nn.Module)
+        }
+        traces = {
+            str(h): encode(m.trace) for h, m in models.items() if m in given and not isinstance(m, torch.nn.Module)
+        }
+        return {"result": encode(out), "states": states, "grad_on": grad_on, "traces": traces}
     except Exception as exc:  # noqa: BLE001 - a result that cannot be sent back is the learner's failure
         return {"raised": f"the result could not be sent back ({type(exc).__name__}: {exc})"[:300]}
 

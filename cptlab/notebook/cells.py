@@ -108,8 +108,13 @@ def show_eos_window(run_dir) -> dict:
 
 
 @_guarded
-def run_cpt(run_dir, lr_fn, step_fn) -> dict:
-    s3 = steps.run_step3(run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"))
+def run_cpt(run_dir, lr_fn, step_fn, loop_fn) -> dict:
+    s3 = steps.run_step3(
+        run_dir,
+        lr_fn=use(lr_fn, "lr_at"),
+        step_fn=use(step_fn, "optimizer_step"),
+        loop_fn=use(loop_fn, "cpt_loop"),
+    )
     norms = [r["grad_norm"] for r in s3["log"]]
     clipped = sum(n > s3["hparams"]["grad_clip"] for n in norms)
     print(
@@ -241,10 +246,14 @@ tradeoff_plot = _guarded(plots.tradeoff_plot)
 
 
 @_guarded
-def recipe_experiments(run_dir, lr_fn, step_fn) -> dict:
-    """The recipe's questions as short runs with the learner's schedule and optimizer step."""
+def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn) -> dict:
+    """The recipe's questions as short runs with the learner's loop, schedule and optimizer step."""
     exp = _recipe_experiments(
-        run_dir, lr_fn=use(lr_fn, "lr_at"), step_fn=use(step_fn, "optimizer_step"), progress=False
+        run_dir,
+        lr_fn=use(lr_fn, "lr_at"),
+        step_fn=use(step_fn, "optimizer_step"),
+        loop_fn=use(loop_fn, "cpt_loop"),
+        progress=False,
     )
     print(experiments_table(exp))
     return exp

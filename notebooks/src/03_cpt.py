@@ -20,9 +20,11 @@
 #   whatever the gradient's scale. What it bounds is how much one step's gradient weighs in Adam's
 #   running moments `m` and `v`, so a spike does not dominate them for the next 10 to 20 steps.
 #
-# You write the schedule and the optimizer step; the lab's loop calls them for every one of the
-# run's steps and keeps the rest around them: sampling your blocks from step 2, logging, the
-# forgetting curve, checkpoints, precision and the fast kernels.
+# You write the schedule, the optimizer step and the loop that drives them. The lab hands your loop
+# a `run`: the model and optimizer, each step's batch from your step-2 blocks, the log and the
+# forgetting curve's evaluation. Around those calls it keeps what a training script needs but a
+# reader of the loop need not see: checkpoints (a resumed run ends bit-identical), precision and the
+# fast kernels.
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
@@ -36,7 +38,7 @@ import math
 
 import torch
 
-from checkers import check_flops, check_optimizer_step, check_schedule, check_step3
+from checkers import check_cpt_loop, check_flops, check_optimizer_step, check_schedule, check_step3
 from cptlab.notebook import cells
 from cptlab.notebook.friendly import friendly_errors
 
@@ -44,7 +46,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 3.1 · The learning rate at a step (7 points)
+# ## ✏️ Question 3.1 · The learning rate at a step (5 points)
 #
 # Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
 # `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak comes
@@ -71,7 +73,7 @@ def lr_at(step, peak_lr, warmup_steps, max_steps):
 check_schedule(lr_at)
 
 # %% [markdown]
-# ## ✏️ Question 3.2 · One optimizer step (10 points)
+# ## ✏️ Question 3.2 · One optimizer step (8 points)
 #
 # `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
 # the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t predicts
@@ -98,11 +100,62 @@ def optimizer_step(model, batch, optimizer, max_norm):
 check_optimizer_step(optimizer_step)
 
 # %% [markdown]
-# ## The CPT run, on your schedule and your optimizer step
+# ## ✏️ Question 3.3 · The CPT loop (6 points)
+#
+# The loop nanoGPT's `train.py` has at its heart, for continued pre-training. `run` gives you:
+#
+# - `run.cfg`: the recipe (`max_steps`, `cpt_lr`, `warmup_steps`, `grad_clip`, `curve_every`,
+#   `stop_at_floor`, `retention_floor`);
+# - `run.model`, `run.optimizer` (AdamW with **two** parameter groups: weight decay on the matrices,
+#   none on biases and LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint
+#   when an interrupted run resumes;
+# - `run.batch(step)`: the step's batch of windows from your blocks (pass it on as it is);
+# - `run.log(step, lr, loss, grad_norm)`: the step's log row;
+# - `run.evaluate(step)`: the forgetting curve's point, both perplexities on the headline's tokens
+#   with the step-1 protocol your `corpus_perplexity` passed; a dict whose `"forgetting_ratio"`
+#   is what the floor is about. `run.curve` is the list of the points so far.
+#
+# For each step from `run.first_step` to `max_steps` (both included): compute the rate with
+# `lr_at` and set it on **every** parameter group, call `optimizer_step` on the step's batch, log.
+# Every `curve_every` steps and at the last, evaluate: in `eval()` mode (dropout off), under
+# `torch.no_grad()` (no graph kept for a backward pass that never comes), then back to `train()`;
+# append the point to `run.curve`, and only then, when `cfg.stop_at_floor` is set, stop if its
+# ratio is above `cfg.retention_floor`. The check runs your loop on a small probe run against the
+# lab's loop, step by step.
+
+
+# %%
+def cpt_loop(run, lr_at, optimizer_step):
+    """Steps run.first_step..max_steps; the curve every curve_every steps and at the last; stop above the floor."""
+    ### BEGIN SOLUTION cpt_loop: rate on every group, optimizer_step, log; eval + no_grad, train again, append, floor
+    cfg = run.cfg
+    for step in range(run.first_step, cfg.max_steps + 1):
+        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        batch = run.batch(step)
+        loss, grad_norm = optimizer_step(run.model, batch, run.optimizer, cfg.grad_clip)
+        run.log(step, lr, loss, grad_norm)
+        if step % cfg.curve_every == 0 or step == cfg.max_steps:
+            run.model.eval()
+            with torch.no_grad():
+                point = run.evaluate(step)
+            run.model.train()
+            run.curve.append(point)
+            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+                break
+    ### END SOLUTION
+
+
+# %%
+check_cpt_loop(cpt_loop)
+
+# %% [markdown]
+# ## The CPT run, on your loop, schedule and optimizer step
 # This is the long cell of the notebook (about a minute on the `tiny` preset's CPU).
 
 # %%
-step3 = cells.run_cpt(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
+step3 = cells.run_cpt(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_loop)
 
 # %%
 cells.loss_curve(RUN_DIR)
@@ -128,7 +181,7 @@ cells.loss_curve(RUN_DIR)
 check_step3(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 3.3 · The speed of your run (4 points)
+# ## ✏️ Question 3.4 · The speed of your run (4 points)
 #
 # How much of the machine did your run use? **Model FLOPs utilisation (MFU)** is the FLOPs the model
 # needs per second at your speed over what the device can do at its peak (PaLM's definition). The
@@ -182,7 +235,7 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
 # ## The recipe, tested
 #
 # The top of this notebook answers "why 5e-5, why warm up, why cosine" in prose. Here your own
-# schedule and optimizer step answer them by measurement: five short runs from the base model on
+# loop, schedule and optimizer step answer them by measurement: five short runs from the base model on
 # your blocks, a third of the recipe's steps each, with the same seed (so the same batches), scored
 # like the headline (the same tokens, paired 95% intervals against the base model): the recipe;
 # 6e-4, the pre-training peak of a model this size (GPT-3 Small's, nanoGPT's); no warm-up, at both
@@ -190,7 +243,7 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
 # differences the intervals can see (about 45 seconds on `tiny`).
 
 # %%
-experiments = cells.recipe_experiments(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step)
+experiments = cells.recipe_experiments(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_loop)
 
 # %%
 cells.experiments_plot(RUN_DIR)
