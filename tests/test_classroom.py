@@ -1,11 +1,12 @@
 """Grading a class on `smoke`, built from the solution notebooks: every figure of every row asserted.
 
 ada: the solutions (88). bo: the same notebooks with the cells shuffled, new ids and every variable
-renamed (88, the same written answers, flagged as a near-copy of ada). cy: four mistakes in four
+renamed (88, the same written answers, flagged as a near-copy of ada). cy: mistakes in four
 notebooks (a mean of per-window perplexities, a split that ignores its seed, an `lr_at` that never
-returns, a `production_choices` that patches the checker at call time): each costs its own question
-only. dee: a `NameError` in `pack_documents`, a monkeypatched check above an `optimizer_step` that
-never steps, a `choose_variant` that calls the library's reference, and code that tries to read the
+returns, a CPT loop that leaves the model in eval mode, a reversed interpolation, a
+`production_choices` that patches the checker at call time): each costs its own question only.
+dee: a `NameError` in `pack_documents`, a monkeypatched check above an `optimizer_step` that never
+steps, a `choose_variant` that calls the library's reference, and code that tries to read the
 solutions and to allocate 8 GiB."""
 
 import csv
@@ -61,6 +62,22 @@ SPLIT_IGNORES_SEED = """def split_documents(doc_ids, eos_id, val_fraction, seed)
 LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
     while True:
         pass
+"""
+LOOP_LEFT_IN_EVAL = """def cpt_loop(run, lr_at, optimizer_step):
+    cfg = run.cfg
+    for step in range(run.first_step, cfg.max_steps + 1):
+        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
+        run.log(step, lr, loss, grad_norm)
+        if step % cfg.curve_every == 0 or step == cfg.max_steps:
+            run.model.eval()
+            with torch.no_grad():
+                point = run.evaluate(step)
+            run.curve.append(point)
+            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+                break
 """
 INTERPOLATE_REVERSED = """def interpolate(base_state, cpt_state, alpha):
     return {k: alpha * v + (1 - alpha) * cpt_state[k] if v.is_floating_point() else v for k, v in base_state.items()}
@@ -198,7 +215,7 @@ def graded(tmp_path_factory):
         {
             NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
             NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
-            NB3: _replace(_sol(NB3), "lr_at", LR_HANGS),
+            NB3: _replace(_replace(_sol(NB3), "lr_at", LR_HANGS), "cpt_loop", LOOP_LEFT_IN_EVAL),
             NB4: _replace(
                 _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME), "interpolate", INTERPOLATE_REVERSED
             ),
@@ -239,31 +256,37 @@ def test_each_mistake_costs_its_own_question(graded):
     cy = results["cy"].points
     assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
     assert cy["2.2"] < 7 and cy["3.1"] == 0 and cy["4.6"] == 0
+    # the loop that leaves the model in eval mode: its one check lost, named; step 3 ran on it and its
+    # results still check out (the run is the learner's, a different run, not a wrong file)
+    assert cy["3.3"] == 5 and "mistake: the model left in eval() mode" in json.dumps(_report(results["cy"], "3.3"))
     # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; the study ran on it as the learner
     # wrote it (a wrong value, not a crash), so step 4's results lose the check it breaks, and only that one
     assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
     s4 = _report(results["cy"], "4.7")
     assert [c["id"] for c in s4["checks"] if not c["passed"]] == ["s4.interp_endpoints"] and 3 < cy["4.7"] < 4
-    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "4.3", "4.6", "4.7")}
+    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "3.3", "4.3", "4.6", "4.7")}
     from checkers.core.questions import QUESTIONS
 
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
     assert float(rows["cy"]["auto_total"]) == pytest.approx(
-        88 - (11 - cy["1.1"]) - (7 - cy["2.2"]) - 7 - 2.5 - 4 - (4 - cy["4.7"])
+        88 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4 - (4 - cy["4.7"])
     )
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
     dee = results["dee"].points
-    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.4"] == 0  # step 3's run did not train
+    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.5"] == 0  # step 3's run did not train
     assert {
-        q: dee[q] for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7")
+        q: dee[q]
+        for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "3.3", "3.4", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7")
     } == {
-        "1.1": 11,
+        "1.1": 9,
         "1.2": 4,
         "2.3": 4,
         "2.4": 3,
-        "3.1": 7,
+        "3.1": 5,
+        "3.3": 6,
+        "3.4": 4,
         "4.1": 2,
         "4.2": 5,
         "4.3": 4,
@@ -279,7 +302,7 @@ def test_a_fake_check_earns_nothing(graded):
     results, _, out = graded
     rep = _report(results["dee"], "3.2")
     assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
-    s3 = _report(results["dee"], "3.4")
+    s3 = _report(results["dee"], "3.5")
     assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {
         c["id"] for c in s3["checks"] if not c["passed"]
     }

@@ -10,7 +10,6 @@ resumed run starts at ``run.first_step`` and ends bit-identical), precision and 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,22 +20,22 @@ def cpt_loop(run, lr_at, optimizer_step) -> None:
     """The reference loop: steps ``run.first_step`` to ``max_steps`` (1-based); the curve every
     ``curve_every`` steps and at the last; with ``stop_at_floor``, stop once a point's forgetting
     ratio is above the retention floor (the point recorded first)."""
-    cfg = run.cfg
+    cfg, opt = run.cfg, run.optimizer
     for step in range(run.first_step, cfg.max_steps + 1):
-        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        batch = run.batch(step)
-        loss, grad_norm = optimizer_step(run.model, batch, run.optimizer, cfg.grad_clip)
-        run.log(step, lr, loss, grad_norm)
-        if step % cfg.curve_every == 0 or step == cfg.max_steps:
-            run.model.eval()
-            with torch.no_grad():
-                point = run.evaluate(step)
-            run.model.train()
-            run.curve.append(point)
-            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
-                break
+        rate = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
+        for group in opt.param_groups:
+            group["lr"] = rate
+        loss, grad_norm = optimizer_step(run.model, run.batch(step), opt, cfg.grad_clip)
+        run.log(step, rate, loss, grad_norm)
+        if step % cfg.curve_every and step != cfg.max_steps:
+            continue
+        run.model.eval()
+        with torch.no_grad():
+            point = run.evaluate(step)
+        run.model.train()
+        run.curve.append(point)  # recorded first: the point that stops the run is on the curve
+        if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
+            return
 
 
 # ----------------------------------------------------------------------------- the loop's check
@@ -114,10 +113,9 @@ class ProbeRun:
         return x
 
     def lr_at(self, step, peak_lr, warmup_steps, max_steps) -> float:
-        if step <= warmup_steps:
-            return peak_lr * step / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        from cptlab.model.train import lr_multiplier  # train imports this module: the loop is its default
+
+        return peak_lr * lr_multiplier(step, warmup_steps, max_steps)
 
     def optimizer_step(self, model, batch, optimizer, max_norm):
         which = next((s for s, x in self.batches if x is batch), None)

@@ -42,7 +42,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 cfg = cells.lab_config(PRESET, RUN_DIR, seed=SEED, overrides=OVERRIDES)
 
 # %% [markdown]
-# ## ✏️ Question 1.1 · Corpus perplexity (11 points)
+# ## ✏️ Question 1.1 · Corpus perplexity (9 points)
 #
 # **The protocol** (the same for every number in this lab): the corpus is one stream of token ids
 # (documents joined by EOS); cut it into non-overlapping windows of `block_size` tokens; in each
