@@ -5,7 +5,7 @@
 
 Each configuration grades the same class from scratch (the base model is built before the clock
 starts); the figure is wall seconds for the whole class divided by its learners: what an instructor
-plans with. Every learner must score 88, or the figure is not reported.
+plans with. Every learner must score every automatic point, or the figure is not reported.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from checkers.core.questions import AUTO_POINTS
 from checkers.grading.classroom import grade_class
 from cptlab.core.config import get_config
 from cptlab.core.results import STEP_NOTEBOOKS
@@ -46,14 +47,14 @@ def main() -> None:
             t0 = time.perf_counter()
             results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800)
             secs = time.perf_counter() - t0
-            ok = all(r.auto_total == 88 for r in results)
+            ok = all(r.auto_total == AUTO_POINTS for r in results)
             row = {
                 "preset": args.preset,
                 "jobs": jobs,
                 "learners": len(results),
                 "seconds": round(secs, 1),
                 "seconds_per_learner": round(secs / len(results), 1) if ok else None,
-                "all_88": ok,
+                "all_automatic_points": ok,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)

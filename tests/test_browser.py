@@ -1,6 +1,6 @@
 """What a learner sees, in a real browser: JupyterLab runs a step notebook through its UI (the
 check table renders as HTML with every row passed, no cell errors, a progress bar is a widget),
-and a run's index.html shows every plot. Debian's Chromium and chromedriver drive it
+and a run's index.html shows every plot and its formulas typeset, offline. Debian's Chromium and chromedriver drive it
 (`apt-get install chromium chromium-driver`); without them these tests are skipped, saying so."""
 
 import json
@@ -193,6 +193,16 @@ def test_index_html_shows_every_plot(lab_run):
         assert len(images) >= 6, f"{len(images)} images"
         assert all(ok and width > 0 for ok, width in images), images
         assert "Step 4: the trade-off" in driver.page_source
+        # the formulas typeset, offline: MathJax from the run folder, nothing left as raw TeX
+        _wait(
+            lambda: driver.execute_script("return document.querySelectorAll('.MathJax_Display').length") >= 1,
+            60,
+            "MathJax to typeset notebook 1's perplexity formula",
+        )
+        scripts = driver.execute_script("return Array.from(document.scripts).map(s => s.src).filter(s => s);")
+        assert scripts and all(src.startswith("file://") for src in scripts), scripts
+        shown = driver.execute_script("return document.body.innerText;")
+        assert "$$" not in shown and "\\mathrm{ppl}" not in shown
         driver.save_screenshot(str(ARTIFACTS.joinpath("index_html.png")))
     finally:
         driver.quit()

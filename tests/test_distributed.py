@@ -63,3 +63,24 @@ def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, overrides):
     res = perplexity(model, stream[:3000], 16, batch_size=3)
     assert ddp["tokens"] == res.tokens
     assert ddp["nll_sum"] == pytest.approx(res.nll_sum, rel=1e-5)
+
+
+def test_notebook3s_two_processes_give_the_one_process_loss(lab_run, tmp_path):
+    """The lab's loop under torchrun on the learner's blocks: each step's loss equals the one-process
+    loss to float rounding, with half the windows in each process."""
+    import shutil
+
+    from cptlab.lab.ddp import ddp_table, two_processes
+
+    run = tmp_path / "run"
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb", "checkpoints", "models"))
+    result = two_processes(run, steps=3)
+    one, two = result["one"], result["two"]
+    assert one["processes"] == 1 and two["processes"] == 2 and two["backend"] == "gloo"
+    assert two["batch_per_process"] * 2 == one["batch_per_process"]
+    assert [r["step"] for r in result["rows"]] == [1, 2, 3]
+    for a, b in zip(one["log"], two["log"]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["tokens"] == a["tokens"]
+    assert one["log"][0]["loss"] != one["log"][-1]["loss"]  # it trained
+    assert json.loads((run / "ddp.json").read_text())["max_difference"] < 1e-4
+    assert "largest difference" in ddp_table(result)

@@ -83,7 +83,7 @@ def test_the_points_the_notebooks_announce_are_the_graders():
 
 def test_solution_notebooks_score_every_automatic_point(lab_run):
     scores = score_notebooks(lab_run)
-    assert scores["max"] == AUTO_POINTS == 88
+    assert scores["max"] == AUTO_POINTS == 85
     assert scores["total"] == AUTO_POINTS, scores
     assert all(r["status"] == "passed" for r in scores["questions"].values())
 

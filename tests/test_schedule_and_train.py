@@ -10,7 +10,8 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from cptlab.core.config import get_config
-from cptlab.model.train import TrainingDivergedError, lr_multiplier, train
+from cptlab.model.schedule import lr_multiplier
+from cptlab.model.train import TrainingDivergedError, train
 
 
 @pytest.mark.parametrize("warmup,total", [(10, 150), (3, 30), (0, 20)])
@@ -120,7 +121,7 @@ def test_the_checkers_schedule_follows_training_and_transformers_at_a_floor(min_
     from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
     from checkers.results.steps import schedule
-    from cptlab.model.train import lr_multiplier
+    from cptlab.model.schedule import lr_multiplier
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, 10, 150, min_lr_rate=min_ratio)

@@ -28,7 +28,7 @@ from cptlab.lab.steps import code_ppl_drop, forgetting_ratio
 from cptlab.lab.study import LORA_TARGETS, recommend
 from cptlab.model.loop import ProbeConfig, ProbeRun, cpt_loop
 from cptlab.model.perplexity import perplexity, plan_windows
-from cptlab.model.train import lr_multiplier
+from cptlab.model.schedule import lr_multiplier
 from cptlab.notebook.fallback import record
 
 NOT_YET = "not implemented yet"
@@ -778,7 +778,8 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
         logged = [[e.get("lr"), e.get("loss")] for e in got["log"]]
         own = [[x[0], e.get("loss")] for x, e in zip(lr, got["steps"])]
         ok = bool(logged) and _close_lists(logged, own, 1e-5)
-        if ok and steps == want and rate_ok:
+        trains = all(e.get("training") is True for e in got["steps"])  # a mode mistake changes the losses too
+        if ok and steps == want and rate_ok and fresh and trains:
             ref = _reference_trace(ex.seed, {**base, "stop_at_floor": False}, above)
             ok = _close_lists(logged, [[e.get("lr"), e.get("loss")] for e in ref["log"]], 1e-5)
         ex.row(

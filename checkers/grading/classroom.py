@@ -50,6 +50,7 @@ RUBRIC_TEXT = {
     "W2": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W2)",
     "W3": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W3)",
     "W4": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W4)",
+    "W5": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W5)",
 }
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from checkers.core.questions import AUTO_POINTS
 from checkers.core.report import Check, Report
 from checkers.results.steps import check_all
 from cptlab.core.files import write_atomic
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for r in results:
             print(
-                f"{r.learner:<24} {r.auto_total:>6g}/88  {r.execution}"
+                f"{r.learner:<24} {r.auto_total:>6g}/{AUTO_POINTS}  {r.execution}"
                 + (f"  [{'; '.join(r.flags)}]" if r.flags else "")
             )
         print(

@@ -25,7 +25,7 @@ def reports_in(notebook: Path) -> dict[str, dict]:
 
 
 def answers_in(notebook: Path) -> dict[str, str]:
-    """written-answer id (W1..W4) -> the text of its tagged markdown cell."""
+    """written-answer id (W1..W5) -> the text of its tagged markdown cell."""
     nb = json.loads(Path(notebook).read_text())
     out = {}
     for cell in nb.get("cells", []):

@@ -13,7 +13,8 @@ import numpy as np
 from cptlab.core.files import write_atomic
 from cptlab.core.results import read_step
 from cptlab.model.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored
-from cptlab.model.train import lr_multiplier, train
+from cptlab.model.schedule import lr_multiplier
+from cptlab.model.train import train
 from cptlab.speed.device import seed_everything
 
 # The pre-training peak of a model GPT-2 124M's size: GPT-3 Small's published rate and nanoGPT's

@@ -227,7 +227,7 @@ def run_step3(
             "max_steps": cfg.max_steps,
             "schedule": "linear warm-up then cosine (transformers get_cosine_schedule_with_warmup)",
             "implementation": {
-                "lr": getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.train.lr_multiplier",
+                "lr": getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.schedule.lr_multiplier",
                 "step": getattr(step_fn, "__name__", "step_fn") if step_fn else "cptlab.model.train",
                 "loop": getattr(loop_fn, "__name__", "loop_fn") if loop_fn else "cptlab.model.loop.cpt_loop",
             },

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from cptlab.model.schedule import lr_multiplier
+
 
 def cpt_loop(run, lr_at, optimizer_step) -> None:
     """The reference loop: steps ``run.first_step`` to ``max_steps`` (1-based); the curve every
@@ -113,8 +115,6 @@ class ProbeRun:
         return x
 
     def lr_at(self, step, peak_lr, warmup_steps, max_steps) -> float:
-        from cptlab.model.train import lr_multiplier  # train imports this module: the loop is its default
-
         return peak_lr * lr_multiplier(step, warmup_steps, max_steps)
 
     def optimizer_step(self, model, batch, optimizer, max_norm):

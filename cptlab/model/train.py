@@ -21,6 +21,7 @@ from cptlab.core.files import atomic_dir, is_complete
 from cptlab.core.progress import progress_bar
 from cptlab.data.corpus import sample_windows
 from cptlab.model.loop import cpt_loop
+from cptlab.model.schedule import lr_multiplier
 from cptlab.speed.device import autocast
 from cptlab.speed.fastpath import fast_paths
 from cptlab.speed.fused import CausalLMLoss
@@ -28,17 +29,6 @@ from cptlab.speed.fused import CausalLMLoss
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or inf."""
-
-
-def lr_multiplier(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """The schedule of ``transformers.get_cosine_schedule_with_warmup`` (0.5 cycle), optionally
-    floored at ``min_lr_ratio``. Optimizer step k (1-based) uses ``lr_multiplier(k)``, so the
-    warm-up peaks exactly at step ``warmup_steps`` and the last step reaches the floor."""
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
 
 def make_optimizer(model: torch.nn.Module, cfg: LabConfig, device: torch.device) -> torch.optim.AdamW:
@@ -278,7 +268,7 @@ class Schedule:
 
     def __init__(self, lr_fn: Callable | None, min_lr_ratio: float = 0.0):
         self.lr_fn, self.min_lr_ratio = lr_fn, min_lr_ratio
-        self.__name__ = getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.train.lr_multiplier"
+        self.__name__ = getattr(lr_fn, "__name__", "lr_fn") if lr_fn else "cptlab.model.schedule.lr_multiplier"
 
     def __call__(self, step: int, peak_lr: float, warmup_steps: int, max_steps: int) -> float:
         if self.lr_fn is None:

@@ -17,6 +17,8 @@ from cptlab.core.config import get_config
 from cptlab.core.results import MissingStepError, read_step
 from cptlab.core.uncertainty import describe
 from cptlab.lab import plots, steps
+from cptlab.lab.ddp import ddp_table
+from cptlab.lab.ddp import two_processes as _two_processes
 from cptlab.lab.experiments import experiments_table
 from cptlab.lab.experiments import recipe_experiments as _recipe_experiments
 from cptlab.lab.preset import resolve_preset
@@ -260,6 +262,14 @@ def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn) -> dict:
 
 
 experiments_plot = _guarded(plots.experiments_plot)
+
+
+@_guarded
+def two_processes(run_dir, steps: int = 4) -> dict:
+    """The lab's loop in one process, then in two under torchrun (DDP), from the base model."""
+    result = _two_processes(run_dir, steps)
+    print(ddp_table(result))
+    return result
 
 
 @_guarded

@@ -175,7 +175,7 @@ cells.loss_curve(RUN_DIR)
 #   by far more on `smoke`, whose 30 steps at a high rate shake a barely trained base. Step 4 looks
 #   at this trade-off closely.
 #
-# ### Check step 3 (5 points)
+# ### Check step 3 (4 points)
 
 # %%
 check_step3(RUN_DIR)
@@ -232,6 +232,65 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
 # is emulated it runs slower. Its perplexity should move only in the fourth or fifth digit (the
 # table's last line says by how much here): the weights and the softmax stay float32 under autocast.
 #
+# ## Two processes: data parallelism
+#
+# One GPU runs GPT-2 124M at a few tens of thousands of tokens a second; to go faster you add
+# devices. **Distributed data parallel (DDP)** is the first step: every process holds a whole copy of
+# the model and the optimizer, takes its share of each step's batch, and computes the gradients of
+# its share. During the backward pass PyTorch's `DistributedDataParallel` averages the gradients
+# across processes (an all-reduce, in buckets, overlapping the backward's compute); every process
+# then applies the same update, so the copies stay identical. With the same *global* batch it is
+# the same mathematics as one process, only split.
+#
+# The cell below checks that claim on your blocks: four steps of the lab's loop from the base model
+# in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU for
+# each process, gloo on CPUs), each process with half the batch. In fp32, so that the two agree to
+# float rounding (bf16 would blur the comparison). On this machine both processes share the same
+# CPU cores, so do not expect a speed-up here: the point is that the losses agree (about 15 seconds
+# on `tiny`).
+
+# %%
+ddp = cells.two_processes(RUN_DIR)
+
+# %% [markdown]
+# ## ✍️ Question W5 (3 points, graded by your instructor)
+# Your table shows two processes with half the batch each giving the one-process loss. Now the
+# `gpt2` run (GPT-2 124M, a global batch of 16 windows of 256 tokens, 150 steps) goes to **8 GPUs**
+# in one server, then to **64 GPUs** in 8 servers. What changes at each size: the windows each GPU
+# gets, what each step's all-reduce moves (how many bytes, over which link) against the compute it
+# must hide behind, and what you would change in the recipe (global batch, learning rate, warm-up,
+# steps) or in the code (data sharding, evaluation, checkpoints)? Say how many GPUs you would use
+# for this lab's run, and why.
+
+# %% [markdown] tags=["answer", "W5"]
+# ### BEGIN SOLUTION
+# My table: the two-process losses matched the one-process ones to about 1e-6 (float rounding of
+# the gradient sums), and two processes on this 2-core CPU were slower than one: the same cores,
+# plus gloo's all-reduce every step. Data parallelism buys speed only when each process has its own
+# device and enough work to hide the communication.
+#
+# At 8 GPUs in one server the 16 windows give 2 per GPU: 512 tokens, about 6 x 124M x 512 = 0.4
+# TFLOP of forward and backward, a few milliseconds on a modern GPU. Each step's all-reduce moves the
+# whole gradient, 124M values (about 250 MB in bf16, 500 MB in fp32), over NVLink at hundreds of
+# GB/s: also a few milliseconds, so DDP can barely hide it behind the backward pass and the speed-up
+# is well below 8x. The maths is unchanged (same global batch), so rate, warm-up and steps stay.
+#
+# At 64 GPUs the 16 windows cannot even be shared out (the lab refuses a batch smaller than the
+# number of processes). The global batch has to grow, to at least 64 windows and better 4-8 per GPU
+# (256-512), and the all-reduce now crosses servers over InfiniBand, an order of magnitude slower
+# than NVLink. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x the
+# tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as a
+# start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
+# should read its own shard of the data instead of all drawing the same global batch, evaluation
+# should be sharded across ranks (or done by rank 0 alone), and only rank 0 writes checkpoints and
+# results. At 124M parameters the model and AdamW's states fit on one GPU, so plain DDP suffices;
+# FSDP or ZeRO would only matter for models that do not.
+#
+# For this lab's run (150 steps of 4,096 tokens, minutes on one GPU) I would use one GPU: already at
+# 8, communication eats most of the gain at this batch, and 64 would change the experiment itself.
+# ### END SOLUTION
+
+# %% [markdown]
 # ## The recipe, tested
 #
 # The top of this notebook answers "why 5e-5, why warm up, why cosine" in prose. Here your own

@@ -110,7 +110,7 @@ cells.forgetting_curve(RUN_DIR)
 # them with the same steps, tokens per step and evaluation tokens as your run, and builds three of
 # them from your code: the replay schedule, the interpolation and the LoRA set-up.
 #
-# ## ✏️ Question 4.2 · The replay schedule (5 points)
+# ## ✏️ Question 4.2 · The replay schedule (4 points)
 # Each optimizer step trains on `windows_per_step` windows. With replay at `fraction`, how many of
 # each step's windows are English? Return one whole number per step, `steps` of them, so that the
 # run's total is `fraction x windows_per_step x steps` (to the nearest window) and **every stretch
@@ -187,7 +187,7 @@ def lora_config(r, alpha):
 # %%
 check_lora_config(lora_config)
 #
-# ## ✏️ Question 4.5 · The choice under a retention floor (5 points)
+# ## ✏️ Question 4.5 · The choice under a retention floor (4 points)
 # `variants` is a list of dicts with `name`, `choice`, `code_ppl_drop` and `forgetting_ratio`.
 # Return the `name` of the variant with the largest `code_ppl_drop` among those whose
 # `forgetting_ratio` is at most `floor`; if none is, the one with the smallest `forgetting_ratio`.

@@ -1,0 +1,105 @@
+"""Data parallelism, shown on the learner's own run (notebook 3): the same CPT loop in one process
+and under ``torchrun --nproc_per_node 2`` (NCCL with a GPU per process, gloo on CPUs), from the base
+model on step 2's blocks. Both processes draw the same global batch from the same seeded generator
+and each trains on its half; DistributedDataParallel averages their gradients, so each step's loss
+is the one-process loss. fp32, so the two agree to float rounding, not bf16's.
+
+``python -m cptlab.lab.ddp RUN_DIR OUT STEPS`` is the worker torchrun starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cptlab.core.distributed import init_from_env, is_main, world_size
+from cptlab.core.files import write_atomic
+from cptlab.core.results import read_step
+from cptlab.model.measure import StepSetup, config_of, run_corpus
+from cptlab.model.train import train
+
+PROCESSES = 2
+
+
+def _device_kind() -> str:
+    """NCCL needs a GPU per process; with fewer, the demonstration runs on CPUs with gloo."""
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= PROCESSES else "cpu"
+
+
+def worker(run_dir: str, out: str, steps: int, device: str) -> dict:
+    """``steps`` steps of the recipe from the base model (fp32, warm-up of 1); the log of rank 0."""
+    init_from_env()
+    cfg = config_of(run_dir).replace(
+        max_steps=steps, warmup_steps=1, precision="fp32", device=device, grad_accum=1, torch_compile=False
+    )
+    s = StepSetup(cfg, read_step(run_dir, 1)["base_model"])
+    blocks, _ = run_corpus(run_dir)
+    t0 = time.perf_counter()
+    res = train(s.model(), blocks, cfg, s.device, None, progress=False)
+    record = {
+        "processes": world_size(),
+        "backend": "nccl" if s.device.type == "cuda" and world_size() > 1 else "gloo" if world_size() > 1 else "none",
+        "device": s.device.type,
+        "batch_per_process": cfg.batch_size // world_size(),
+        "log": res.log,
+        "seconds": time.perf_counter() - t0,
+    }
+    if is_main():
+        write_atomic(Path(out), json.dumps(record))
+    return record
+
+
+def two_processes(run_dir: str | Path, steps: int = 4) -> dict:
+    """The loop in one process, then in two under torchrun; each step's loss side by side."""
+    run = Path(run_dir)
+    cfg = config_of(run)
+    if cfg.batch_size < PROCESSES:
+        raise ValueError(f"batch_size={cfg.batch_size}: two processes need at least {PROCESSES} windows a step")
+    kind = _device_kind()
+    one = worker(str(run), str(run / "ddp_one.json"), steps, kind)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // PROCESSES))}
+    out = run / "ddp_two.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}"]
+    cmd += ["-m", "cptlab.lab.ddp", str(run), str(out), str(steps), kind]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited {done.returncode}: {done.stderr.strip()[-600:]}")
+    two = json.loads(out.read_text())
+    two["wall_seconds"] = time.perf_counter() - t0
+    rows = [
+        {"step": a["step"], "one": a["loss"], "two": b["loss"], "difference": b["loss"] - a["loss"]}
+        for a, b in zip(one["log"], two["log"])
+    ]
+    result = {"one": one, "two": two, "rows": rows, "max_difference": max(abs(r["difference"]) for r in rows)}
+    write_atomic(run / "ddp.json", json.dumps(result))
+    return result
+
+
+def ddp_table(result: dict) -> str:
+    one, two = result["one"], result["two"]
+    lines = [
+        f"one process: {one['batch_per_process']} windows a step; {two['processes']} processes ({two['backend']}, "
+        f"{two['device']}): {two['batch_per_process']} windows each, gradients averaged by DDP; fp32",
+        f"{'step':>4}  {'loss, 1 process':>16}  {'loss, 2 processes':>18}  {'difference':>11}",
+    ]
+    for r in result["rows"]:
+        lines.append(f"{r['step']:>4}  {r['one']:>16.6f}  {r['two']:>18.6f}  {r['difference']:>+11.1e}")
+    lines.append(
+        f"largest difference {result['max_difference']:.1e}: the same run, to float rounding (the two processes "
+        "sum their halves' gradients in another order)"
+    )
+    lines.append(
+        f"time: {one['seconds']:.1f} s in one process, {two['seconds']:.1f} s in two ({two['wall_seconds']:.1f} s "
+        "with torchrun's start-up); on one machine's CPU cores two processes share the same cores"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
