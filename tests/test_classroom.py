@@ -342,7 +342,7 @@ def test_feedback_pages_and_rubric_merge(graded):
         w.writeheader()
         w.writerows(sheet)
     rows = {r["learner"]: r for r in merge_rubric(out, out / "rubric_filled.csv")}
-    assert rows["ada"]["total"] == 100 and rows["ada"]["written_total"] == 12
+    assert rows["ada"]["total"] == 100 and rows["ada"]["written_total"] == 15
     assert rows["cy"]["written_total"] == ""
     bad = [dict(r, score="7") if i == 0 else r for i, r in enumerate(sheet)]
     with open(out / "rubric_bad.csv", "w", newline="") as fh:

@@ -416,3 +416,19 @@ def test_step3_runs_on_the_learners_loop(lab_run, tmp_path):
     assert own["hparams"]["implementation"]["loop"] == "own_loop"
     assert [r["loss"] for r in wrong["log"]][1:] != [r["loss"] for r in lab["log"]][1:]
     assert wrong["curve"][-1]["code_ppl"] != lab["curve"][-1]["code_ppl"]
+
+
+def test_results_points_follow_each_checks_weight(lab_run):
+    """Every weighted check exists (a typo would weigh nothing), the points add up to the question's,
+    and a headline recomputed from raw sums weighs more than the file being readable."""
+    from checkers.core.questions import QUESTIONS, RESULTS_WEIGHTS
+    from checkers.results.steps import check_all
+
+    reports = check_all(lab_run)
+    ids = {c.id for r in reports for c in r.checks}
+    assert set(RESULTS_WEIGHTS) <= ids, set(RESULTS_WEIGHTS) - ids
+    for r in reports:
+        assert sum(c.points for c in r.checks) == pytest.approx(QUESTIONS[r.question].points)
+    points = {c.id: c.points for r in reports for c in r.checks}
+    assert points["s1.code_ppl_from_raw"] == pytest.approx(4 * points["s1.results"])
+    assert points["s4.study_from_raw"] > points["s4.replay_share"] > points["s4.same_run"]

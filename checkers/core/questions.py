@@ -51,6 +51,30 @@ CHECK_POINTS: dict[str, dict[str, float]] = {
     },
 }
 
+# A results question's checks by weight: its points are shared in proportion (a check of a file from
+# an older version, or one the run has no use for, is absent and the rest share its part). The
+# headline numbers recomputed from their raw sums weigh most; a file being readable, or from the
+# same run, least: on its own it shows nothing of the step. A check not listed weighs 1.
+RESULTS_WEIGHTS: dict[str, float] = {
+    **{f"s{s}.results": 0.5 for s in (1, 2, 3, 4)},
+    **{f"s{s}.same_run": 0.5 for s in (2, 3, 4)},
+    "s1.code_ppl_from_raw": 2,
+    "s1.general_ppl_from_raw": 2,
+    "s1.same_protocol": 1.5,
+    "s2.eos_count": 2,
+    "s2.split_98_2": 2,
+    "s2.blocks": 1.5,
+    "s3.lr_schedule": 2,
+    "s3.weights_moved": 2,
+    "s3.forgetting_curve": 2,
+    "s3.curve_on_headline_tokens": 1.5,
+    "s4.adapted_code_ppl_from_raw": 2,
+    "s4.adapted_general_ppl_from_raw": 2,
+    "s4.code_ppl_drop_consistent": 1.5,
+    "s4.forgetting_ratio_consistent": 1.5,
+    "s4.study_from_raw": 2,
+}
+
 
 QUESTIONS: dict[str, Question] = {
     q.id: q

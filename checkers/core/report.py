@@ -73,10 +73,11 @@ class Report:
     def max_points(self) -> float:
         return round(sum(c.points for c in self.checks), 2)
 
-    def share_points(self, total: float) -> "Report":
-        """Spread a question's points evenly over its checks."""
-        for c in self.checks:
-            c.points = total / max(1, len(self.checks))
+    def share_points(self, total: float, weights: dict[str, float] | None = None) -> "Report":
+        """Share a question's points over its checks in proportion to ``weights`` (by check id; 1 if absent)."""
+        w = [(weights or {}).get(c.id, 1.0) for c in self.checks]
+        for c, wc in zip(self.checks, w):
+            c.points = total * wc / sum(w)
         return self
 
     @property

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from checkers.core.questions import QUESTIONS, RESULTS_QUESTION
+from checkers.core.questions import QUESTIONS, RESULTS_QUESTION, RESULTS_WEIGHTS
 from checkers.core.report import Check, Report
 from checkers.core.safe_files import Unsafe, inside, read_json, safetensors_header
 from checkers.core.thresholds import BEFORE_INTERVALS, UnknownPreset, thresholds_for
@@ -1051,7 +1051,7 @@ def _scored(check: Callable[[str | Path], Report]) -> Callable[[str | Path], Rep
                     f"re-run {NOTEBOOKS[step]} (or `cptlab run`) to rewrite {STEP_FILES[step]}",
                 )
             )
-        report.share_points(QUESTIONS[report.question].points)
+        report.share_points(QUESTIONS[report.question].points, RESULTS_WEIGHTS)
         for c in report.checks:
             if c.id in GATES and not c.passed:
                 not_yours(report, GATES[c.id])
