@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,9 +68,18 @@ def two_processes(run_dir: str | Path, steps: int = 4) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}"]
     cmd += ["-m", "cptlab.lab.ddp", str(run), str(out), str(steps), kind]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"torchrun exited {done.returncode}: {done.stderr.strip()[-600:]}")
+    # its own session: torchrun signals its process group as it ends, which must not reach a notebook's kernel
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        _, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise RuntimeError("torchrun ran past 10 minutes: stopped") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited {proc.returncode}: {err.strip()[-600:]}")
     two = json.loads(out.read_text())
     two["wall_seconds"] = time.perf_counter() - t0
     rows = [
