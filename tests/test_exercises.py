@@ -655,8 +655,8 @@ def flops_no_attention(model, block):
 
 
 def test_flops_check_passes_the_right_count_with_or_without_the_position_table():
-    assert_full(check_flops(flops_ok))
-    assert_full(check_flops(flops_with_positions))
+    assert_full(check_flops(flops_ok, mfu_ok))
+    assert_full(check_flops(flops_with_positions, mfu_ok))
 
 
 @pytest.mark.parametrize(
@@ -669,7 +669,7 @@ def test_flops_check_passes_the_right_count_with_or_without_the_position_table()
     ],
 )
 def test_flops_mistakes_are_named(fn, mistake):
-    named_on_every_seed(check_flops, mistake, fn)
+    named_on_every_seed(check_flops, mistake, fn, mfu_ok)
 
 
 def test_the_reference_counts_gpt2_124m_as_its_paper_and_nanogpt_do():
@@ -811,3 +811,41 @@ def test_a_loop_that_never_stops_at_the_floor_is_named():
         cpt_loop(run, lr_at, optimizer_step)
 
     named_on_every_seed(check_cpt_loop, "never stopped", never_stops)
+
+
+# ----------------------------------------------------------------------------- MFU
+def mfu_ok(tps, fpt, peaks, precision):
+    return tps * fpt / peaks[precision]
+
+
+def mfu_other_precision(tps, fpt, peaks, precision):
+    return tps * fpt / peaks["fp32" if precision == "bf16" else "bf16"]
+
+
+def mfu_percent(tps, fpt, peaks, precision):
+    return 100 * tps * fpt / peaks[precision]
+
+
+def mfu_upside_down(tps, fpt, peaks, precision):
+    return peaks[precision] / (tps * fpt)
+
+
+def test_mfu_check_passes_the_formula():
+    from cptlab.speed.flops import flops_per_token, model_flops_utilization
+
+    assert_full(check_flops(flops_per_token, mfu_ok))
+    assert_full(check_flops(flops_per_token, model_flops_utilization))
+
+
+@pytest.mark.parametrize(
+    "fn, mistake",
+    [
+        (mfu_other_precision, "the peak of the other precision"),
+        (mfu_percent, "a percentage"),
+        (mfu_upside_down, "the ratio upside down"),
+    ],
+)
+def test_mfu_mistakes_are_named(fn, mistake):
+    from cptlab.speed.flops import flops_per_token
+
+    named_on_every_seed(check_flops, mistake, flops_per_token, fn)

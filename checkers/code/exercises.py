@@ -916,9 +916,11 @@ def _flops_variants(model, block: int) -> dict[str, float]:
     }
 
 
-def check_flops(fn: Callable, seed: int | None = None) -> Report:
+def check_flops(fn: Callable, mfu_fn: Callable | None = None, seed: int | None = None) -> Report:
     """``flops_per_token(model, block_size) -> FLOPs`` of one training token: 6N (forward 2N, backward
-    4N) with N the weights a token is multiplied by, plus 12 x layers x d_model x block_size."""
+    4N) with N the weights a token is multiplied by, plus 12 x layers x d_model x block_size; and
+    ``mfu(tokens_per_second, flops_per_token, peak_flops, precision)``: achieved over the peak of the
+    precision the run computed in."""
     ex = Exercise("3.4", fn, seed)
 
     def body():
@@ -974,8 +976,46 @@ def check_flops(fn: Callable, seed: int | None = None) -> Report:
                 f"{float(got):.6g}",
                 hint,
             )
+        _check_mfu(ex, mfu_fn)
 
     return ex.run(body)
+
+
+def _check_mfu(ex: "Exercise", fn: Callable | None) -> None:
+    """Random runs at both precisions, a peak table where bf16's is 4-16x fp32's (as on GPUs)."""
+    if fn is None:
+        raise _NotYet()
+    ok, got_all, hint = True, [], "MFU = tokens_per_second x flops_per_token / peak_flops[precision]"
+    for precision in ("bf16", "fp32") if ex.rng.random() < 0.5 else ("fp32", "bf16"):
+        fp32 = float(ex.rng.uniform(5e12, 70e12))
+        peaks = {"fp32": fp32, "bf16": fp32 * float(ex.rng.uniform(4, 16))}
+        tps, fpt = float(ex.rng.uniform(1e4, 3e5)), float(ex.rng.uniform(5e8, 1e9))
+        want = tps * fpt / peaks[precision]
+        got = _numbers([ex.call(tps, fpt, dict(peaks), precision, fn=fn)], 1)
+        got_all.append(got[0] if got else None)
+        if got is not None and _close(got[0], want, 1e-6):
+            continue
+        ok = False
+        other = "fp32" if precision == "bf16" else "bf16"
+        for value, says in (
+            (
+                tps * fpt / peaks[other],
+                f"the peak of the other precision. This run computed in {precision}: divide by "
+                f"peak_flops[{precision!r}] ({other}'s peak is {peaks[other] / peaks[precision]:.2g}x it)",
+            ),
+            (100 * want, "a percentage. Return the fraction (0.22, not 22): the table formats it"),
+            (1 / want if want else 0.0, "the ratio upside down: achieved FLOP/s over the peak, not the peak over it"),
+        ):
+            if got is not None and _close(got[0], value, 1e-6):
+                hint = f"mistake: {says}"
+                break
+    ex.row(
+        "mfu",
+        ok,
+        "tokens/s x FLOPs per token / the peak of the run's precision, at bf16 and at fp32",
+        ", ".join("?" if g is None else f"{g:.4g}" for g in got_all),
+        hint,
+    )
 
 
 # ----------------------------------------------------------------------------- step 4

@@ -15,28 +15,32 @@ from cptlab.model.measure import StepSetup, config_of, model_path, run_corpus
 from cptlab.model.perplexity import perplexity
 from cptlab.model.train import train
 from cptlab.speed.device import cpu_has_native_bf16
-from cptlab.speed.flops import device_peak, flops_per_token, precision_name
+from cptlab.speed.flops import device_peaks, flops_per_token, model_flops_utilization, precision_name
 
 
-def speed_of_run(run_dir: str | Path, flops_fn=None) -> dict:
+def speed_of_run(run_dir: str | Path, flops_fn=None, mfu_fn=None) -> dict:
     """MFU of step 3's run: its tokens per second (evaluation of the curve excluded) x the FLOPs of
-    a training token (``flops_fn(model, block_size)``, the learner's; else the reference) over the peak."""
+    a training token (``flops_fn(model, block_size)``) over the peak of the run's precision
+    (``mfu_fn(tokens_per_second, flops_per_token, peaks, precision)``); the learner's, else the references."""
     cfg = config_of(run_dir)
     s3 = read_step(run_dir, 3)
     s = StepSetup(cfg, read_step(run_dir, 1)["base_model"])
     model = s.model(str(model_path(run_dir, s3["adapted_model"])))
     fpt = float((flops_fn or flops_per_token)(model, cfg.block_size))
-    peak, source = device_peak(s.device, s.amp)
+    peaks = device_peaks(s.device)
+    precision = precision_name(s.amp)
+    peak, source = peaks[precision]
     tps = float(s3["tokens_per_second"])
+    mfu = float((mfu_fn or model_flops_utilization)(tps, fpt, {k: v[0] for k, v in peaks.items()}, precision))
     return {
         "device": s.device.type,
-        "precision": precision_name(s.amp),
+        "precision": precision,
         "tokens_per_second": tps,
         "flops_per_token": fpt,
         "achieved_flops": tps * fpt,
         "peak_flops": peak,
         "peak_source": source,
-        "mfu": tps * fpt / peak,
+        "mfu": mfu,
     }
 
 

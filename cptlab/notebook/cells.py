@@ -273,9 +273,9 @@ def two_processes(run_dir, steps: int = 4) -> dict:
 
 
 @_guarded
-def speed_of_run(run_dir, flops_fn) -> dict:
-    """Step 3's MFU from the learner's ``flops_per_token``, and bf16 against fp32 on this device."""
-    speed = _speed_of_run(run_dir, flops_fn=use(flops_fn, "flops_per_token"))
+def speed_of_run(run_dir, flops_fn, mfu_fn) -> dict:
+    """Step 3's MFU from the learner's ``flops_per_token`` and ``mfu``, and bf16 against fp32 on this device."""
+    speed = _speed_of_run(run_dir, flops_fn=use(flops_fn, "flops_per_token"), mfu_fn=use(mfu_fn, "mfu"))
     precisions = compare_precisions(run_dir)
     print(speed_table(speed, precisions))
     return {**speed, "precisions": precisions}

@@ -55,6 +55,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None, size: int = 102
     return 2 * size**3 / best
 
 
+def model_flops_utilization(
+    tokens_per_second: float, flops_per_token: float, peak_flops: dict[str, float], precision: str
+) -> float:
+    """MFU: the FLOP/s the model needed at the run's speed over the peak of the precision it ran in
+    (the reference of notebook 3's ``mfu``)."""
+    achieved = tokens_per_second * flops_per_token
+    return achieved / peak_flops[precision]
+
+
+def device_peaks(device: torch.device) -> dict[str, tuple[float, str]]:
+    """Both precisions' peaks, ``{"fp32": (FLOP/s, source), "bf16": ...}``."""
+    return {name: device_peak(device, dtype) for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+
+
 def device_peak(device: torch.device, dtype: torch.dtype | None) -> tuple[float, str]:
     """``(FLOP/s, where it comes from)``: the card's dense figure on a known GPU, else measured."""
     prec = precision_name(dtype)

@@ -196,7 +196,10 @@ check_step3(RUN_DIR)
 #   keys, and the weighted sum reads as many values (nanoGPT's estimate, forward and backward).
 #
 # Return the FLOPs of one training token of `model` at `block_size` (`model.config` holds
-# `n_layer` and `n_embd`). The cell after the check turns it into your run's MFU.
+# `n_layer` and `n_embd`). Then `mfu`: the FLOP/s your run achieved (tokens per second times FLOPs
+# per token) over the device's peak **at the precision the run computed in**: `peak_flops` holds
+# both, `{"fp32": ..., "bf16": ...}`, and on a GPU bf16's tensor-core peak is 4 to 16 times fp32's.
+# Return a fraction (0.22, not 22). The cell after the check gives your run's.
 
 
 # %%
@@ -210,7 +213,15 @@ def flops_per_token(model, block_size):
 
 
 # %%
-check_flops(flops_per_token)
+def mfu(tokens_per_second, flops_per_token, peak_flops, precision):
+    """Model FLOPs utilisation: achieved FLOP/s over the peak of the run's precision."""
+    ### BEGIN SOLUTION mfu: tokens_per_second * flops_per_token / peak_flops[precision]
+    return tokens_per_second * flops_per_token / peak_flops[precision]
+    ### END SOLUTION
+
+
+# %%
+check_flops(flops_per_token, mfu)
 
 # %% [markdown]
 # Your run's speed: tokens per second as step 3 measured them (the forgetting curve's evaluations
@@ -220,7 +231,7 @@ check_flops(flops_per_token)
 # few training steps of your adapted model at each precision, and its validation perplexity at each.
 
 # %%
-speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
+speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 
 # %% [markdown]
 # Read the table as an engineer would. On a GPU, a small model's matrices are too small to fill the
@@ -234,13 +245,13 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token)
 #
 # ## Two processes: data parallelism
 #
-# One H100 trains GPT-2 124M at about 250,000 tokens a second in this lab's loop (`benchmarks/gpu.sh`);
-# to go faster you add devices. **Distributed data parallel (DDP)** is the first step: every process holds a whole copy of
-# the model and the optimizer, takes its share of each step's batch, and computes the gradients of
-# its share. During the backward pass PyTorch's `DistributedDataParallel` averages the gradients
-# across processes (an all-reduce, in buckets, overlapping the backward's compute); every process
-# then applies the same update, so the copies stay identical. With the same *global* batch it is
-# the same mathematics as one process, only split.
+# One H100 trains GPT-2 124M at about 250,000 tokens a second in this lab's loop
+# (`benchmarks/gpu.sh`); to go faster you add devices. **Distributed data parallel (DDP)** is the
+# first step: every process holds a whole copy of the model and the optimizer, takes its share of
+# each step's batch, and computes the gradients of its share. During the backward pass PyTorch's
+# `DistributedDataParallel` averages the gradients across processes (an all-reduce, in buckets,
+# overlapping the backward's compute); every process then applies the same update, so the copies
+# stay identical. With the same *global* batch it is the same mathematics as one process, only split.
 #
 # The cell below checks that claim on your blocks: four steps of the lab's loop from the base model
 # in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU for
