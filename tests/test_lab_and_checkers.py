@@ -316,7 +316,7 @@ def test_the_study_is_built_from_the_learners_schedule_interpolation_and_lora(la
     assert {"s4.replay_share", "s4.interp_endpoints"} <= failed, failed
 
 
-def test_the_speed_table_uses_the_learners_flops_and_compares_precisions(lab_run):
+def test_the_speed_table_uses_the_learners_flops_and_mfu_and_compares_precisions(lab_run):
     from cptlab.lab.speed import compare_precisions, speed_of_run, speed_table
     from cptlab.speed.flops import flops_per_token
 
@@ -324,6 +324,7 @@ def test_the_speed_table_uses_the_learners_flops_and_compares_precisions(lab_run
     forward_only = speed_of_run(lab_run, flops_fn=lambda m, b: flops_per_token(m, b) / 3)
     assert forward_only["mfu"] == pytest.approx(ref["mfu"] / 3, rel=0.5)  # the peak is measured again: its noise
     assert forward_only["flops_per_token"] == pytest.approx(ref["flops_per_token"] / 3)
+    assert speed_of_run(lab_run, mfu_fn=lambda tps, fpt, peaks, precision: 0.5)["mfu"] == 0.5  # the learner's MFU
     s3 = json.loads((lab_run / "step3_cpt.json").read_text())
     assert ref["tokens_per_second"] == s3["tokens_per_second"] and 0 < ref["mfu"]
     both = compare_precisions(lab_run, steps=2, eval_tokens=2048)
