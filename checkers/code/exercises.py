@@ -26,7 +26,7 @@ from cptlab.core.results import STEP_FILES
 from cptlab.data.corpus import pack, split_streams, to_blocks
 from cptlab.lab.steps import code_ppl_drop, forgetting_ratio
 from cptlab.lab.study import LORA_TARGETS, recommend
-from cptlab.model.loop import ProbeConfig, ProbeRun, cpt_loop
+from cptlab.model.loop import ProbeRun, cpt_loop, small_gpt2
 from cptlab.model.perplexity import perplexity, plan_windows
 from cptlab.model.schedule import lr_multiplier
 from cptlab.notebook.fallback import record
@@ -163,25 +163,9 @@ def _numbers(out: Any, n: int) -> list[float] | None:
 
 
 def tiny_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, sharp: float = 1.0):
-    """A 2-layer, 32-wide GPT-2 with no dropout, seeded; ``sharp`` scales the embeddings so that
-    per-token losses spread widely (windows then differ, and the typical mistakes show)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=vocab,
-        n_positions=n_positions,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        loss_type="ForCausalLM",
-    )
-    model = GPT2LMHeadModel(cfg)
+    """``small_gpt2`` with no dropout; ``sharp`` scales the embeddings so that per-token losses
+    spread widely (windows then differ, and the typical mistakes show)."""
+    model = small_gpt2(seed, vocab, n_positions)
     with torch.no_grad():
         model.transformer.wte.weight.mul_(sharp)
     return model.eval()
@@ -755,8 +739,7 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
             "mistake: one batch for every step, or another step's. Call batch = run.batch(step) inside the loop and "
             "pass it to optimizer_step",
         )
-        cfg = ProbeConfig(**{**base, "stop_at_floor": False})
-        lr = [[ProbeRun.lr_at(None, s, cfg.cpt_lr, cfg.warmup_steps, n)] * 2 for s in steps]
+        lr = [[base["cpt_lr"] * lr_multiplier(s, base["warmup_steps"], n)] * 2 for s in steps]  # both groups
         mine = [e.get("lrs") for e in got["steps"]]
         hint = "set the step's rate on every group: for group in run.optimizer.param_groups: group['lr'] = lr"
         start = ProbeRun.start_lr

@@ -4,7 +4,7 @@ model on step 2's blocks. Both processes draw the same global batch from the sam
 and each trains on its half; DistributedDataParallel averages their gradients, so each step's loss
 is the one-process loss. fp32, so the two agree to float rounding, not bf16's.
 
-``python -m cptlab.lab.ddp RUN_DIR OUT STEPS`` is the worker torchrun starts."""
+``python -m cptlab.lab.ddp RUN_DIR STEPS DEVICE OUT`` is the worker torchrun starts."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _device_kind() -> str:
     return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= PROCESSES else "cpu"
 
 
-def worker(run_dir: str, out: str, steps: int, device: str) -> dict:
-    """``steps`` steps of the recipe from the base model (fp32, warm-up of 1); the log of rank 0."""
+def worker(run_dir: str, steps: int, device: str, out: str | None = None) -> dict:
+    """``steps`` steps of the recipe from the base model (fp32, warm-up of 1); rank 0 writes ``out``."""
     init_from_env()
     cfg = config_of(run_dir).replace(
         max_steps=steps, warmup_steps=1, precision="fp32", device=device, grad_accum=1, torch_compile=False
@@ -50,7 +50,7 @@ def worker(run_dir: str, out: str, steps: int, device: str) -> dict:
         "log": res.log,
         "seconds": time.perf_counter() - t0,
     }
-    if is_main():
+    if out is not None and is_main():
         write_atomic(Path(out), json.dumps(record))
     return record
 
@@ -62,11 +62,11 @@ def two_processes(run_dir: str | Path, steps: int = 4) -> dict:
     if cfg.batch_size < PROCESSES:
         raise ValueError(f"batch_size={cfg.batch_size}: two processes need at least {PROCESSES} windows a step")
     kind = _device_kind()
-    one = worker(str(run), str(run / "ddp_one.json"), steps, kind)
+    one = worker(str(run), steps, kind)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // PROCESSES))}
     out = run / "ddp_two.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}"]
-    cmd += ["-m", "cptlab.lab.ddp", str(run), str(out), str(steps), kind]
+    cmd += ["-m", "cptlab.lab.ddp", str(run), str(steps), kind, str(out)]
     t0 = time.perf_counter()
     # its own session: torchrun signals its process group as it ends, which must not reach a notebook's kernel
     proc = subprocess.Popen(
@@ -112,4 +112,4 @@ def ddp_table(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])

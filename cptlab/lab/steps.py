@@ -123,9 +123,9 @@ def run_step2(run_dir: str | Path, split_fn=None, blocks_fn=None) -> dict:
 
 
 class ForgettingCurve:
-    """Both perplexities every ``curve_every`` steps, on the headline's tokens and protocol (its last
-    point is step 4's number); with ``stop_at_floor`` it stops the run once forgetting passes the
-    retention floor. ``state`` is plain JSON, saved and restored with each checkpoint."""
+    """Both perplexities at the points the loop asks for (``run.evaluate``), on the headline's tokens
+    and protocol (its last point is step 4's number), and where the run stopped. ``state`` is plain
+    JSON, saved and restored with each checkpoint."""
 
     def __init__(self, cfg: LabConfig, score: Callable[[object, int, list[dict]], dict]):
         self.cfg, self.score = cfg, score

@@ -54,25 +54,28 @@ class ProbeConfig:
     retention_floor: float = 1.05
 
 
-def probe_model(seed: int):
-    """A 2-layer, 32-wide GPT-2 with dropout on (so train and eval modes give different losses)."""
+def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float = 0.0):
+    """A seeded 2-layer, 32-wide GPT-2: the model the checks of learner code run on."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=61,
-        n_positions=16,
+        vocab_size=vocab,
+        n_positions=n_positions,
         n_embd=32,
         n_layer=2,
         n_head=2,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=0,
         eos_token_id=0,
         loss_type="ForCausalLM",
     )
-    return GPT2LMHeadModel(cfg).train()
+    return GPT2LMHeadModel(cfg)
 
 
-@dataclass
+@dataclass(eq=False)  # a run is itself, not its settings: the call server finds it by identity
 class ProbeRun:
     """A ``run`` that records what a loop does with it: each batch asked for, each optimizer step
     (which batch, the rate of every parameter group, train or eval mode, gradients on or off),
@@ -89,7 +92,7 @@ class ProbeRun:
     def __post_init__(self):
         self.cfg = ProbeConfig(**self.config)
         self.ratios = {int(k): float(v) for k, v in self.ratios.items()}
-        self.model = probe_model(self.seed)
+        self.model = small_gpt2(self.seed, vocab=61, n_positions=16, dropout=0.1).train()  # train and eval differ
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         other = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(

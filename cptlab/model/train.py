@@ -163,19 +163,6 @@ def _flush(pending: list[_Pending], result: "TrainResult", cfg: LabConfig) -> No
     pending.clear()
 
 
-def learning_rate(lr_fn, step: int, cfg: LabConfig) -> float:
-    """The rate of optimizer step ``step``: the recipe's schedule, or the learner's ``lr_fn``."""
-    if lr_fn is None:
-        return cfg.cpt_lr * lr_multiplier(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-    lr = lr_fn(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(
-            f"{getattr(lr_fn, '__name__', 'lr_fn')}({step}, ...) returned {lr!r}: a learning rate is a finite number "
-            ">= 0; run its check cell"
-        )
-    return float(lr)
-
-
 def _as_scalar(x) -> torch.Tensor:
     return torch.as_tensor(x).detach().float().reshape(())
 
@@ -195,8 +182,6 @@ class ReferenceStep:
     """cptlab's optimizer step: micro-batches through the loss module (so DDP and torch.compile see
     model and loss whole), gradients normalised by the tokens of the whole step, clip, AdamW.
     Called as the loop calls an optimizer step; returns this process's share of the mean loss."""
-
-    __name__ = "cptlab.model.train"
 
     def __init__(self, model: torch.nn.Module, cfg: LabConfig, device: torch.device, amp_dtype: torch.dtype | None):
         self.ddp, self.world, self.rank = is_distributed(), world_size(), rank()

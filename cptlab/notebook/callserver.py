@@ -250,13 +250,9 @@ def _call(namespace: dict, req: dict, models: dict, optimizers: dict) -> dict:
         for h in hooks:
             h.remove()
     try:
-        given = [m for m in models.values() if any(m is a for a in args)]
-        states = {
-            str(h): _b64(state_bytes(m)) for h, m in models.items() if m in given and isinstance(m, torch.nn.Module)
-        }
-        traces = {
-            str(h): encode(m.trace) for h, m in models.items() if m in given and not isinstance(m, torch.nn.Module)
-        }
+        given = {h: m for h, m in models.items() if any(m is a for a in args)}
+        states = {str(h): _b64(state_bytes(m)) for h, m in given.items() if isinstance(m, torch.nn.Module)}
+        traces = {str(h): encode(m.trace) for h, m in given.items() if not isinstance(m, torch.nn.Module)}
         return {"result": encode(out), "states": states, "grad_on": grad_on, "traces": traces}
     except Exception as exc:  # noqa: BLE001 - a result that cannot be sent back is the learner's failure
         return {"raised": f"the result could not be sent back ({type(exc).__name__}: {exc})"[:300]}
