@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from checkers.code import exercises as ex
-from checkers.code.exercises import LearnerRaised, OutOfLimits
+from checkers.code.harness import LearnerRaised, OutOfLimits
 from checkers.core.questions import QUESTIONS
 from checkers.core.report import Check, Report
 from cptlab.model.loop import ProbeRun
