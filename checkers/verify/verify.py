@@ -11,7 +11,7 @@ from pathlib import Path
 
 from checkers.core.report import Report, plainly
 from checkers.core.safe_files import Unsafe, inside, read_json, sha256
-from checkers.results.steps import Missing, close, get, load, num, opt
+from checkers.results.common import Missing, close, get, load, num, opt
 from cptlab.core.config import LabConfig, get_config
 from cptlab.data.sources import load_model, load_tokenizer
 from cptlab.lab.pipeline import run_all
