@@ -1,0 +1,247 @@
+"""Grading one learner: each step's answer cells judged question by question in the sandbox,
+the step run as written (on the reference where a function cannot run), its results checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+
+from checkers.core.questions import QUESTIONS, RESULTS_QUESTION
+from checkers.core.report import Check, Report
+from checkers.grading.flags import reaches_reference
+from checkers.grading.judge import Limits, judge_question, setup_imports
+from checkers.grading.result import LearnerResult
+from checkers.grading.sandbox import Sandbox, execute, learner_env
+from checkers.grading.submissions import (
+    ANSWER_TAGS,
+    Merge,
+    _answer_cells,
+    defined_functions,
+    for_grading,
+    merge_answers,
+    read_submission,
+    setup_cell,
+    with_stubs,
+)
+from checkers.results.steps import CHECKS, not_yours
+from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.notebook.execute import NOTEBOOK_DIR
+
+
+def learner_seed(learner_id: str) -> int:
+    """The learner's seed, derived from the learner id: the same every time the class is graded,
+    different between learners (so a copied run folder cannot pass for an honest one)."""
+    return int.from_bytes(hashlib.sha256(f"cptlab-learner:{learner_id}".encode()).digest()[:4], "big") % (2**31 - 1)
+
+
+def describe_run(executed: Path, why: str | None, learner_names: set[str]) -> str:
+    """What a notebook run did, plainly: ran to the end (and which steps did not run), stopped at
+    cell N with the reason, or timed out in a named function."""
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except (OSError, ValueError, nbformat.reader.NotJSONError):
+        cells = []
+    code = [c for c in cells if c.cell_type == "code"]
+    texts = ["".join(o.get("text", "") for o in c.get("outputs", []) if o.get("output_type") == "stream") for c in code]
+    not_run = sum("[not run yet]" in t for t in texts)
+    if why is None:
+        return "ran to the end" + (f"; {not_run} step(s) not run (a function still a stub)" if not_run else "")
+    if why.startswith("time-out"):
+        running = next(
+            (i for i, c in enumerate(code) if c.get("metadata", {}).get("papermill", {}).get("status") == "running"),
+            None,
+        )
+        if running is None:
+            running = next((i for i, c in enumerate(code) if c.get("execution_count") is None), None)
+        if running is not None:
+            src = code[running].source
+            used = sorted(n for n in learner_names if re.search(rf"\b{n}\b", src))
+            where = (
+                f"in {', '.join(used)}"
+                if used
+                else "in an answer cell"
+                if ANSWER_TAGS & set(code[running].metadata.get("tags", []))
+                else "in the lab"
+            )
+            return f"timed out {where} (code cell {running + 1}, {why})"
+        return f"timed out ({why})"
+    failing = next(
+        (i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None
+    )
+    reason = why[len("error: ") :] if why.startswith("error: ") else why
+    return f"stopped at code cell {failing + 1}: {reason}" if failing is not None else f"stopped: {reason}"
+
+
+def _judge_env(env: dict) -> dict:
+    return {**env, "OMP_NUM_THREADS": "1", "CPTLAB_THREADS": "1"}
+
+
+def grade_learner(
+    folder: Path,
+    preset: str,
+    out: Path,
+    timeout: float,
+    threads: int,
+    sandbox: Sandbox,
+    cache: Path,
+    limits: Limits = Limits(),
+    hide: tuple[Path, ...] = (),
+    notebook_memory: int = 16 << 30,
+) -> LearnerResult:
+    learner = folder.name
+    res = LearnerResult(learner, learner_seed(learner), preset)
+    run_dir = (out / "runs" / learner).resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "merged").mkdir(parents=True)
+    env = learner_env(run_dir, cache, threads)
+    params = {"PRESET": preset, "RUN_DIR": str(run_dir), "SEED": res.seed, "OVERRIDES": {}}
+    wrap = lambda cmd: sandbox.wrap(cmd, run_dir, cache, hide)  # noqa: E731
+    prelude = "\n".join(f"{k} = {v!r}" for k, v in params.items())  # the parameters cell, as the notebook run gets it
+    codes, reports, results_reports, missing, merges = [], {}, {}, set(), {}
+    for step, name in STEP_NOTEBOOKS.items():
+        pristine = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        questions = [q for q in QUESTIONS.values() if q.step == step and q.kind == "code"]
+        names = {f for q in questions for f in q.functions}
+        try:
+            submitted = read_submission(folder / name)
+        except FileNotFoundError:
+            submitted, why = None, "missing"
+        except (ValueError, OSError, UnicodeDecodeError, nbformat.reader.NotJSONError) as exc:
+            submitted, why = None, f"unreadable notebook ({str(exc).splitlines()[0][:120]})"
+        if submitted is None:
+            merge = Merge(pristine, {})
+            missing.add(step)
+        else:
+            merge = merge_answers(pristine, submitted)
+        res.notices += [f"{name[:2]}: {n}" for n in merge.notices]
+        cells = [c.source for c in _answer_cells(merge.notebook) if c.cell_type == "code"]
+        for cell in _answer_cells(merge.notebook):
+            tags = set(cell.metadata.get("tags", []))
+            if cell.cell_type == "code" and submitted is not None:
+                codes.append(cell.source)
+                for what in reaches_reference(cell.source):
+                    fns = ", ".join(defined_functions(cell.source)) or "an answer cell"
+                    res.flags.append(f"{name[:2]} {fns}: {what}")
+            for qid in tags & set(QUESTIONS):
+                if submitted is not None:
+                    res.answers[qid] = cell.source
+        setup = setup_cell(pristine)
+        merges[step] = (merge, setup, cells)
+        for q in questions:  # the judge, one sandboxed process per question (4.6 also needs step 4's study: below)
+            if q.id == "4.6":
+                continue
+            if submitted is None:
+                reports[q.id] = _missing_report(q, name, why)
+            else:
+                reports[q.id] = judge_question(
+                    q.id, [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits
+                )
+        failed = [q for q in questions if q.id in reports and not reports[q.id].passed]
+        cannot = {f for q in failed if cannot_run(reports[q.id]) for f in q.functions}  # raised, hung, a stub
+        wrong = {f for q in failed for f in q.functions} - cannot  # returned values, the wrong ones
+        if submitted is None:
+            cannot = set(names)
+        src = run_dir / "merged" / name
+
+        def run(nb, reference: set[str]) -> str | None:
+            nbformat.write(for_grading(nb), src)
+            env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(reference))}
+            return execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
+
+        # 1. the step as the learner wrote it; what cannot run at all runs on the lab's reference
+        why_not = run(merge.notebook, cannot)
+        status = (
+            describe_run(run_dir / name, why_not, names)
+            if submitted is not None
+            else f"{why}; run on the lab's reference so the next steps count"
+        )
+        if cannot and submitted is not None:
+            status += f"; ran with the lab's reference for {', '.join(sorted(cannot))} (raised, hung or not written)"
+        if why_not is not None:  # 2. it stopped: again, every function of it on the reference
+            (run_dir / "executed-with-your-cells").mkdir(exist_ok=True)
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, run_dir / "executed-with-your-cells" / name)
+            again = run(with_stubs(merge.notebook, pristine), set(names))
+            status += "; re-run on the lab's reference so its results and the next steps count: " + (
+                "ran to the end" if again is None else describe_run(run_dir / name, again, names)
+            )
+        # the step's results, graded on the run its code produced
+        report = CHECKS[step](run_dir, preset)
+        if step in missing:
+            not_yours(report, f"{name} was not handed in: the lab ran the step on its reference")
+        elif (runs := [q for q in questions if q.runs_the_step and q.id in reports]) and all(
+            reports[q.id].status == "not implemented yet" for q in runs
+        ):
+            not_yours(report, "every function of this step is still a stub: the lab ran the step on its reference")
+        results_reports[step] = report
+        if why_not is None and wrong and step < 4:  # 3. the next steps count on their own: this step on the reference
+            again = run(merge.notebook, cannot | wrong)
+            status += (
+                f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so "
+                "the "
+                "next steps count on their own: "
+                + ("ran to the end" if again is None else describe_run(run_dir / name, again, names))
+            )
+        res.status[name] = status
+    if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
+        _, setup, cells = merges[4]
+        reports["4.6"] = judge_question(
+            "4.6", [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir
+        )
+    else:
+        reports["4.6"] = _missing_report(QUESTIONS["4.6"], STEP_NOTEBOOKS[4], "missing")
+    res.code = "\n\n".join(codes)
+    for q in QUESTIONS.values():
+        if q.kind == "code":
+            d = reports[q.id].to_dict()
+            res.points[q.id] = float(d["points"])
+            res.reports.append(d)
+    for step, report in results_reports.items():  # the results files, checked by the grader itself
+        res.points[RESULTS_QUESTION[step]] = report.points
+        res.reports.append(report.to_dict())
+    s1 = run_dir / "step1_baseline.json"
+    if s1.is_file():
+        try:
+            d = json.loads(s1.read_text())
+            if d.get("preset") != preset or d.get("seed") != res.seed:
+                res.flags.append(
+                    f"results made with preset {d.get('preset')} / seed {d.get('seed')}, graded for {preset} / "
+                    f"{res.seed}"
+                )
+        except (ValueError, OSError):
+            pass
+    return res
+
+
+def cannot_run(report: Report) -> bool:
+    """A function the lab cannot run on: a stub, one that raised, hung, blew its memory or is missing."""
+    return report.status != "" or any(
+        not c.passed and c.id.rsplit(".", 1)[-1] in ("runs", "limits") or c.id == f"q{report.question}"
+        for c in report.checks
+    )
+
+
+def _missing_report(q, notebook: str, why: str) -> Report:
+    return Report(
+        q.step,
+        q.title,
+        "",
+        question=q.id,
+        status=why,
+        checks=[
+            Check(
+                f"q{q.id}",
+                False,
+                f"{notebook} handed in with {', '.join(q.functions)}",
+                why,
+                f"hand in {notebook}",
+                points=q.points,
+            )
+        ],
+    )
