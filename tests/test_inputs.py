@@ -98,7 +98,7 @@ def test_a_corrupt_checkpoint_says_how_to_go_on(tmp_path, model_and_tok):
     import torch
 
     from cptlab.core.config import get_config
-    from cptlab.model.train import Checkpointing, train
+    from cptlab.model.train import Checkpointing, Hooks, train
 
     model, _ = model_and_tok
     cfg = get_config("smoke", block_size=16, batch_size=2, max_steps=6, warmup_steps=1, checkpoint_every=3)
@@ -110,7 +110,7 @@ def test_a_corrupt_checkpoint_says_how_to_go_on(tmp_path, model_and_tok):
         cfg.replace(max_steps=4),
         torch.device("cpu"),
         progress=False,
-        checkpointing=ck,
+        hooks=Hooks(checkpointing=ck),
     )
     (tmp_path / "ck" / "optimizer.pt").write_bytes(b"torn")
     with pytest.raises(RuntimeError, match="is corrupt .*delete that folder"):
@@ -120,7 +120,7 @@ def test_a_corrupt_checkpoint_says_how_to_go_on(tmp_path, model_and_tok):
             cfg.replace(max_steps=4),
             torch.device("cpu"),
             progress=False,
-            checkpointing=Checkpointing(tmp_path / "ck", every=3, key="k"),
+            hooks=Hooks(checkpointing=Checkpointing(tmp_path / "ck", every=3, key="k")),
         )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cptlab.core.config import get_config
-from cptlab.model.train import Checkpointing, train
+from cptlab.model.train import Checkpointing, Hooks, train
 
 
 class Boom(RuntimeError):
@@ -50,13 +50,13 @@ def test_resume_after_an_exception_is_bit_identical(model_and_tok, tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(Boom):
-        train(m, stream, cfg, torch.device("cpu"), progress=False, on_step=explode, checkpointing=ck)
+        train(m, stream, cfg, torch.device("cpu"), progress=False, hooks=Hooks(on_step=explode, checkpointing=ck))
     assert json.loads((tmp_path / "ck" / "meta.json").read_text())["step"] == 5
 
     m2 = copy.deepcopy(model)  # a fresh process would start from the base weights
     ck2 = Checkpointing(tmp_path / "ck", every=5, key="k", extra={})
     torch.manual_seed(123)  # whatever the global RNG is now, the checkpoint restores it
-    log = train(m2, stream, cfg, torch.device("cpu"), progress=False, checkpointing=ck2).log
+    log = train(m2, stream, cfg, torch.device("cpu"), progress=False, hooks=Hooks(checkpointing=ck2)).log
     assert ck2.extra["seen"] == [1, 2, 3, 4, 5]
     assert log == ref_log
     for (n, a), b in zip(ref.named_parameters(), m2.parameters()):
@@ -73,7 +73,7 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
         cfg,
         torch.device("cpu"),
         progress=False,
-        checkpointing=Checkpointing(tmp_path, 5, key="a"),
+        hooks=Hooks(checkpointing=Checkpointing(tmp_path, 5, key="a")),
     )
     with pytest.raises(RuntimeError, match="another configuration"):
         train(
@@ -82,7 +82,7 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
             cfg,
             torch.device("cpu"),
             progress=False,
-            checkpointing=Checkpointing(tmp_path, 5, key="b"),
+            hooks=Hooks(checkpointing=Checkpointing(tmp_path, 5, key="b")),
         )
 
 
@@ -90,16 +90,17 @@ def test_checkpoint_of_another_config_is_refused(model_and_tok, tmp_path):
 # checkpoint of step 40 on disk (saved as the loop asked for step 41's batch). No polling, no race
 # with a run that finishes first.
 DIES_AT_41 = """
-import os, signal, sys
+import dataclasses, os, signal, sys
 import cptlab.lab.steps as steps
 real = steps.train
-def train(*args, on_step=None, **kw):
+def train(*args, hooks=None, **kw):
+    on_step = hooks.on_step if hooks else None
     def hooked(step, model):
         if step == 41:
             os.kill(os.getpid(), signal.SIGKILL)
         if on_step is not None:
             on_step(step, model)
-    return real(*args, on_step=hooked, **kw)
+    return real(*args, hooks=dataclasses.replace(hooks or steps.Hooks(), on_step=hooked), **kw)
 steps.train = train
 from cptlab.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from cptlab.core.config import get_config
 from cptlab.model.schedule import lr_multiplier
-from cptlab.model.train import TrainingDivergedError, train
+from cptlab.model.train import Hooks, TrainingDivergedError, train
 
 
 @pytest.mark.parametrize("warmup,total", [(10, 150), (3, 30), (0, 20)])
@@ -65,7 +65,8 @@ def test_accumulation_equals_one_large_batch(model_and_tok):
     def run(batches, bs, accum):
         m = copy.deepcopy(model)
         cfg = _cfg(batch_size=bs, grad_accum=accum, max_steps=2, warmup_steps=0, grad_clip=1e9)
-        log = train(m, stream, cfg, torch.device("cpu"), progress=False, batch_fn=lambda step, g: batches[step - 1]).log
+        hooks = Hooks(batch_fn=lambda step, g: batches[step - 1])
+        log = train(m, stream, cfg, torch.device("cpu"), progress=False, hooks=hooks).log
         return m, log
 
     m1, log1 = run(full, 4, 1)

@@ -14,7 +14,7 @@ from cptlab.core.files import write_atomic
 from cptlab.core.results import read_step
 from cptlab.model.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored
 from cptlab.model.schedule import lr_multiplier
-from cptlab.model.train import train
+from cptlab.model.train import Hooks, train
 from cptlab.speed.device import seed_everything
 
 # The pre-training peak of a model GPT-2 124M's size: GPT-3 Small's published rate and nanoGPT's
@@ -68,9 +68,7 @@ def recipe_experiments(
             s.amp,
             progress=progress,
             desc=name,
-            lr_fn=schedule,
-            step_fn=step_fn,
-            loop_fn=loop_fn,
+            hooks=Hooks(loop_fn=loop_fn, lr_fn=schedule, step_fn=step_fn),
         )
         losses = [r["loss"] for r in res.log]
         rows.append(

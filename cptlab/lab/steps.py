@@ -34,7 +34,7 @@ from cptlab.model.measure import (
     run_corpus,
     scored,
 )
-from cptlab.model.train import Checkpointing, train
+from cptlab.model.train import Checkpointing, Hooks, train
 from cptlab.speed.device import describe, seed_everything
 
 
@@ -204,12 +204,14 @@ def run_step3(
         s.device,
         s.amp,
         progress=progress,
-        checkpointing=ckpt,
-        lr_fn=lr_fn,
-        step_fn=step_fn,
-        loop_fn=loop_fn,
-        evaluate=curve.evaluate,
-        curve=curve.points,
+        hooks=Hooks(
+            loop_fn=loop_fn,
+            lr_fn=lr_fn,
+            step_fn=step_fn,
+            evaluate=curve.evaluate,
+            curve=curve.points,
+            checkpointing=ckpt,
+        ),
     )
     curve.ended(result.log)
     folder = Path(run_dir) / "models" / "adapted"

@@ -24,7 +24,7 @@ from cptlab.model.measure import (
     run_corpus,
     scored,
 )
-from cptlab.model.train import train
+from cptlab.model.train import Hooks, train
 from cptlab.speed.device import seed_everything
 
 
@@ -293,7 +293,7 @@ def run_study(
                 s.amp,
                 progress=progress,
                 desc=f"replay {frac:.0%}",
-                batch_fn=replay_batches(blocks, english, cfg, frac, record, schedule_fn),
+                hooks=Hooks(batch_fn=replay_batches(blocks, english, cfg, frac, record, schedule_fn)),
             )
             windows = len(record) * cfg.batch_size * cfg.grad_accum
             variants.append(

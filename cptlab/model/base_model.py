@@ -23,7 +23,7 @@ from cptlab.core.results import write_json_atomic
 from cptlab.data.corpus import eos_join_stream, replay_batches
 from cptlab.data.sources import load_documents, python_files, stdlib_dir
 from cptlab.data.wiki_sample import data_dir, english_train_source
-from cptlab.model.train import train
+from cptlab.model.train import Hooks, train
 from cptlab.speed.device import pick_device, seed_everything, setup_cpu
 
 EOS = "<|endoftext|>"
@@ -121,7 +121,14 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
     # a code share mixed into every batch, spread so it is exact over the run (5% of 8 is not 0)
     mixed = replay_batches(eng_stream, code_stream, pre_cfg, tcfg.code_fraction, record=[])
     result = train(
-        model, eng_stream, pre_cfg, device, None, progress=progress, desc="tiny base pre-training", batch_fn=mixed
+        model,
+        eng_stream,
+        pre_cfg,
+        device,
+        None,
+        progress=progress,
+        desc="tiny base pre-training",
+        hooks=Hooks(batch_fn=mixed),
     )
     with atomic_dir(folder) as tmp:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)

@@ -353,6 +353,28 @@ class Run:
         return self.result
 
 
+@dataclass
+class Hooks:
+    """What a run may swap in around the lab's loop, all optional.
+
+    ``loop_fn(run, lr_at, optimizer_step)`` is the loop (the learner's, notebook 3; else
+    ``cptlab.model.loop.cpt_loop``); ``lr_fn`` and ``step_fn`` are the schedule and optimizer step it
+    is handed (the learner's, else the recipe's and the lab's fast one). ``evaluate(model, step)``
+    gives the forgetting curve's points, appended to ``curve``. ``batch_fn(step, generator)`` may
+    supply each step's micro-batches (replay mixing does); ``on_step(step, model)`` runs after each
+    step's log row; ``checkpointing`` saves and resumes the run.
+    """
+
+    loop_fn: Callable | None = None
+    lr_fn: Callable[[int, float, int, int], float] | None = None
+    step_fn: Callable | None = None
+    batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None
+    evaluate: Callable[[torch.nn.Module, int], dict] | None = None
+    curve: list | None = None
+    on_step: Callable[[int, torch.nn.Module], None] | None = None
+    checkpointing: Checkpointing | None = None
+
+
 def train(
     model: torch.nn.Module,
     train_stream: np.ndarray,
@@ -361,33 +383,19 @@ def train(
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "CPT",
-    batch_fn: Callable[[int, torch.Generator], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, torch.nn.Module], None] | None = None,
-    checkpointing: Checkpointing | None = None,
-    lr_fn: Callable[[int, float, int, int], float] | None = None,
-    step_fn: Callable | None = None,
-    loop_fn: Callable | None = None,
-    evaluate: Callable[[torch.nn.Module, int], dict] | None = None,
-    curve: list | None = None,
+    hooks: Hooks | None = None,
 ) -> TrainResult:
     """Continue pre-training ``model`` on random windows of ``train_stream`` (a 1-D stream, or
-    step 2's ``[n_blocks, block_size]`` blocks).
-
-    ``loop_fn(run, lr_at, optimizer_step)`` is the loop (the learner's, notebook 3; else
-    ``cptlab.model.loop.cpt_loop``); ``lr_fn`` and ``step_fn`` are the schedule and optimizer step it
-    is handed (the learner's, else the recipe's and the lab's fast one). ``evaluate(model, step)``
-    gives the forgetting curve's points, appended to ``curve``.
-    ``batch_fn(step, generator)`` may supply each step's micro-batches (replay mixing does);
-    ``on_step(step, model)`` runs after each step's log row.
-    """
+    step 2's ``[n_blocks, block_size]`` blocks); ``hooks``: what the run swaps in (``Hooks``)."""
+    h = hooks or Hooks()
     model.to(device)
     model.train()
-    step = LearnerStep(step_fn, cfg, device, amp_dtype) if step_fn else ReferenceStep(model, cfg, device, amp_dtype)
-    schedule = Schedule(lr_fn, cfg.min_lr_ratio)
-    draw = batch_fn or window_batches(train_stream, cfg, device)
-    run = Run(model, cfg, device, draw, checkpointing, evaluate, curve, on_step, progress, desc)
+    step = LearnerStep(h.step_fn, cfg, device, amp_dtype) if h.step_fn else ReferenceStep(model, cfg, device, amp_dtype)
+    schedule = Schedule(h.lr_fn, cfg.min_lr_ratio)
+    draw = h.batch_fn or window_batches(train_stream, cfg, device)
+    run = Run(model, cfg, device, draw, h.checkpointing, h.evaluate, h.curve, h.on_step, progress, desc)
     with fast_paths(model, device, amp_dtype, evaluation=False):
-        (loop_fn or cpt_loop)(run, schedule, step)
+        (h.loop_fn or cpt_loop)(run, schedule, step)
     result = run.finish()
     model.eval()
     return result
