@@ -20,8 +20,9 @@ setup: $(VENV)/.installed
 lab: setup
 	$(BIN)/cptlab lab --preset $(PRESET)
 
+# pytest-xdist: one worker per core (`-n auto`), a file's tests on one worker (see tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,13 +69,24 @@ def model_and_tok(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory) -> Path:
-    """The four notebooks executed headless on the smoke preset by ``cptlab lab`` (what CI checks):
-    plots saved, then the grader run as its own process, which writes the run's index.html."""
-    from cptlab.cli import main
-
+    """The four notebooks executed headless on the smoke preset by ``cptlab lab`` (what CI checks), a
+    newcomer's first run on a fresh cache: plots saved, then the grader run as its own process, which
+    writes the run's index.html. What the terminal showed is kept beside the run (``terminal.txt``)."""
     run = tmp_path_factory.mktemp("lab") / "run"
-    rc = main(["lab", "--preset", "smoke", "--out", str(run)])
-    assert rc == 0, f"`cptlab lab --preset smoke` exited {rc}: the solution notebooks lost points"
+    env = {**os.environ, "CPTLAB_CACHE": str(tmp_path_factory.mktemp("fresh-cache"))}
+    cmd = [sys.executable, "-c", "import sys; from cptlab.cli import main; sys.exit(main(sys.argv[1:]))"]
+    proc = subprocess.run(
+        [*cmd, "lab", "--preset", "smoke", "--out", str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    (run.parent / "terminal.txt").write_text(proc.stdout)
+    assert proc.returncode == 0, (
+        f"`cptlab lab --preset smoke` exited {proc.returncode}: the solution notebooks lost points\n"
+        + proc.stdout[-3000:]
+    )
     return run
 
 
@@ -81,7 +94,12 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it."""
+    """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
+    Under pytest-xdist (`--dist loadgroup`) the tests of one file share a worker (so a module's
+    fixture, a graded class, runs once), and so do all the tests that need the executed lab."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("lab_run"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))

@@ -198,6 +198,10 @@ def _renamed(nb):
     return nb
 
 
+CLASS = {}  # the graded class's submissions folder
+GRADING = dict(jobs=2, timeout=300, limits=Limits(seconds=25, memory_bytes=4 * GiB))
+
+
 def _submit(folder, books: dict):
     folder.mkdir(parents=True)
     for name, nb in books.items():
@@ -231,7 +235,8 @@ def graded(tmp_path_factory):
         },
     )
     out = tmp_path_factory.mktemp("grades")
-    results = grade_class(sub, "smoke", out, jobs=2, timeout=300, limits=Limits(seconds=25, memory_bytes=4 * GiB))
+    CLASS["submissions"] = sub
+    results = grade_class(sub, "smoke", out, **GRADING)
     rows = {r["learner"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     return {r.learner: r for r in results}, rows, out
 
@@ -364,6 +369,23 @@ def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
     merged = {r["learner"]: r for r in merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "all")}
     assert {k: v["auto_total"] for k, v in merged.items()} == {k: float(v["auto_total"]) for k, v in rows.items()}
     assert re.search(r"similar to ada", merged["bo"]["flags"])
+
+
+def test_a_stopped_class_resumes_where_it_stopped(graded, tmp_path, monkeypatch, capfd):
+    import checkers.grading.classroom as classroom
+
+    _, rows, out = graded
+    again = tmp_path / "grades"
+    (again / "learners").mkdir(parents=True)
+    for name in ("bo", "cy", "dee"):  # the grader was stopped after these three: no gradebook yet
+        shutil.copy(out / "learners" / f"{name}.json", again / "learners")
+    graded_now, real = [], classroom.grade_learner
+    monkeypatch.setattr(classroom, "grade_learner", lambda f, *a, **k: graded_now.append(f.name) or real(f, *a, **k))
+    grade_class(CLASS["submissions"], "smoke", again, **GRADING)
+    assert graded_now == ["ada"]
+    assert {r["learner"]: r for r in csv.DictReader(open(again / "grades.csv"))} == rows
+    err = capfd.readouterr().err
+    assert "3 of 4 learner(s) graded by an earlier run: kept" in err and "ada graded: 4/4 done" in err
 
 
 def test_merging_takes_only_the_answer_cells():

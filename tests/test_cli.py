@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 from test_perplexity import reference_nll
@@ -88,6 +89,23 @@ def test_the_summary_gives_each_comparison_its_interval(lab_run):
         f"{100 * s4['code_ppl_drop']:.1f}% (95% CI {100 * ci['low']:.1f}% to {100 * ci['high']:.1f}%)"
     )
     assert rows["forgetting ratio"].startswith(f"{s4['forgetting_ratio']:.3f} (95% CI ")
+
+
+def test_a_first_lab_shows_the_base_pretraining_and_the_long_parts_in_the_terminal(lab_run):
+    """`cptlab lab` on a fresh cache: the base model's pre-training (inside notebook 1's kernel) and
+    each step's training runs print their start, then steps, speed and time left, then their end."""
+    shown = (lab_run.parent / "terminal.txt").read_text()
+    first = shown.index("[lab] step 1: executing")
+    base = re.search(r"\[lab\] smoke base pre-training \(once, then cached\): (\d+) steps, started", shown)
+    assert base and base.start() > first, shown[:2000]
+    steps = base.group(1)
+    assert re.search(
+        rf"\[lab\] smoke base pre-training [^:]*: {steps}/{steps} steps, loss=[\d.]+, lr=\S+, tok_s=[\d,]+, "
+        r"\S+ in all, done",
+        shown,
+    ), shown[:2000]
+    assert shown.index("[lab] step 1: done") > base.end()
+    assert re.search(r"\[lab\] CPT: 30 steps, started[\s\S]*\[lab\] CPT: 30/30 steps, .*tok_s=.*, done", shown)
 
 
 def test_the_command_line_speaks_only_for_itself(tmp_path, tiny_model_dir):

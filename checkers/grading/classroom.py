@@ -14,6 +14,9 @@ failing or hanging submission never stops the class: its row says why.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,13 +24,35 @@ from checkers.grading.flags import flag_copies
 from checkers.grading.gradebook import merge_rubric, merge_shards, write_gradebook
 from checkers.grading.judge import Limits
 from checkers.grading.learner import grade_learner, learner_seed
-from checkers.grading.result import LearnerResult
+from checkers.grading.result import LearnerResult, load_result, save_result, submission_digest
 from checkers.grading.sandbox import Sandbox
 from checkers.grading.submissions import merge_answers
 from cptlab.core.cache import cache_root
 from cptlab.core.config import get_config
 from cptlab.data.wiki_sample import data_dir
 from cptlab.model.measure import resolve_base_model
+
+
+class _Progress:
+    """The class's progress on standard error: learners done, and the time left at the current pace."""
+
+    def __init__(self, total: int, kept: int, todo: int):
+        self.total, self.kept, self.todo, self.n = total, kept, todo, 0
+        self.start, self.lock = time.monotonic(), threading.Lock()
+        if kept:
+            print(f"[grade-class] {kept} of {total} learner(s) graded by an earlier run: kept", file=sys.stderr)
+
+    def done(self, learner: str) -> None:
+        with self.lock:
+            self.n += 1
+            spent = time.monotonic() - self.start
+            left = spent / self.n * (self.todo - self.n)
+            print(
+                f"[grade-class] {learner} graded: {self.kept + self.n}/{self.total} done, "
+                f"{spent / 60:.1f} min so far, about {left / 60:.1f} min left at this pace",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def grade_class(
@@ -41,7 +66,11 @@ def grade_class(
     shard: tuple[int, int] = (1, 1),
 ) -> list[LearnerResult]:
     """Grade every learner folder of ``submissions`` (or, with ``shard=(k, n)``, the k-th of n
-    deterministic slices of them, for a scheduler's array job; ``merge-shards`` joins the gradebooks)."""
+    deterministic slices of them, for a scheduler's array job; ``merge-shards`` joins the gradebooks).
+
+    Each learner's result is written to ``out/learners/ID.json`` as soon as it is graded; run again
+    on the same ``out`` (after a stop), only the learners without one, or whose submission or
+    grading settings changed since, are graded, and the gradebook is written from them all."""
     submissions, out = Path(submissions), Path(out)
     folders = sorted(
         p for p in submissions.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
@@ -57,19 +86,27 @@ def grade_class(
     if cfg.base_model is None:
         data_dir()
     sandbox, threads, cache = Sandbox(), max(1, (os.cpu_count() or 1) // max(1, jobs)), cache_root().resolve()
+    graded = out / "learners"  # one file per graded learner: a stopped class resumes from them
+    hide = (out.resolve(), submissions.resolve())
+    settings = {"preset": preset, "timeout": timeout, "limits": [limits.seconds, limits.memory_bytes]}
+    keys = {f.name: {**settings, "submission": submission_digest(f)} for f in folders}
+    kept = {f.name: r for f in folders if (r := load_result(graded / f"{f.name}.json", keys[f.name]))}
+    todo = [f for f in folders if f.name not in kept]
+    log = _Progress(len(folders), len(kept), len(todo))
+
+    def one(folder: Path) -> LearnerResult:
+        r = grade_learner(folder, preset, out, timeout, threads, sandbox, cache, limits, hide, notebook_memory)
+        save_result(graded / f"{folder.name}.json", r, keys[folder.name])
+        log.done(folder.name)
+        return r
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        hide = (out.resolve(), submissions.resolve())
-        results = list(
-            pool.map(
-                lambda f: grade_learner(
-                    f, preset, out, timeout, threads, sandbox, cache, limits, hide, notebook_memory
-                ),
-                folders,
-            )
-        )
+        fresh = {r.learner: r for r in pool.map(one, todo)}
+    results = [kept.get(f.name) or fresh[f.name] for f in folders]
     flag_copies(results)
     write_gradebook(out, preset, sandbox.name, results)
     return results
+
 
 __all__ = [
     "learner_seed",

@@ -13,7 +13,7 @@ from pathlib import Path
 from checkers.core.questions import AUTO_POINTS, MANUAL_POINTS, QUESTIONS
 from checkers.core.report import Check, Report
 from checkers.grading.flags import flag_copies
-from checkers.grading.result import LearnerResult, _results_of
+from checkers.grading.result import LearnerResult, _results_of, as_dict
 from cptlab.core.files import write_atomic
 from cptlab.core.results import STEP_NOTEBOOKS, write_json_atomic
 
@@ -133,25 +133,7 @@ def write_gradebook(out: Path, preset: str, sandbox: str, results: list[LearnerR
     write_csv(out / "grades.csv", rows)
     write_csv(out / "rubric.csv", rubric_rows(results))
     write_json_atomic(
-        out / "grades.json",
-        {
-            "preset": preset,
-            "sandbox": sandbox,
-            "learners": [
-                {
-                    "learner": r.learner,
-                    "seed": r.seed,
-                    "status": r.status,
-                    "points": r.points,
-                    "flags": r.flags,
-                    "reports": r.reports,
-                    "notices": r.notices,
-                    "answers": r.answers,
-                    "code": r.code,
-                }
-                for r in results
-            ],
-        },
+        out / "grades.json", {"preset": preset, "sandbox": sandbox, "learners": [as_dict(r) for r in results]}
     )
     (out / "feedback").mkdir(parents=True, exist_ok=True)
     for r in results:

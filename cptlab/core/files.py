@@ -4,6 +4,7 @@ browser) never sees half a file; a folder is built the same way; sha256 reads in
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -37,6 +38,20 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+@contextmanager
+def build_lock(final: str | os.PathLike) -> Iterator[None]:
+    """One builder at a time for a cached folder, across processes (parallel test workers, a class
+    graded with several jobs): the others wait, then find it built. An advisory lock on a file beside it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

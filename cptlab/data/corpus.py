@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from cptlab.core.cache import cache_root, fingerprint
-from cptlab.core.files import atomic_dir, is_complete
+from cptlab.core.files import atomic_dir, build_lock, is_complete
 
 
 class CorpusError(ValueError):
@@ -210,27 +211,40 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(backend.to_str() if backend is not None else repr(tokenizer.get_vocab()))
 
 
+def _cached(folder: Path, block_size: int) -> Corpus | None:
+    """A complete cache entry's corpus, or None (absent, or corrupt: it is rebuilt)."""
+    if not is_complete(folder):
+        return None
+    try:
+        stats = json.loads((folder / "stats.json").read_text())
+        train = np.load(folder / "train.npy", allow_pickle=False)
+        val = np.load(folder / "val.npy", allow_pickle=False)
+        if len(train) == stats["train_tokens"] and len(val) == stats["val_tokens"]:
+            stats["cache"] = str(folder)
+            return Corpus(
+                train=train, val=val, eos_id=stats["eos_token_id"], stats=stats, blocks=to_blocks(train, block_size)
+            )
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def cached_corpus(docs: list[str], tokenizer, val_fraction: float, seed: int, block_size: int) -> Corpus:
     """``build_corpus`` with the token arrays cached on disk, keyed by tokenizer and data."""
     key = fingerprint(tokenizer_fingerprint(tokenizer), fingerprint(*docs), val_fraction, seed, block_size, "v1")
     folder = cache_root() / "tokens" / key
-    if is_complete(folder):
-        try:
-            stats = json.loads((folder / "stats.json").read_text())
-            train = np.load(folder / "train.npy", allow_pickle=False)
-            val = np.load(folder / "val.npy", allow_pickle=False)
-            if len(train) == stats["train_tokens"] and len(val) == stats["val_tokens"]:
-                stats["cache"] = str(folder)
-                return Corpus(
-                    train=train, val=val, eos_id=stats["eos_token_id"], stats=stats, blocks=to_blocks(train, block_size)
-                )
-        except (OSError, ValueError, KeyError):
-            pass  # corrupt cache entry: rebuild it
-    corpus = build_corpus(docs, tokenizer, val_fraction, seed, block_size)
-    with atomic_dir(folder) as tmp:
-        np.save(tmp / "train.npy", corpus.train, allow_pickle=False)
-        np.save(tmp / "val.npy", corpus.val, allow_pickle=False)
-        (tmp / "stats.json").write_text(json.dumps(corpus.stats))
+    hit = _cached(folder, block_size)
+    if hit is not None:
+        return hit
+    with build_lock(folder):
+        hit = _cached(folder, block_size)
+        if hit is not None:
+            return hit
+        corpus = build_corpus(docs, tokenizer, val_fraction, seed, block_size)
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "train.npy", corpus.train, allow_pickle=False)
+            np.save(tmp / "val.npy", corpus.val, allow_pickle=False)
+            (tmp / "stats.json").write_text(json.dumps(corpus.stats))
     corpus.stats["cache"] = str(folder)
     return corpus
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cptlab.core.cache import cache_root, fingerprint
 from cptlab.core.config import DataSource
-from cptlab.core.files import atomic_dir, is_complete
+from cptlab.core.files import atomic_dir, build_lock, is_complete
 
 HELDOUT_EVERY = 10  # article i is held out for evaluation when i % 10 == 9
 
@@ -63,7 +63,11 @@ def data_dir() -> Path:
     """The tiny preset's English as JSON-lines files, so they load with ``load_dataset('json')``."""
     sample = gensim_wiki_sample()
     folder = cache_root() / f"tiny-data-{fingerprint(sample.name, sample.stat().st_size, HELDOUT_EVERY, 'v1')}"
-    if not is_complete(folder):
+    if is_complete(folder):
+        return folder
+    with build_lock(folder):
+        if is_complete(folder):
+            return folder
         arts = english_articles()
         with atomic_dir(folder) as tmp:
             _write_jsonl(

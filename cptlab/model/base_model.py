@@ -18,7 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from cptlab.core.cache import cache_root, fingerprint
 from cptlab.core.config import LabConfig, TinyBaseConfig
-from cptlab.core.files import atomic_dir, is_complete, sha256_file
+from cptlab.core.files import atomic_dir, build_lock, is_complete, sha256_file
 from cptlab.core.results import write_json_atomic
 from cptlab.data.corpus import eos_join_stream, replay_batches
 from cptlab.data.sources import load_documents, python_files, stdlib_dir
@@ -80,10 +80,18 @@ def _weights_intact(folder: Path) -> bool:
 
 
 def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
-    """The cached tiny base model folder, pre-training it first if it is not there yet."""
+    """The cached tiny base model folder, pre-training it first if it is not there yet (one process
+    builds it; any other that asks meanwhile waits for it)."""
     folder = base_model_dir(cfg)
     if is_complete(folder) and _weights_intact(folder):
         return folder
+    with build_lock(folder):
+        if is_complete(folder) and _weights_intact(folder):
+            return folder
+        return _pretrain_base(cfg, folder, progress)
+
+
+def _pretrain_base(cfg: LabConfig, folder: Path, progress: bool) -> Path:
     setup_cpu()
     tcfg = cfg.tiny
     english, _ = load_documents(english_train_source())
@@ -127,7 +135,7 @@ def ensure_base_model(cfg: LabConfig, progress: bool = True) -> Path:
         device,
         None,
         progress=progress,
-        desc="tiny base pre-training",
+        desc=f"{cfg.preset} base pre-training (once, then cached)",
         hooks=Hooks(batch_fn=mixed),
     )
     with atomic_dir(folder) as tmp:

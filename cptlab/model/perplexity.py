@@ -118,7 +118,7 @@ def perplexity(
         n_docs = int(doc[-1].item()) + 1
         doc_nll = torch.zeros(n_docs, dtype=torch.float64, device=device)
         doc_tokens = torch.zeros(n_docs, dtype=torch.float64, device=device)
-    bar = progress_bar(len(windows), desc, leave=False) if progress else None
+    bar = progress_bar(len(windows), desc, leave=False, unit="window") if progress else None
     loss = CausalLMLoss(model, fused=False)  # chunked cross-entropy: memory never grows with batch x block x vocab
     with fast_paths(model, device, amp_dtype, evaluation=True):
         for length, scored, chunk in _batches(windows, batch_size):

@@ -301,7 +301,11 @@ class Run:
         self._log_every = cfg.log_every or (10 if device.type == "cuda" else 1)
         self._pending: list[_Pending] = []
         self._step_tokens = 0
-        self._bar = progress_bar(cfg.max_steps, desc, initial=self.first_step - 1) if progress else None
+        self._bar = (
+            progress_bar(cfg.max_steps, desc, initial=self.first_step - 1, unit="step", announce=True)
+            if progress
+            else None
+        )
 
     def batch(self, step: int):
         """The step's batch of windows from the run's blocks: ``[batch_size, block_size]`` token ids on the
@@ -332,7 +336,10 @@ class Run:
             self._on_step(int(step), self.model)
         if self._bar is not None:
             if not self._pending:
-                self._bar.set_postfix(loss=f"{self.result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+                tok_s = self.result.tokens / max(1e-9, time.perf_counter() - self._t0)
+                self._bar.set_postfix(
+                    loss=f"{self.result.log[-1]['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
+                )
             self._bar.update(1)
 
     def evaluate(self, step: int) -> dict:

@@ -13,7 +13,7 @@ import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
 from cptlab.core.files import link_atomic
-from cptlab.core.progress import HEADLESS
+from cptlab.core.progress import HEADLESS, TERMINAL
 from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.notebook.friendly import STOPPED
 
@@ -93,13 +93,21 @@ def execute_lab(
     run.mkdir(parents=True, exist_ok=True)
     run = run.resolve()
     params = {"PRESET": preset, "RUN_DIR": str(run), "SEED": seed, "OVERRIDES": overrides or {}}
-    for step in (1, 2, 3, 4):
-        name = STEP_NOTEBOOKS[step]
-        shown = notebook_dir / name
-        shown = shown.relative_to(NOTEBOOK_DIR.parent) if NOTEBOOK_DIR.parent in shown.parents else shown
-        print(f"[lab] step {step}: executing {shown} ...", flush=True)
-        secs = execute_notebook(notebook_dir / name, run / name, params)
-        print(f"[lab] step {step}: done in {secs:.0f} s -> {run / name}", flush=True)
+    before = os.environ.get(TERMINAL)
+    os.environ[TERMINAL] = "1"  # the kernels inherit it: their long parts print progress lines here too
+    try:
+        for step in (1, 2, 3, 4):
+            name = STEP_NOTEBOOKS[step]
+            shown = notebook_dir / name
+            shown = shown.relative_to(NOTEBOOK_DIR.parent) if NOTEBOOK_DIR.parent in shown.parents else shown
+            print(f"[lab] step {step}: executing {shown} ...", flush=True)
+            secs = execute_notebook(notebook_dir / name, run / name, params)
+            print(f"[lab] step {step}: done in {secs:.0f} s -> {run / name}", flush=True)
+    finally:
+        if before is None:
+            os.environ.pop(TERMINAL, None)
+        else:
+            os.environ[TERMINAL] = before
     return run
 
 
