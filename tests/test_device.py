@@ -15,8 +15,11 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native, want):
     assert dev.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
 
 
-def test_auto_precision_on_cuda_is_bf16():
-    assert dev.autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
+@pytest.mark.parametrize("capability, want", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), None)])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_on(monkeypatch, capability, want):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert dev.autocast_dtype(torch.device("cuda"), "auto") is want
+    assert dev.autocast_dtype(torch.device("cuda"), "bf16") is torch.bfloat16
 
 
 def test_native_bf16_is_read_from_cpu_flags(monkeypatch, tmp_path):

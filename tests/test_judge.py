@@ -178,3 +178,62 @@ def test_a_forged_record_is_read_as_nothing(tmp_path):
     forger = "def cpt_loop(run, lr_at, optimizer_step):\n    run.events = 'all right'\n    run.curve = None\n"
     report = judge("3.3", forger, tmp_path)
     assert report.points == 0 and not report.passed, str(report)
+
+
+def test_a_learners_saved_result_is_reused_only_for_the_same_submission_and_settings(tmp_path):
+    from checkers.grading.result import LearnerResult, load_result, save_result, submission_digest
+
+    sub = tmp_path / "ada"
+    sub.mkdir()
+    (sub / "01_baseline.ipynb").write_text("{}")
+    key = {"preset": "smoke", "submission": submission_digest(sub)}
+    r = LearnerResult("ada", 7, "smoke", {"01": "ran to the end"}, {"1.1": 9.0})
+    save_result(tmp_path / "ada.json", r, key)
+    assert load_result(tmp_path / "ada.json", key) == r
+    assert load_result(tmp_path / "ada.json", {**key, "preset": "tiny"}) is None
+    (sub / "01_baseline.ipynb").write_text('{"changed": 1}')
+    assert load_result(tmp_path / "ada.json", {**key, "submission": submission_digest(sub)}) is None
+    (tmp_path / "torn.json").write_text('{"key": ')
+    assert load_result(tmp_path / "torn.json", key) is None
+
+
+def test_a_right_loop_keeps_its_points_on_a_busy_machine_whatever_its_process_draws(tmp_path):
+    """The probe's steps run on one thread with dropout masks of their own: the learner's process
+    (other threads, CPU-bound neighbours on every core, a random draw of its own before the loop)
+    computes the very losses the grader's reference does."""
+    import os
+    import subprocess
+
+    import torch
+
+    drawing = LOOP_RIGHT.replace("    cfg = run.cfg\n", "    cfg = run.cfg\n    torch.rand(7)\n")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for seed in (1, 2, 3):
+            report = judge_question(
+                "3.3",
+                [SETUP, drawing],
+                lambda cmd: cmd,
+                {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                tmp_path,
+                Limits(120.0, 3 << 30),
+                seed=seed,
+            )
+            assert report.points == 6, str(report)
+    finally:
+        torch.set_num_threads(threads)
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def test_a_regular_expression_lora_config_crosses_and_earns_its_points(tmp_path):
+    regex = (
+        "def lora_config(r, alpha):\n"
+        "    return LoraConfig(r=r, lora_alpha=alpha, target_modules=r'.*\\.(c_attn|c_proj|c_fc)',\n"
+        "                      fan_in_fan_out=True, lora_dropout=0.0, bias='none')\n"
+    )
+    report = judge("4.4", LORA_SETUP + regex, tmp_path)
+    assert report.passed and report.points == 4, str(report)

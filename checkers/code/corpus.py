@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -54,14 +55,25 @@ def check_pack(fn: Callable, seed: int | None = None) -> Report:
     return ex.run(body)
 
 
+def _unequal_docs(rng: np.random.Generator, n_docs: int, seed: int) -> list[np.ndarray]:
+    """Documents whose lengths differ by 10x or more: the half that the seeded order hands to
+    validation first is short, so a share of documents never equals the same share of tokens."""
+    order = np.random.default_rng(seed).permutation(n_docs).tolist()
+    short = set(order[n_docs // 2 :])
+    return [
+        rng.integers(0, 200, int(rng.integers(3, 8) if i in short else rng.integers(80, 160))).astype(np.int64)
+        for i in range(n_docs)
+    ]
+
+
 def check_split(fn: Callable, seed: int | None = None) -> Report:
     """``split_documents(doc_ids, eos_id, val_fraction, seed) -> (train_stream, val_stream)``."""
     ex = Exercise("2.2", fn, seed)
 
     def body():
         eos = int(ex.rng.integers(200, 250))
-        docs = _docs(ex.rng, int(ex.rng.integers(30, 60)), 200, 120)
         frac, seed = float(ex.rng.uniform(0.05, 0.2)), int(ex.rng.integers(0, 2**31))
+        docs = _unequal_docs(ex.rng, int(ex.rng.integers(30, 60)), seed)
         out = ex.call([d.copy() for d in docs], eos, frac, seed)
         want_train, want_val = split_streams(docs, eos, frac, seed)
         try:
@@ -73,7 +85,8 @@ def check_split(fn: Callable, seed: int | None = None) -> Report:
             train is not None and val is not None and train.ndim == val.ndim == 1,
             "two 1-D streams (train, val)",
             repr(type(out).__name__),
-            "return (pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id))",
+            "return the two packed streams, training first",
+            fix="return pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id)",
         ):
             return
         pieces = [tuple(p) for s in (train, val) for p in _pieces(s.astype(np.int64), eos)]
@@ -91,14 +104,23 @@ def check_split(fn: Callable, seed: int | None = None) -> Report:
             "never cut the packed stream at a token position",
         )
         share = len(val) / max(1, len(train) + len(val))
+        n_val = len(_pieces(val.astype(np.int64), eos))
+        hint = (
+            "take documents for validation until they hold at least val_fraction of all tokens (EOS counted), then stop"
+        )
+        by_count = frac * len(docs)
+        if share < frac and n_val in {max(1, int(by_count)), max(1, round(by_count)), math.ceil(by_count)}:
+            hint = (
+                "mistake: val_fraction of the documents, not of the tokens. Documents differ in length (here the "
+                "short ones fall to validation), so count tokens until validation holds val_fraction of them"
+            )
         ex.row(
             "fraction",
             share >= frac and len(val) == len(want_val),
             f"validation holds >= {frac:.3f} of the tokens, "
             f"with as few documents as the rule takes ({len(want_val)} tokens)",
-            f"{share:.4f} ({len(val)} tokens)",
-            "take documents for validation until they hold at least val_fraction of all tokens (EOS counted), then "
-            "stop",
+            f"{share:.4f} ({len(val)} tokens, {n_val} documents)",
+            hint,
         )
         ex.row(
             "seeded_rule",

@@ -74,9 +74,10 @@ class Exercise:
         self.grad_on.extend(getattr(f, "last_grad_on", ()))
         return out
 
-    def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "") -> bool:
+    def row(self, cid: str, ok: bool, expected: str, got: str, hint: str = "", fix: str = "") -> bool:
+        """One check: ``hint`` names the mistake and its idea; ``fix``, the code, is shown on request only."""
         return self.report.add(
-            f"q{self.q.id}.{cid}", ok, expected, got, "" if ok else hint, CHECK_POINTS[self.q.id][cid]
+            f"q{self.q.id}.{cid}", ok, expected, got, "" if ok else hint, CHECK_POINTS[self.q.id][cid], fix
         )
 
     def run(self, body: Callable[[], None]) -> Report:

@@ -68,14 +68,21 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
         got = _loop_case(ex, ex.seed, {**base, "stop_at_floor": False}, above)
         want = list(range(1, n + 1))
         steps = _steps_of(got["log"])
-        hint = "for step in range(run.first_step, cfg.max_steps + 1): one run.log(step, ...) per step"
+        hint = "every step from run.first_step to cfg.max_steps, both included, logged once"
         if steps == want[:-1]:
-            hint = "mistake: one step short. range(first, max_steps) stops before max_steps: use cfg.max_steps + 1"
+            hint = "mistake: one step short. Python's range stops before its end, so the last step never ran"
         elif steps == [s - 1 for s in want]:
             hint = "mistake: steps counted from 0. Steps are 1-based (lr_at(0) is 0: a step that learns nothing)"
         elif steps and steps == want[: len(steps)] and steps[-1] in _steps_of(got["evals"]):
             hint = "mistake: the run stopped at the floor although cfg.stop_at_floor is False: stop only when asked"
-        ex.row("steps", steps == want, f"steps {want[0]} to {want[-1]} logged, once each", f"{steps}"[:80], hint)
+        ex.row(
+            "steps",
+            steps == want,
+            f"steps {want[0]} to {want[-1]} logged, once each",
+            f"{steps}"[:80],
+            hint,
+            fix="for step in range(run.first_step, cfg.max_steps + 1):",
+        )
         # each row below judges the steps the loop ran, so one mistake costs its own row only
         used = [e.get("batch") for e in got["steps"]]
         fresh = bool(steps) and used == steps and _steps_of(got["batches"]) == steps
@@ -84,12 +91,13 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
             fresh,
             "each step trains on its own batch, run.batch(step)",
             "yes" if fresh else f"batches used: {used}"[:80],
-            "mistake: one batch for every step, or another step's. Call batch = run.batch(step) inside the loop and "
-            "pass it to optimizer_step",
+            "mistake: one batch for every step, or another step's. Each step trains on the batch the run gives for "
+            "that step, fetched inside the loop",
+            fix="batch = run.batch(step)  # inside the loop, then optimizer_step(run.model, batch, ...)",
         )
         lr = [[base["cpt_lr"] * lr_multiplier(s, base["warmup_steps"], n)] * 2 for s in steps]  # both groups
         mine = [e.get("lrs") for e in got["steps"]]
-        hint = "set the step's rate on every group: for group in run.optimizer.param_groups: group['lr'] = lr"
+        hint = "the optimizer reads its rate from each parameter group: the step's rate must be in every one"
         start = ProbeRun.start_lr
         if mine and all(isinstance(x, list) and all(v == start for v in x) for x in mine):
             hint = (
@@ -103,7 +111,14 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
                 "mistake: each step ran with the previous step's rate: set the rate before this step's optimizer_step"
             )
         rate_ok = bool(steps) and _close_lists(mine, lr)
-        ex.row("rate", rate_ok, "every step's optimizer holds lr_at(step) in every group", f"{mine[:2]}"[:80], hint)
+        ex.row(
+            "rate",
+            rate_ok,
+            "every step's optimizer holds lr_at(step) in every group",
+            f"{mine[:2]}"[:80],
+            hint,
+            fix="for group in run.optimizer.param_groups:\n    group['lr'] = lr  # before optimizer_step",
+        )
         # the log: each step's rate and the loss its optimizer_step returned; with the steps and rates
         # right, the very losses of the reference loop on the same seed
         logged = [[e.get("lr"), e.get("loss")] for e in got["log"]]
@@ -118,8 +133,9 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
             ok,
             "each step logged once with its rate and optimizer_step's loss (the reference loop's, same seed)",
             "yes" if ok else f"{logged[:2]}"[:80],
-            "log each step once, after its optimizer_step: run.log(step, lr, loss, grad_norm) with the loss and norm "
-            "optimizer_step returned",
+            "log each step once, after its optimizer_step, with the step's rate and the loss and gradient norm "
+            "optimizer_step returned: the log is what the run's plots and checks read",
+            fix="run.log(step, lr, loss, grad_norm)  # right after optimizer_step",
         )
         evals = got["evals"]
         ok = bool(evals) and all(e.get("training") is False and e.get("grad") is False for e in evals)
@@ -207,10 +223,10 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
             bool(steps_r) and steps_r == list(range(first, first + len(steps_r))),
             f"a run resumed at step {first} runs steps {first} to {n}",
             f"{steps_r}"[:80],
-            "mistake: run.first_step ignored, so a resumed run redoes its steps: "
-            "for step in range(run.first_step, cfg.max_steps + 1)"
+            "mistake: run.first_step ignored, so a resumed run redoes the steps its checkpoint already holds"
             if steps_r == want
-            else "start at run.first_step",
+            else "a resumed run starts at run.first_step",
+            fix="for step in range(run.first_step, cfg.max_steps + 1):",
         )
 
     return ex.run(body)

@@ -5,7 +5,10 @@ choice under a retention floor, mistakes named.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import subprocess
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -47,7 +50,7 @@ def check_tradeoff(drop_fn: Callable, ratio_fn: Callable, seed: int | None = Non
         g1 = g0 * float(ex.rng.uniform(1.01, 1.5))
         got = ex.call(g0, g1, fn=ratio_fn)
         want = forgetting_ratio(g0, g1)
-        hint = "forgetting_ratio = adapted_general_ppl / baseline_general_ppl (1.0: nothing forgotten)"
+        hint = "a ratio of English perplexities, after over before: 1.0 means nothing forgotten"
         if _num_close(got, g0 / g1):
             hint = (
                 "mistake: the ratio inverted. Divide the adapted English perplexity by the baseline's: above 1 "
@@ -106,14 +109,13 @@ def check_replay_schedule(fn: Callable, seed: int | None = None) -> Report:
         ):
             return
         total_bad = next((r for r in runs if abs(sum(r[4]) - r[0] * r[1] * r[2]) >= 1 - 1e-9), None)
-        hint = "the run's English windows should total fraction x windows_per_step x steps (rounded)"
+        hint = "the run's English windows should total fraction x windows_per_step x steps, within one window"
         if total_bad is not None:
             f, w, n, _, counts = total_bad
             if sum(counts) == 0 and f * w < 1:
                 hint = (
                     f"mistake: rounded per step. {f:.0%} of {w} windows is {f * w:.2f} a step, which rounds to 0 at "
-                    "every step, so the run replays nothing. Keep a running total: step k holds "
-                    "floor(f x w x k) - floor(f x w x (k - 1))"
+                    "every step, so the run replays nothing. Round what the run holds so far, not each step"
                 )
             elif abs(sum(counts) - (1 - f) * w * n) < 1:
                 hint = "mistake: the code share, not the English share. `fraction` is the share of English windows"
@@ -121,9 +123,10 @@ def check_replay_schedule(fn: Callable, seed: int | None = None) -> Report:
         ex.row(
             "total",
             total_bad is None,
-            f"{f * w * n:.1f} English windows in all ({f:.3g} x {w} x {n}), to the nearest whole one",
+            f"{f * w * n:.1f} English windows in all ({f:.3g} x {w} x {n}), within one window",
             f"{sum(counts)}",
             hint,
+            fix="step k holds floor(f x w x k) - floor(f x w x (k - 1)): a running total, rounded down",
         )
         spread_bad = None
         for f, w, n, _, counts in runs:
@@ -231,12 +234,37 @@ def check_interpolate(fn: Callable, seed: int | None = None) -> Report:
 
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+REGEX_SECONDS = 10.0
+
+# peft's rule for a string target_modules (peft.tuners.tuners_utils.match_target_against_key): the
+# pattern must match the whole module name. Run in a bare interpreter of its own, with a time limit,
+# so a pattern that backtracks forever costs the learner this check and never hangs the grader.
+_FULLMATCH = (
+    "import json, re, sys; p, names = json.load(sys.stdin); print(json.dumps([n for n in names if re.fullmatch(p, n)]))"
+)
+
+
+def regex_matches(pattern: str, names: list[str], seconds: float = REGEX_SECONDS) -> list[str] | str:
+    """The names ``pattern`` fully matches, as peft matches a string ``target_modules``; or why not."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _FULLMATCH],
+            input=json.dumps([pattern, names]),
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+        )
+    except subprocess.TimeoutExpired:
+        return f"the regular expression took over {seconds:g} s to match {len(names)} module names"
+    if done.returncode != 0:
+        return f"not a regular expression: {done.stderr.strip().splitlines()[-1]}"[:120]
+    return json.loads(done.stdout)
 
 
 def _lora_targets_ok(targets: Any) -> bool:
-    """Plain module names only: a regular expression from a learner could take the grader hostage."""
+    """A regular expression (one string, as peft documents it) or a list of module names."""
     if isinstance(targets, str):
-        return bool(_PLAIN_NAME.match(targets))
+        return bool(targets)
     return isinstance(targets, (list, tuple, set)) and all(isinstance(t, str) and _PLAIN_NAME.match(t) for t in targets)
 
 
@@ -246,18 +274,19 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
     import warnings
 
     from peft import LoraConfig, get_peft_model
+    from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND  # "all-linear", peft's own name, not a pattern
 
     ex = Exercise("4.4", fn, seed)
 
     def body():
         r = int(ex.rng.choice([4, 8, 16]))
-        alpha = int(r * ex.rng.choice([1, 2, 4]))
+        alpha = int(r * ex.rng.choice([2, 4]))  # never r: swapped arguments always show
         got = ex.call(r, alpha)
         ok = isinstance(got, LoraConfig) and _lora_targets_ok(got.target_modules)
         if not ex.row(
             "returns",
             ok,
-            "a peft.LoraConfig whose target_modules lists module names",
+            "a peft.LoraConfig whose target_modules lists module names or is one regular expression",
             type(got).__name__ if not isinstance(got, LoraConfig) else f"target_modules={got.target_modules!r}"[:60],
             "return LoraConfig(r=..., lora_alpha=..., target_modules=[...], ...) from peft",
         ):
@@ -265,10 +294,26 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
         fan_in_fan_out = bool(got.fan_in_fan_out)  # peft sets it itself, with a warning, once applied
         model = tiny_gpt2(int(ex.rng.integers(1 << 31)))
         want = {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in LORA_TARGETS["all_linear"]}
+        got = copy.deepcopy(got)
+        if isinstance(got.target_modules, str) and got.target_modules.lower() != INCLUDE_LINEAR_LAYERS_SHORTHAND:
+            # peft's regular-expression form, matched out of this process
+            matched = regex_matches(got.target_modules, [n for n, _ in model.named_modules() if n])
+            if isinstance(matched, str):
+                ex.row(
+                    "targets",
+                    False,
+                    "adapters on c_attn, c_proj and c_fc of every block",
+                    matched,
+                    "a target_modules pattern must match the whole module name, quickly: or list the names",
+                )
+                return
+            got.target_modules = set(matched)
+        if got.modules_to_save and not all(_PLAIN_NAME.match(m) for m in got.modules_to_save):
+            got.modules_to_save = ["lm_head"]  # peft turns these into patterns; any entry unfreezes base weights
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                peft_model = get_peft_model(model, copy.deepcopy(got))
+                peft_model = get_peft_model(model, got)
         except (ValueError, TypeError, KeyError) as exc:
             ex.row(
                 "targets",
@@ -309,7 +354,11 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
             got.r == r and got.lora_alpha == alpha,
             f"r={r}, lora_alpha={alpha} (the arguments)",
             f"r={got.r}, lora_alpha={got.lora_alpha}",
-            "use the function's arguments: r=r, lora_alpha=alpha",
+            "mistake: r and lora_alpha swapped. r is the adapters' rank (their width); lora_alpha scales their "
+            "output by alpha / r"
+            if (got.r, got.lora_alpha) == (alpha, r)
+            else "use the function's arguments as they are named: the rank, then the scale",
+            fix="LoraConfig(r=r, lora_alpha=alpha, ...)",
         )
         trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
         ex.row(
@@ -325,7 +374,7 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
 
 
 def _random_variants(rng: np.random.Generator, floor: float) -> list[dict]:
-    names = ["pure CPT", "replay 5%", "replay 25%", "LoRA r=8", "interp a=0.5", "interp a=0"]
+    names = ["pure CPT", "replay 5%", "replay 25%", "LoRA r=8", "interp a=0.5", "interp a=0.8"]
     choices = ["pure_cpt", "replay", "replay", "lora", "interpolation", "interpolation"]
     out = []
     for name, choice in zip(names, choices):

@@ -38,11 +38,14 @@ def check_schedule(fn: Callable, seed: int | None = None) -> Report:
         def same(a, b):
             return all(abs(x - y) <= tol for x, y in zip(a, b))
 
-        hint = (
-            f"lr = peak_lr * step / warmup_steps for step <= warmup_steps (step 1 gets peak/{warm}, step {warm} "
-            "the peak)"
-        )
-        if got[0] == 0:
+        zero_based = same(got, [peak * lr_multiplier(s - 1, warm, total) for s in range(1, total + 1)])
+        hint = f"a linear warm-up: step 1 gets a {warm}th of the peak, step {warm} the peak itself"
+        if zero_based:
+            hint = (
+                "mistake: steps counted from 0. The lab's steps are 1-based (step 1 is the first update), so every "
+                "rate here is the one of the step before; the cosine's and the end's rows follow from it"
+            )
+        elif got[0] == 0:
             hint = (
                 "mistake: warm-up off by one: lr 0 at the first update. Step 1 is an update: give it peak_lr / "
                 "warmup_steps"
@@ -58,18 +61,21 @@ def check_schedule(fn: Callable, seed: int | None = None) -> Report:
             f"steps 1..{warm}: {want[0]:.3g} rising linearly to {peak:g}",
             f"{got[0]:.3g} .. {got[warm - 1]:.3g}",
             hint,
+            fix="lr = peak_lr * step / warmup_steps  # for step <= warmup_steps",
         )
         over_all = [peak * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(warm + 1, total + 1)]
-        hint = "after warm-up: peak_lr * 0.5 * (1 + cos(pi * (step - warmup_steps) / (max_steps - warmup_steps)))"
-        if same(got[warm:], over_all):
+        hint = "after warm-up: a half cosine from the peak at warmup_steps down to 0 at max_steps"
+        if zero_based:
+            hint = "mistake: steps counted from 0 (the warm-up row's cause): each step has the previous step's rate"
+        elif same(got[warm:], over_all):
             hint = (
-                "mistake: cosine over all steps instead of the steps after warm-up. The decay starts at the peak: "
-                "progress = (step - warmup_steps) / (max_steps - warmup_steps)"
+                "mistake: cosine over all steps instead of the steps after warm-up. The decay starts at the peak, "
+                "so its progress runs from 0 at warmup_steps to 1 at max_steps"
             )
         elif abs(got[-1]) > tol:
             hint = (
-                "mistake: not reaching the minimum at the end. At step max_steps the progress is 1 and the rate 0: "
-                "divide by (max_steps - warmup_steps)"
+                "mistake: not reaching the minimum at the end. At step max_steps the cosine's progress is 1 and "
+                "the rate 0"
             )
         ex.row(
             "cosine",
@@ -77,13 +83,16 @@ def check_schedule(fn: Callable, seed: int | None = None) -> Report:
             f"steps {warm + 1}..{total}: half cosine from {peak:g} down to 0",
             f"{got[warm]:.3g} .. {got[-1]:.3g}",
             hint,
+            fix="lr = peak_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (max_steps - warmup_steps)))",
         )
         ex.row(
             "end",
             abs(got[-1]) <= tol,
             f"lr 0 at the last step ({total})",
             f"{got[-1]:.3g}",
-            "mistake: not reaching the minimum at the end: the last step's progress must be exactly 1",
+            "mistake: steps counted from 0 (the warm-up row's cause): the last step gets the rate of the one before"
+            if zero_based
+            else "mistake: not reaching the minimum at the end: the last step's progress must be exactly 1",
         )
 
     return ex.run(body)
@@ -151,7 +160,8 @@ def check_optimizer_step(fn: Callable, seed: int | None = None) -> Report:
             _close(loss, ref_loss[0]),
             f"the batch's mean next-token loss {ref_loss[0]:.6g}",
             f"{loss:.6g}",
-            "loss = model(batch, labels=batch).loss (transformers shifts the labels for you)",
+            "the model's own next-token loss on the batch, with the batch as its labels (transformers shifts them)",
+            fix="loss = model(batch, labels=batch).loss",
         )
         hint = "return the value clip_grad_norm_ returns: the total norm before clipping"
         if _close(norm, max_norm, 1e-3):

@@ -39,14 +39,15 @@ CHECK_POINTS: dict[str, dict[str, float]] = {
     "4.3": {"returns": 0.5, "endpoints": 1, "blend": 1.5, "inputs_unchanged": 0.5, "integer_buffers": 0.5},
     "4.4": {"returns": 0.5, "targets": 1.5, "fan_in_fan_out": 1, "rank_alpha": 0.5, "base_frozen": 0.5},
     "4.5": {"some_under_the_floor": 1.5, "at_the_floor": 1, "none_under_the_floor": 1.5},
-    "4.6": {
+    "4.6": {  # two random studies carry the points; the learner's own study is shown
         "returns.a": 0,
         "returns.b": 0,
+        "returns.own": 0,
         "own_study": 0,
         **{
-            f"{k}.{w}": 0.5
+            f"{k}.{w}": 0.5 if w != "own" else 0
             for k in ("code_only_assistant", "english_within_floor", "per_customer_adapters", "no_training_budget")
-            for w in ("a", "b")
+            for w in ("a", "b", "own")
         },
     },
 }

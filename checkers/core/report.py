@@ -1,5 +1,9 @@
 """Check results as a learner sees them: what failed, expected vs got, and a hint. ``Report`` is
-the one collector of checks: of learner code, of results files and of a verification."""
+the one collector of checks: of learner code, of results files and of a verification.
+
+A hint names the mistake and the idea behind it; a failed row may also hold the fix as code, shown
+only on request: a collapsed "Show the fix" under the row in Jupyter, ``check_x(fn, reveal=True)``
+in a terminal."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class Check:
     got: str
     hint: str = ""
     points: float = 1.0
+    fix: str = ""  # the fix as code: shown only on request
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,9 +51,12 @@ class Report:
     seed: int | None = None  # the check's random cases: check_x(fn, seed=...) replays them
     # how a check whose body raised reads: exception -> (got, hint or None to keep the check's own)
     explain: Callable[[Exception], tuple[str, str | None]] = field(default=plainly, repr=False, compare=False)
+    reveal: bool = field(default=False, compare=False)  # the text shows each failed row's fix
 
-    def add(self, cid: str, passed: bool, expected: str, got: Any, hint: str = "", points: float = 1.0) -> bool:
-        self.checks.append(Check(cid, bool(passed), expected, show(got), hint, points))
+    def add(
+        self, cid: str, passed: bool, expected: str, got: Any, hint: str = "", points: float = 1.0, fix: str = ""
+    ) -> bool:
+        self.checks.append(Check(cid, bool(passed), expected, show(got), hint, points, "" if passed else fix))
         return bool(passed)
 
     def check(self, cid: str, expected: str, body: Callable[[], tuple[bool, Any]], hint: str = "") -> bool:
@@ -129,6 +137,9 @@ class Report:
             )
             if not c.passed and c.hint:
                 lines.append(f"        {'':<{width}}  hint: {c.hint}")
+            if not c.passed and c.fix:
+                shown = c.fix if self.reveal else "hidden: call the check again with reveal=True to see it"
+                lines.append(f"        {'':<{width}}  fix: {shown}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -138,6 +149,9 @@ class Report:
             mark = "&#10004;" if c.passed else "&#10008;"
             col = "#1a7f37" if c.passed else "#cf222e"
             hint = "" if c.passed else html.escape(c.hint)
+            if not c.passed and c.fix:
+                fix = html.escape(c.fix)
+                hint += f"<details><summary>Show the fix</summary><pre><code>{fix}</code></pre></details>"
             rows.append(
                 f"<tr><td style='color:{col}'>{mark}</td><td><code>{html.escape(c.id)}</code></td>"
                 f"<td>{html.escape(c.expected)}</td><td>{html.escape(c.got)}</td><td>{hint}</td></tr>"

@@ -98,6 +98,7 @@ def check_all(run_dir: str | Path, preset: str | None = None) -> list[Report]:
     """Every step's checks; ``preset``: the instructor's, whose thresholds apply."""
     return [CHECKS[s](run_dir, preset) for s in (1, 2, 3, 4)]
 
+
 __all__ = [
     "check_all",
     "check_step1",

@@ -10,6 +10,7 @@ resumed run starts at ``run.first_step`` and ends bit-identical), precision and 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,23 @@ def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float
         eos_token_id=0,
         loss_type="ForCausalLM",
     )
-    return GPT2LMHeadModel(cfg)
+    model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # transformers reads it from the model, not the config; unset, it warns
+    return model
+
+
+@contextlib.contextmanager
+def _same_in_every_process(seed: int):
+    """One thread and dropout masks from ``seed``: the step's numbers are then the same in the
+    learner's process and the grader's, whatever their thread counts, load or earlier draws."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(eq=False)  # a run is itself, not its settings: the call server finds it by identity
@@ -130,12 +147,13 @@ class ProbeRun:
             "grad": torch.is_grad_enabled(),
         }
         self.events.append(event)
-        loss = model(batch, labels=batch).loss
-        event["loss"] = float(loss.item())
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with _same_in_every_process(self.seed * 100_003 + sum(e["op"] == "step" for e in self.events)):
+            loss = model(batch, labels=batch).loss
+            event["loss"] = float(loss.item())
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return loss.detach(), norm
 
     def log(self, step, lr, loss, grad_norm) -> None:

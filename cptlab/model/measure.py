@@ -140,8 +140,8 @@ class StepSetup:
 
     def model(self, path: str | None = None):
         m = load_model(path or self.base_model)
-        if getattr(m.config, "loss_type", None) is None:
-            m.config.loss_type = "ForCausalLM"  # what transformers picks anyway, without a warning in every notebook
+        if getattr(m, "loss_type", None) is None:
+            m.loss_type = "ForCausalLM"  # what transformers picks anyway for GPT2LMHeadModel, without its warning
         ctx = getattr(m.config, "n_positions", None)
         if ctx is not None and self.cfg.block_size > ctx:
             raise ValueError(

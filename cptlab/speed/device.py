@@ -100,17 +100,25 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """``auto``: bf16 autocast on CUDA and on CPUs with native bf16, fp32 on other CPUs. Weights,
-    optimizer state, softmax and losses stay float32 either way (autocast's rules)."""
+    """``auto``: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA compute capability
+    8.0 and newer, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (a T4 or V100 emulates bf16, slower).
+    Weights, optimizer state, softmax and losses stay float32 either way (autocast's rules)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if device.type == "cuda" and cuda_has_native_bf16(device):
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """bf16 tensor cores: Ampere (compute capability 8.0) and newer."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

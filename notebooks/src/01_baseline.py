@@ -62,7 +62,7 @@ cfg = cells.lab_config(PRESET, RUN_DIR, seed=SEED, overrides=OVERRIDES)
 # %%
 def corpus_perplexity(model, ids, block_size):
     """Token-weighted perplexity of the 1-D LongTensor ``ids`` over non-overlapping windows."""
-    ### BEGIN SOLUTION corpus_perplexity: sum the NLL of tokens 2..n of each window, count them, exp once
+    ### BEGIN SOLUTION corpus_perplexity: one perplexity for a whole token stream, by the lab's protocol
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     with torch.no_grad():
@@ -104,9 +104,9 @@ cells.baseline_bars(RUN_DIR)
 # On the `tiny` preset the small base saw only 3% code in pre-training, and its code perplexity
 # starts at about twice its English one (the ratio printed above). GPT-2 124M is a different
 # starting point: WebText held code (GitHub pages, Stack Overflow answers, tutorials). The GPT-2
-# paper's WikiText-2 figure for it, 29.41, is a perplexity *per word* of de-tokenised text with a
-# 1,024-token context: not comparable with this lab's perplexity per BPE token on raw text in
-# 256-token windows. Either way, code is far more predictable than prose once a
+# paper's WikiText-2 figure for it, 29.41, is a perplexity *per word* of de-tokenised text (the
+# paper does not say over which context windows): not comparable with this lab's perplexity per BPE
+# token on raw text in 256-token windows. Either way, code is far more predictable than prose once a
 # model knows its idioms, which is the room CPT has to improve.
 #
 # ### Check step 1 (4 points)

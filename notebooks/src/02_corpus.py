@@ -40,7 +40,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # %%
 def pack_documents(doc_ids, eos_id):
     """One 1-D stream of token ids with ``eos_id`` after every document."""
-    ### BEGIN SOLUTION pack_documents: append eos_id after every document, then concatenate into one 1-D array
+    ### BEGIN SOLUTION pack_documents: the documents as one training stream, each one's end marked
     if not doc_ids:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate([np.append(np.asarray(d, dtype=np.int64), eos_id) for d in doc_ids])
@@ -61,7 +61,7 @@ check_pack(pack_documents)
 # 2. walk `order` **from its end**, moving documents into validation until they hold at least
 #    `val_fraction` of all tokens (count each document as `len(doc) + 1`: its EOS is a token too);
 # 3. training keeps the other documents; both sides keep the order they have in `order`;
-# 4. return `(pack_documents(train_docs, eos_id), pack_documents(val_docs, eos_id))`.
+# 4. pack each part with your `pack_documents` and return the two streams, training first.
 #
 # **Why 2% is enough, and why the split has its own seed.** What makes a perplexity stable is the
 # amount of text scored, not the share: on `tiny` the validation split holds about 80k tokens. But
@@ -79,7 +79,7 @@ check_pack(pack_documents)
 # %%
 def split_documents(doc_ids, eos_id, val_fraction, seed):
     """(train_stream, val_stream): whole documents, the last ones of a seeded shuffle for validation."""
-    ### BEGIN SOLUTION split_documents: seeded permutation; validation from its end up to val_fraction; pack each
+    ### BEGIN SOLUTION split_documents: a share of whole documents held out, the same ones for the same seed
     order = np.random.default_rng(seed).permutation(len(doc_ids)).tolist()
     target = val_fraction * sum(len(d) + 1 for d in doc_ids)
     val, held = set(), 0
@@ -107,7 +107,7 @@ check_split(split_documents)
 # %%
 def to_blocks(stream, block_size):
     """``[len(stream) // block_size, block_size]``: consecutive windows, the tail dropped."""
-    ### BEGIN SOLUTION to_blocks: drop the tail after the last whole block, then reshape to (-1, block_size)
+    ### BEGIN SOLUTION to_blocks: the training stream as the fixed-length windows batches are drawn from
     n = (len(stream) // block_size) * block_size
     return np.asarray(stream[:n]).reshape(-1, block_size)
     ### END SOLUTION

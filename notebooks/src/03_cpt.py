@@ -7,18 +7,22 @@
 # - **Why 5e-5?** The GPT-2 paper gives no learning rate ("manually tuned"); 6e-4 is the published
 #   peak of GPT-3 Small, the same size (Brown et al., 2020, table 2.1), and nanoGPT's default. CPT
 #   starts from weights that already sit in a good basin; about 8% of that peak moves them towards
-#   code without shaking loose what they know. A rate near the pre-training peak would re-warm the
-#   model hard and forget more English (the experiments below measure it).
+#   code while limiting how far they drift from it. A rate near the pre-training peak would re-warm
+#   the model hard and forget more English (the experiments below measure both).
 # - **Why warm up?** Adam divides each update by a running estimate of the gradient's second moment.
-#   For the first steps that estimate rests on a handful of gradients and is noisy, so the early
-#   updates can be far too large. Ramping the rate linearly over 10 steps lets it settle.
+#   For the first steps that estimate rests on a handful of gradients, so the size of each
+#   coordinate's early steps varies wildly (the variance RAdam, Liu et al. 2020, names). Ramping the
+#   rate linearly over 10 steps keeps those first steps small while the estimate settles.
 # - **Why cosine?** Decaying the rate smoothly to zero cools the model into a minimum at the end of
-#   the budget: a lower final loss than a constant rate.
+#   the budget. Over a long run it usually ends lower than a constant rate; over a short one at a
+#   small rate it may not (the experiments below include exactly that comparison: read yours).
 # - **Why clip at 1.0?** One odd batch (a minified file, a data table) can produce a huge gradient.
-#   Clipping rescales the *gradient* to a global norm of at most 1.0 before AdamW sees it. It does not
+#   Clipping rescales the *gradient* to a global norm of at most 1.0 before AdamW sees it. It does
+# not
 #   set the update's length: Adam's step is `lr * m_hat / sqrt(v_hat)`, about `lr` per coordinate
 #   whatever the gradient's scale. What it bounds is how much one step's gradient weighs in Adam's
-#   running moments `m` and `v`, so a spike does not dominate them for the next 10 to 20 steps.
+#   running moments `m` and `v`: `m` forgets a spike within about 10 steps (beta1 = 0.9) but `v`
+#   keeps it for about 1,000 (beta2 = 0.999, PyTorch's default), shrinking the updates long after.
 #
 # You write the schedule, the optimizer step and the loop that drives them. The lab hands your loop
 # a `run`: the model and optimizer, each step's batch from your step-2 blocks, the log and the
@@ -27,7 +31,8 @@
 # fast kernels.
 
 # %% tags=["parameters"]
-# Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
+# Parameters (papermill's convention: `make lab` and the graders inject their own values after this
+# cell)
 PRESET = "auto"  # step 1 chose the preset; this notebook reads it from the run folder
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
@@ -49,7 +54,8 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # ## ✏️ Question 3.1 · The learning rate at a step (5 points)
 #
 # Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
-# `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak comes
+# `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak
+# comes
 # exactly at `warmup_steps`. Then a half cosine over the steps *after* warm-up:
 # `progress = (step - warmup_steps) / (max_steps - warmup_steps)` and
 # `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is the
@@ -61,7 +67,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 # %%
 def lr_at(step, peak_lr, warmup_steps, max_steps):
     """The learning rate of optimizer step ``step`` (1-based)."""
-    ### BEGIN SOLUTION lr_at: linear warm-up to peak_lr at warmup_steps, then a half cosine to 0 at max_steps
+    ### BEGIN SOLUTION lr_at: the learning rate the recipe gives one optimizer step
     if step <= warmup_steps:
         return peak_lr * step / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
@@ -76,7 +82,8 @@ check_schedule(lr_at)
 # ## ✏️ Question 3.2 · One optimizer step (8 points)
 #
 # `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
-# the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t predicts
+# the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t
+# predicts
 # token t + 1), `backward()`, clip the **global** gradient norm at `max_norm`
 # (`torch.nn.utils.clip_grad_norm_` returns the norm *before* clipping: return that one),
 # `optimizer.step()`, and zero the gradients (`backward` adds into `.grad`). Return
@@ -86,7 +93,7 @@ check_schedule(lr_at)
 # %%
 def optimizer_step(model, batch, optimizer, max_norm):
     """Forward, backward, clip, update, zero; return (loss, pre-clip gradient norm)."""
-    ### BEGIN SOLUTION optimizer_step: loss = model(batch, labels=batch).loss; backward; clip; step; zero_grad
+    ### BEGIN SOLUTION optimizer_step: one update of the model from one batch, returning what the loop logs
     loss = model(batch, labels=batch).loss
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -110,7 +117,8 @@ check_optimizer_step(optimizer_step)
 #   none on biases and LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint
 #   when an interrupted run resumes;
 # - `run.batch(step)`: the step's batch of windows from your blocks (pass it on as it is);
-# - `run.log(step, lr, loss, grad_norm)`: the step's log row;
+# - `run.log`: the step's log row, from the step, its rate, and the loss and gradient norm your
+#   `optimizer_step` returned;
 # - `run.evaluate(step)`: the forgetting curve's point, both perplexities on the headline's tokens
 #   with the step-1 protocol your `corpus_perplexity` passed; a dict whose `"forgetting_ratio"`
 #   is what the floor is about. `run.curve` is the list of the points so far.
@@ -127,7 +135,7 @@ check_optimizer_step(optimizer_step)
 # %%
 def cpt_loop(run, lr_at, optimizer_step):
     """Steps run.first_step..max_steps; the curve every curve_every steps and at the last; stop above the floor."""
-    ### BEGIN SOLUTION cpt_loop: rate on every group, optimizer_step, log; eval + no_grad, train again, append, floor
+    ### BEGIN SOLUTION cpt_loop: the whole CPT run, step by step, with the forgetting curve and the floor
     cfg = run.cfg
     for step in range(run.first_step, cfg.max_steps + 1):
         lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
@@ -165,11 +173,12 @@ cells.loss_curve(RUN_DIR)
 # - **Loss.** One step's loss is one batch of a few windows, so it scatters around the trend (the
 #   printed `+-` figure); the thick line is an exponential moving average, the trend to read. Where
 #   it falls fastest is printed too: on both `tiny` and `smoke` it is the first ten-odd steps (on
-#   `tiny`, the warm-up itself), when the model first adjusts to code's most frequent tokens; then it
+#   `tiny`, the warm-up itself), when the model first adjusts to code's most frequent tokens; then
+# it
 #   falls more and more slowly as the cosine brings the rate down.
 # - **Gradient norm.** The norm before clipping, against the clip line. When it sits above the line,
-#   clipping rescales the gradient to norm 1.0 before AdamW's moments take it in,
-#   not by the gradient. On `tiny` that is every step (the printed count says so for your run).
+#   clipping rescales the gradient to norm 1.0 before AdamW's moments take it in. The printed count
+#   says on how many of your run's steps that happened.
 # - **Perplexities.** Code and English at the curve's points, relative to the base model (the legend
 #   gives both ends): code falls steeply then levels off; English rises, by about 5% on `tiny` and
 #   by far more on `smoke`, whose 30 steps at a high rate shake a barely trained base. Step 4 looks
@@ -198,14 +207,16 @@ check_step3(RUN_DIR)
 # Return the FLOPs of one training token of `model` at `block_size` (`model.config` holds
 # `n_layer` and `n_embd`). Then `mfu`: the FLOP/s your run achieved (tokens per second times FLOPs
 # per token) over the device's peak **at the precision the run computed in**: `peak_flops` holds
-# both, `{"fp32": ..., "bf16": ...}`, and on a GPU bf16's tensor-core peak is 4 to 16 times fp32's.
+# both, `{"fp32": ..., "bf16": ...}`: on data-centre GPUs (A100, H100) bf16's tensor-core peak is
+# 8 to 16 times the plain fp32 peak (about 2 times TF32's when TF32 is on), on GeForce cards about
+# 2.
 # Return a fraction (0.22, not 22). The cell after the check gives your run's.
 
 
 # %%
 def flops_per_token(model, block_size):
     """Training FLOPs of one token: 6 x weights + 12 x n_layer x n_embd x block_size."""
-    ### BEGIN SOLUTION flops_per_token: 6 x (parameters less the position table) + the attention term
+    ### BEGIN SOLUTION flops_per_token: the compute one training token costs this model
     c = model.config
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     return 6 * n + 12 * c.n_layer * c.n_embd * block_size
@@ -215,7 +226,7 @@ def flops_per_token(model, block_size):
 # %%
 def mfu(tokens_per_second, flops_per_token, peak_flops, precision):
     """Model FLOPs utilisation: achieved FLOP/s over the peak of the run's precision."""
-    ### BEGIN SOLUTION mfu: tokens_per_second * flops_per_token / peak_flops[precision]
+    ### BEGIN SOLUTION mfu: the share of the device's peak your run used
     return tokens_per_second * flops_per_token / peak_flops[precision]
     ### END SOLUTION
 
@@ -226,7 +237,8 @@ check_flops(flops_per_token, mfu)
 # %% [markdown]
 # Your run's speed: tokens per second as step 3 measured them (the forgetting curve's evaluations
 # left out), times your FLOPs per token, over the device's peak at the run's precision: the
-# datasheet's dense figure on a known GPU; on a CPU, which has no figure a program can read, the best
+# datasheet's dense figure on a known GPU; on a CPU, which has no figure a program can read, the
+# best
 # of a few large matrix products measured now. Then bf16 autocast against fp32 on this device: a
 # few training steps of your adapted model at each precision, and its validation perplexity at each.
 
@@ -236,11 +248,14 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 # %% [markdown]
 # Read the table as an engineer would. On a GPU, a small model's matrices are too small to fill the
 # device and the host's Python overhead shows: GPT-2 124M at 64 x 256 tokens a step reached about
-# 20% of an H100's bf16 peak in this lab's own loop (`benchmarks/gpu.sh`), and a default
-# `transformers.Trainer` in fp32 under 5%. On a CPU the peak is the machine's own, measured on one
-# large product, so the utilisation can look high. bf16 halves the bytes every product moves and,
-# on hardware that multiplies bf16 natively (GPUs, recent CPUs), runs the products faster; where it
-# is emulated it runs slower. Its perplexity should move only in the fourth or fifth digit (the
+# 20% of an H100's bf16 peak in this lab's own loop (`benchmarks/gpu.sh`). An fp32 run measured
+# against the fp32 peak can show a higher MFU while being slower in tokens per second: MFU at each
+# run's own precision says how full the device is, not which run is faster; compare tokens per
+# second for that. On a CPU the peak is the machine's own, measured on one large product, so the
+# utilisation can look high. bf16 halves the bytes every product moves and, on hardware that
+# multiplies bf16 natively (NVIDIA Ampere and newer, CPUs with AVX-512 BF16 or AMX), runs the
+# products faster; where it is emulated (T4, V100, older CPUs) it runs slower, so `precision=auto`
+# picks fp32 there. Its perplexity should move only in the fourth or fifth digit (the
 # table's last line says by how much here): the weights and the softmax stay float32 under autocast.
 #
 # ## Two processes: data parallelism
@@ -251,10 +266,12 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 # each step's batch, and computes the gradients of its share. During the backward pass PyTorch's
 # `DistributedDataParallel` averages the gradients across processes (an all-reduce, in buckets,
 # overlapping the backward's compute); every process then applies the same update, so the copies
-# stay identical. With the same *global* batch it is the same mathematics as one process, only split.
+# stay identical. With the same *global* batch it is the same mathematics as one process, only
+# split.
 #
 # The cell below checks that claim on your blocks: four steps of the lab's loop from the base model
-# in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU for
+# in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU
+# for
 # each process, gloo on CPUs), each process with half the batch. In fp32, so that the two agree to
 # float rounding (bf16 would blur the comparison). On this machine both processes share the same
 # CPU cores, so do not expect a speed-up here: the point is that the losses agree (about 15 seconds
@@ -281,21 +298,27 @@ ddp = cells.two_processes(RUN_DIR)
 # device and enough work to hide the communication.
 #
 # At 8 GPUs in one server the 16 windows give 2 per GPU: 512 tokens, about 6 x 124M x 512 = 0.4
-# TFLOP of forward and backward, a few milliseconds on a modern GPU. Each step's all-reduce moves the
-# whole gradient, 124M values (about 250 MB in bf16, 500 MB in fp32), over NVLink at hundreds of
-# GB/s: also a few milliseconds, so DDP can barely hide it behind the backward pass and the speed-up
-# is well below 8x. The maths is unchanged (same global batch), so rate, warm-up and steps stay.
+# TFLOP of forward and backward, a few milliseconds on a modern GPU. Each step's all-reduce moves
+# the
+# whole gradient, 124M values: under autocast the weights and their gradients stay fp32, so about
+# 500 MB (250 MB only with a bf16 compression hook), and a ring all-reduce sends and receives about
+# 2 x 7/8 of that per GPU, ~0.9 GB, over NVLink at hundreds of GB/s: also a few milliseconds, so DDP
+# can barely hide it behind the backward pass and the speed-up is well below 8x. The maths is
+# unchanged (same global batch), so rate, warm-up and steps stay.
 #
 # At 64 GPUs the 16 windows cannot even be shared out (the lab refuses a batch smaller than the
 # number of processes). The global batch has to grow, to at least 64 windows and better 4-8 per GPU
-# (256-512), and the all-reduce now crosses servers over InfiniBand, an order of magnitude slower
-# than NVLink. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x the
+# (256-512), and the all-reduce now crosses servers over InfiniBand: per link several times slower
+# than NVLink, so with one NIC per GPU the all-reduce typically takes 1.5 to 3 times as long as
+# inside one server. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x
+# the
 # tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as a
 # start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
 # should read its own shard of the data instead of all drawing the same global batch, evaluation
 # should be sharded across ranks (or done by rank 0 alone), and only rank 0 writes checkpoints and
-# results. At 124M parameters the model and AdamW's states fit on one GPU, so plain DDP suffices;
-# FSDP or ZeRO would only matter for models that do not.
+# results. At 124M parameters the weights, gradients and AdamW's states (about 16 bytes a
+# parameter, 2 GB) fit on one GPU many times over, so plain DDP suffices; FSDP or ZeRO shard that
+# memory for models that would not fit, and they add communication rather than cut it.
 #
 # For this lab's run (150 steps of 4,096 tokens, minutes on one GPU) I would use one GPU: already at
 # 8, communication eats most of the gain at this batch, and 64 would change the experiment itself.
@@ -305,10 +328,11 @@ ddp = cells.two_processes(RUN_DIR)
 # ## The recipe, tested
 #
 # The top of this notebook answers "why 5e-5, why warm up, why cosine" in prose. Here your own
-# loop, schedule and optimizer step answer them by measurement: five short runs from the base model on
+# loop, schedule and optimizer step answer them by measurement: five short runs from the base model
+# on
 # your blocks, a third of the recipe's steps each, with the same seed (so the same batches), scored
 # like the headline (the same tokens, paired 95% intervals against the base model): the recipe;
-# 6e-4, the pre-training peak of a model this size (GPT-3 Small's, nanoGPT's); no warm-up, at both
+# 6e-4, 12x the recipe's rate (GPT-3 Small's pre-training peak); no warm-up, at both
 # rates; and warm-up then a flat rate in place of the cosine. The lines under the table say which
 # differences the intervals can see (about 45 seconds on `tiny`).
 
@@ -341,7 +365,9 @@ cells.experiments_plot(RUN_DIR)
 # 1.030]); the loss showed no spike, the price came as forgetting. Warm-up made no difference the
 # intervals can see at 5e-5 (17.0%, 1.017), but at 6e-4 leaving it out raised the ratio to 1.632
 # [1.574, 1.687], apart from 1.496: warm-up protects at high rates. A flat rate gained more than the
-# cosine on this short budget (26.0% against 17.9%) at a ratio of 1.037 [1.021, 1.052], whose interval
-# overlaps the recipe's: on 50 steps the cosine's cool-down bought no better trade-off that I can see,
+# cosine on this short budget (26.0% against 17.9%) at a ratio of 1.037 [1.021, 1.052], whose
+# interval
+# overlaps the recipe's: on 50 steps the cosine's cool-down bought no better trade-off that I can
+# see,
 # so the run supports the low rate and warm-up, not the cosine. Caveat: one seed, one short budget.
 # ### END SOLUTION
