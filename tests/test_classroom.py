@@ -261,26 +261,24 @@ def test_each_mistake_costs_its_own_question(graded):
     cy = results["cy"].points
     assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
     assert cy["2.2"] < 7 and cy["3.1"] == 0 and cy["4.6"] == 0
-    # the loop that leaves the model in eval mode: its one check lost, named; step 3 ran on it and its
-    # results still check out (the run is the learner's, a different run, not a wrong file)
+    # the loop that leaves the model in eval mode: its one check lost, named; step 3 ran on the lab's loop
     assert cy["3.3"] == 5 and "mistake: the model left in eval() mode" in json.dumps(_report(results["cy"], "3.3"))
-    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; the study ran on it as the learner
-    # wrote it (a wrong value, not a crash), so step 4's results lose the check it breaks, and only that one
+    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; a wrong value fails as a crash
+    # does: the study ran on the lab's interpolation, so step 4's results keep every point
     assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
-    s4 = _report(results["cy"], "4.7")
-    assert [c["id"] for c in s4["checks"] if not c["passed"]] == ["s4.interp_endpoints"] and 3 < cy["4.7"] < 4
-    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "3.3", "4.3", "4.6", "4.7")}
+    assert "ran with the lab's reference for interpolate (did not pass its check)" in results["cy"].status[NB4]
+    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "3.3", "4.3", "4.6")}
     from checkers.core.questions import QUESTIONS
 
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
     assert float(rows["cy"]["auto_total"]) == pytest.approx(
-        85 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4 - (4 - cy["4.7"])
+        85 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4
     )
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
     dee = results["dee"].points
-    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.5"] == 0  # step 3's run did not train
+    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.5"] == 4  # step 3 ran on the reference
     assert {
         q: dee[q]
         for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "3.3", "3.4", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7")
@@ -307,12 +305,11 @@ def test_a_fake_check_earns_nothing(graded):
     results, _, out = graded
     rep = _report(results["dee"], "3.2")
     assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
+    # a quiet failure costs its own question only, as a loud one does: step 3 ran on the lab's optimizer
+    # step, says so in one visible line, and its results earn their points
     s3 = _report(results["dee"], "3.5")
-    assert s3["points"] == 0 and {"s3.weights_moved", "s3.trained"} <= {
-        c["id"] for c in s3["checks"] if not c["passed"]
-    }
-    # then step 3 ran again on the lab's reference (so step 4 counts on its own), and says so in one visible line
-    assert "so the next steps count on their own: ran to the end" in results["dee"].status[NB3]
+    assert s3["points"] == 4, s3  # every point of question 3.5
+    assert "ran with the lab's reference for optimizer_step (did not pass its check)" in results["dee"].status[NB3]
     assert "your `optimizer_step` did not pass its check" in (out / "runs" / "dee" / NB3).read_text()
 
 

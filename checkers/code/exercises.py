@@ -36,20 +36,3 @@ check_interpolate = revealing(tradeoff.check_interpolate)
 check_lora_config = revealing(tradeoff.check_lora_config)
 check_choice = revealing(tradeoff.check_choice)
 check_production_choices = revealing(scenarios.check_production_choices)
-
-__all__ = [
-    "check_perplexity",
-    "check_pack",
-    "check_split",
-    "check_blocks",
-    "check_schedule",
-    "check_optimizer_step",
-    "check_cpt_loop",
-    "check_flops",
-    "check_tradeoff",
-    "check_replay_schedule",
-    "check_interpolate",
-    "check_lora_config",
-    "check_choice",
-    "check_production_choices",
-]

@@ -99,10 +99,10 @@ QUESTIONS: dict[str, Question] = {
         Question("4.6", 4, "production_choices", 4, "code", ("production_choices",)),
         Question("4.7", 4, "step 4 results and the study", 4, "results"),
         Question("W1", 1, "why the step 1 check asserts no direction", 3, "written"),
-        Question("W2", 2, "what the EOS changes in the decoded window", 3, "written"),
+        Question("W2", 2, "packing against padding, from your corpus", 3, "written"),
         Question("W3", 3, "clipping, and what the recipe's experiments show", 3, "written"),
         Question("W5", 3, "data parallelism at 2, 8 and 64 GPUs", 3, "written"),
-        Question("W4", 4, "why LoRA did what it did in this run", 3, "written"),
+        Question("W4", 4, "your production decision at a floor of 1.03", 3, "written"),
     ]
 }
 

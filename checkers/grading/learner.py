@@ -30,8 +30,19 @@ from checkers.grading.submissions import (
     with_stubs,
 )
 from checkers.results.steps import CHECKS, not_yours
-from cptlab.core.results import STEP_NOTEBOOKS
+from cptlab.core.results import STEP_FILES, STEP_NOTEBOOKS
 from cptlab.notebook.execute import NOTEBOOK_DIR
+
+
+def fresh_step(run_dir: Path, step: int) -> None:
+    """What a stopped run of ``step`` left behind (its results and the later steps', its checkpoints, its
+    model, its corpus), so that the re-run on the reference starts clean and resumes nothing."""
+    for k, name in STEP_FILES.items():
+        if k >= step:
+            (run_dir / name).unlink(missing_ok=True)
+    stale = {2: ("corpus", "checkpoints", "models"), 3: ("checkpoints", "models"), 4: ()}.get(step, ())
+    for sub in stale:
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
 
 
 def learner_seed(learner_id: str) -> int:
@@ -154,19 +165,25 @@ def grade_learner(
             env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(reference))}
             return execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
 
-        # 1. the step as the learner wrote it; what cannot run at all runs on the lab's reference
-        why_not = run(merge.notebook, cannot)
+        # 1. the step as the learner wrote it, every function that did not pass its check (raised, hung, a
+        # stub, or wrong values) on the lab's reference, as the notebook itself does: a step's results earn
+        # the same whether a function failed loudly or quietly, and one mistake costs its own question
+        replace = cannot | wrong if submitted is not None else set(names)
+        why_not = run(merge.notebook, replace)
         status = (
             describe_run(run_dir / name, why_not, names)
             if submitted is not None
             else f"{why}; run on the lab's reference so the next steps count"
         )
-        if cannot and submitted is not None:
+        if submitted is not None and cannot:
             status += f"; ran with the lab's reference for {', '.join(sorted(cannot))} (raised, hung or not written)"
-        if why_not is not None:  # 2. it stopped: again, every function of it on the reference
+        if submitted is not None and wrong:
+            status += f"; ran with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check)"
+        if why_not is not None:  # 2. it stopped: again from a clean state, every function of it on the reference
             (run_dir / "executed-with-your-cells").mkdir(exist_ok=True)
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, run_dir / "executed-with-your-cells" / name)
+            fresh_step(run_dir, step)
             again = run(with_stubs(merge.notebook, pristine), set(names))
             status += "; re-run on the lab's reference so its results and the next steps count: " + (
                 "ran to the end" if again is None else describe_run(run_dir / name, again, names)
@@ -180,14 +197,6 @@ def grade_learner(
         ):
             not_yours(report, "every function of this step is still a stub: the lab ran the step on its reference")
         results_reports[step] = report
-        if why_not is None and wrong and step < 4:  # 3. the next steps count on their own: this step on the reference
-            again = run(merge.notebook, cannot | wrong)
-            status += (
-                f"; then re-run with the lab's reference for {', '.join(sorted(wrong))} (did not pass its check) so "
-                "the "
-                "next steps count on their own: "
-                + ("ran to the end" if again is None else describe_run(run_dir / name, again, names))
-            )
         res.status[name] = status
     if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
         _, setup, cells = merges[4]

@@ -118,7 +118,7 @@ class LabConfig:
     interp_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast where native: Ampere+ GPUs, CPUs with AVX512-BF16/AMX; else fp32)
     torch_compile: bool = False  # pays for its compile time only on long GPU runs; off for 150 steps
     fused_ce: bool | None = None  # fused lm_head + cross-entropy (cptlab.speed.fused); None: on CUDA only
     log_every: int | None = (

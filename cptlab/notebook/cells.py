@@ -255,7 +255,7 @@ def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn) -> dict:
         lr_fn=use(lr_fn, "lr_at"),
         step_fn=use(step_fn, "optimizer_step"),
         loop_fn=use(loop_fn, "cpt_loop"),
-        progress=False,
+        progress=True,  # each short run shows its bar, and its progress lines in a terminal
     )
     print(experiments_table(exp))
     return exp

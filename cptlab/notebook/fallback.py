@@ -44,7 +44,7 @@ def use(fn, name: str):
     if _verdicts.get(name) == "not written":
         print(
             f"[reference] `{name}` is not written yet; this run goes on with the lab's reference so the next steps can "
-            f"run (its results earn points once the step runs on your own functions)"
+            f"run (a go-further part may stay so; a core one earns its step's points once written)"
         )
     else:
         print(

@@ -6,13 +6,17 @@
 # array of token ids. The stream is then cut into `block_size` windows (Hugging Face's
 # `group_texts` idea; nanoGPT's `train.bin`).
 #
-# **Why EOS between documents?** Without a separator the model sees the end of `os.py` run straight
-# into the top of `json/__init__.py` and learns that such jumps are normal text. With EOS it learns
-# that a file has ended, which also lets generation stop cleanly. (`run_clm.py` adds none, a known
-# pitfall.)
+# <details><summary>Why? A separator between documents</summary>
 #
-# You write the three pieces; the lab builds this run's CPT corpus with them, saves it in the run
-# folder, and step 3 trains on exactly your blocks.
+# Without a separator the model sees the end of `os.py` run straight into the top of
+# `json/__init__.py` and learns that such jumps are normal text. With EOS it learns that a file has
+# ended, which also lets generation stop cleanly. (`run_clm.py` adds none, a known pitfall.)
+#
+# </details>
+#
+# You write the packing (the core); the whole-document split and the blocks are *Go further*. The
+# lab builds this run's CPT corpus with your functions (the lab's reference for what you skip),
+# saves it in the run folder, and step 3 trains on exactly those blocks.
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this cell)
@@ -50,8 +54,8 @@ def pack_documents(doc_ids, eos_id):
 # %%
 check_pack(pack_documents)
 
-# %% [markdown]
-# ## ✏️ Question 2.2 · The 98/2 split, on whole documents (7 points)
+# %% [markdown] tags=["go-further"]
+# ## ✏️ Go further · Question 2.2 · The 98/2 split, on whole documents (7 points)
 #
 # The split is made on **whole documents**, so no file leaks half into training and half into
 # validation (cutting the packed stream at 98% would). The lab's rule, which step 1 already used
@@ -67,16 +71,16 @@ check_pack(pack_documents)
 # amount of text scored, not the share: on `tiny` the validation split holds about 80k tokens. But
 # tokens of one file are far from independent, and 80k tokens are only about 18 files: which files
 # land in validation moved the code drop over 24 points (35% to 59%) when the split followed each
-# learner's seed.
-# So the split is drawn with the preset's `split_seed` (`cfg.split_seed`), separate from the `seed`
-# that orders the training batches: every learner, every variant of step 4 and every seed is scored
-# on the same files, and a difference between them is a difference between models, not between
-# files. What remains (how much the numbers would move on another draw of files of the same kind)
-# is what the intervals of this lab show: a bootstrap over the validation documents (long ones in
+# learner's seed. So the split is drawn with the preset's `split_seed` (`cfg.split_seed`), separate
+# from the `seed` that orders the training batches: every learner, every variant of step 4 and
+# every seed is scored on the same files, and a difference between them is a difference between
+# models, not between files. What remains (how much the numbers would move on another draw of files
+# of the same kind) is what the intervals of this lab show: a bootstrap over the validation
+# documents (long ones in
 # pieces of 4,096 tokens), paired when two models are compared on the same documents.
 
 
-# %%
+# %% tags=["go-further"]
 def split_documents(doc_ids, eos_id, val_fraction, seed):
     """(train_stream, val_stream): whole documents, the last ones of a seeded shuffle for validation."""
     ### BEGIN SOLUTION split_documents: a share of whole documents held out, the same ones for the same seed
@@ -94,17 +98,17 @@ def split_documents(doc_ids, eos_id, val_fraction, seed):
     ### END SOLUTION
 
 
-# %%
+# %% tags=["go-further"]
 check_split(split_documents)
 
-# %% [markdown]
-# ## ✏️ Question 2.3 · Blocks (4 points)
+# %% [markdown] tags=["go-further"]
+# ## ✏️ Go further · Question 2.3 · Blocks (4 points)
 # Cut the training stream into consecutive windows of `block_size` tokens: an array of shape
 # `[n_blocks, block_size]`. The tail shorter than a block is dropped (as `run_clm.py` does): a padded
 # window would train on padding.
 
 
-# %%
+# %% tags=["go-further"]
 def to_blocks(stream, block_size):
     """``[len(stream) // block_size, block_size]``: consecutive windows, the tail dropped."""
     ### BEGIN SOLUTION to_blocks: the training stream as the fixed-length windows batches are drawn from
@@ -113,7 +117,7 @@ def to_blocks(stream, block_size):
     ### END SOLUTION
 
 
-# %%
+# %% tags=["go-further"]
 check_blocks(to_blocks)
 
 # %% [markdown]
@@ -140,18 +144,23 @@ cells.show_eos_window(RUN_DIR)
 # %%
 check_step2(RUN_DIR)
 
-# %% [markdown]
-# ## ✍️ Question W2 (3 points, graded by your instructor)
-# Look at the decoded window above. What does the EOS token change for the model at that position,
-# in training and later in generation? What would it learn there without it?
+# %% [markdown] tags=["go-further"]
+# ## ✍️ Go further · Question W2 (3 points, graded by your instructor)
+# Packing is one choice; the other is to pad each document to its own whole windows. From your
+# table (documents, training tokens, blocks) and the length histogram: roughly how many windows
+# would padding need for your training set, and what share of their tokens would be padding? Would
+# you pack or pad for CPT on this corpus, and what does your choice cost? Answer in 3 to 5
+# sentences, citing your numbers.
 
-# %% [markdown] tags=["answer", "W2"]
+# %% [markdown] tags=["answer", "W2", "go-further"]
 # ### BEGIN SOLUTION
-# The window holds the end of one file, EOS, then the top of an unrelated file. At the EOS the
-# target is "this document is over": the model learns to predict an end after a complete file, and
-# after EOS to start a fresh file (imports, a docstring) instead of continuing the previous one.
-# Without it, it would be trained to predict the first line of an unrelated file from the last lines
-# of another, a jump it cannot predict, and in generation it would never learn to stop. Caveat: the
-# tokens after the EOS still attend to the previous file inside the window (no document mask), so
-# the seam still leaks some context.
+# Packed, my training set is 14,117 blocks of 256 tokens from 713 documents (3.61M tokens). The
+# histogram shows most files far longer than a block (a median near 2,300 tokens; only about one in
+# ten is shorter than 256), so padding each document to whole windows would need only about one
+# part-filled window per document more: roughly 14,450 windows, about 2% of their tokens padding.
+# Padding is cheap on this corpus, but I would still pack: every token trains, no compute goes to pad
+# tokens that must be masked, and it is what pre-training does at scale, where the same choice on
+# short documents (tweets, Q&A) would waste far more. The cost of packing is the seam: tokens after
+# an EOS still attend to the previous file inside the window (no document mask), which a
+# document-aware attention mask would remove.
 # ### END SOLUTION

@@ -4,6 +4,8 @@
 # The recipe: **AdamW, lr 5e-5, 10 warm-up steps, cosine decay, gradient clipping at 1.0,
 # 256-token blocks, 150 steps** (the `smoke` preset shrinks all of it to run in seconds).
 #
+# <details><summary>Why? The recipe's four choices</summary>
+#
 # - **Why 5e-5?** The GPT-2 paper gives no learning rate ("manually tuned"); 6e-4 is the published
 #   peak of GPT-3 Small, the same size (Brown et al., 2020, table 2.1), and nanoGPT's default. CPT
 #   starts from weights that already sit in a good basin; about 8% of that peak moves them towards
@@ -18,17 +20,16 @@
 #   small rate it may not (the experiments below include exactly that comparison: read yours).
 # - **Why clip at 1.0?** One odd batch (a minified file, a data table) can produce a huge gradient.
 #   Clipping rescales the *gradient* to a global norm of at most 1.0 before AdamW sees it. It does
-# not
-#   set the update's length: Adam's step is `lr * m_hat / sqrt(v_hat)`, about `lr` per coordinate
-#   whatever the gradient's scale. What it bounds is how much one step's gradient weighs in Adam's
-#   running moments `m` and `v`: `m` forgets a spike within about 10 steps (beta1 = 0.9) but `v`
-#   keeps it for about 1,000 (beta2 = 0.999, PyTorch's default), shrinking the updates long after.
+#   not set the update's length: Adam's step is `lr * m_hat / sqrt(v_hat)`, about `lr` per
+#   coordinate whatever the gradient's scale. What it bounds is how much one step's gradient weighs
+#   in Adam's running moments `m` and `v`: `m` forgets a spike within about 10 steps (beta1 = 0.9)
+#   but `v` keeps it for about 1,000 (beta2 = 0.999, PyTorch's default), shrinking the updates long
+#   after.
 #
-# You write the schedule, the optimizer step and the loop that drives them. The lab hands your loop
-# a `run`: the model and optimizer, each step's batch from your step-2 blocks, the log and the
-# forgetting curve's evaluation. Around those calls it keeps what a training script needs but a
-# reader of the loop need not see: checkpoints (a resumed run ends bit-identical), precision and the
-# fast kernels.
+# </details>
+#
+# You write the schedule and the optimizer step; the loop that drives them is *Go further* (the
+# lab's loop runs when you skip it), and the lab keeps checkpoints, precision and fast kernels.
 
 # %% tags=["parameters"]
 # Parameters (papermill's convention: `make lab` and the graders inject their own values after this
@@ -55,13 +56,17 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 #
 # Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
 # `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak
-# comes
-# exactly at `warmup_steps`. Then a half cosine over the steps *after* warm-up:
+# comes exactly at `warmup_steps`. Then a half cosine over the steps *after* warm-up:
 # `progress = (step - warmup_steps) / (max_steps - warmup_steps)` and
-# `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`. (This is the
-# formula of `transformers.get_cosine_schedule_with_warmup`, but that scheduler applies it to the
-# 0-based count of steps taken, so its first update has lr 0; here step k, 1-based, uses the
-# formula at k, so step 1 already learns and the last step has lr 0.)
+# `lr = peak_lr * 0.5 * (1 + cos(pi * progress))`, which reaches 0 at `max_steps`.
+#
+# <details><summary>Why not transformers' scheduler?</summary>
+#
+# This is the formula of `transformers.get_cosine_schedule_with_warmup`, but that scheduler applies
+# it to the 0-based count of steps taken, so its first update has lr 0; here step k, 1-based, uses
+# the formula at k, so step 1 already learns and the last step has lr 0.
+#
+# </details>
 
 
 # %%
@@ -83,8 +88,7 @@ check_schedule(lr_at)
 #
 # `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
 # the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t
-# predicts
-# token t + 1), `backward()`, clip the **global** gradient norm at `max_norm`
+# predicts token t + 1), `backward()`, clip the **global** gradient norm at `max_norm`
 # (`torch.nn.utils.clip_grad_norm_` returns the norm *before* clipping: return that one),
 # `optimizer.step()`, and zero the gradients (`backward` adds into `.grad`). Return
 # `(loss, grad_norm)`. The loop has already set this step's learning rate in the optimizer.
@@ -106,8 +110,8 @@ def optimizer_step(model, batch, optimizer, max_norm):
 # %%
 check_optimizer_step(optimizer_step)
 
-# %% [markdown]
-# ## ✏️ Question 3.3 · The CPT loop (6 points)
+# %% [markdown] tags=["go-further"]
+# ## ✏️ Go further · Question 3.3 · The CPT loop (6 points)
 #
 # The loop nanoGPT's `train.py` has at its heart, for continued pre-training. `run` gives you:
 #
@@ -132,7 +136,7 @@ check_optimizer_step(optimizer_step)
 # lab's loop, step by step.
 
 
-# %%
+# %% tags=["go-further"]
 def cpt_loop(run, lr_at, optimizer_step):
     """Steps run.first_step..max_steps; the curve every curve_every steps and at the last; stop above the floor."""
     ### BEGIN SOLUTION cpt_loop: the whole CPT run, step by step, with the forgetting curve and the floor
@@ -155,7 +159,7 @@ def cpt_loop(run, lr_at, optimizer_step):
     ### END SOLUTION
 
 
-# %%
+# %% tags=["go-further"]
 check_cpt_loop(cpt_loop)
 
 # %% [markdown]
@@ -168,14 +172,15 @@ step3 = cells.run_cpt(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_
 # %%
 cells.loss_curve(RUN_DIR)
 # %% [markdown]
-# Read the three panels with the lines printed under the run cell, which give your run's numbers:
+# Read the three panels with the lines printed under the run cell, which give your run's numbers.
+#
+# <details><summary>Why? What each panel shows</summary>
 #
 # - **Loss.** One step's loss is one batch of a few windows, so it scatters around the trend (the
 #   printed `+-` figure); the thick line is an exponential moving average, the trend to read. Where
 #   it falls fastest is printed too: on both `tiny` and `smoke` it is the first ten-odd steps (on
 #   `tiny`, the warm-up itself), when the model first adjusts to code's most frequent tokens; then
-# it
-#   falls more and more slowly as the cosine brings the rate down.
+#   it falls more and more slowly as the cosine brings the rate down.
 # - **Gradient norm.** The norm before clipping, against the clip line. When it sits above the line,
 #   clipping rescales the gradient to norm 1.0 before AdamW's moments take it in. The printed count
 #   says on how many of your run's steps that happened.
@@ -184,13 +189,15 @@ cells.loss_curve(RUN_DIR)
 #   by far more on `smoke`, whose 30 steps at a high rate shake a barely trained base. Step 4 looks
 #   at this trade-off closely.
 #
+# </details>
+#
 # ### Check step 3 (4 points)
 
 # %%
 check_step3(RUN_DIR)
 
-# %% [markdown]
-# ## ✏️ Question 3.4 · The speed of your run (4 points)
+# %% [markdown] tags=["go-further"]
+# ## ✏️ Go further · Question 3.4 · The speed of your run (4 points)
 #
 # How much of the machine did your run use? **Model FLOPs utilisation (MFU)** is the FLOPs the model
 # needs per second at your speed over what the device can do at its peak (PaLM's definition). The
@@ -209,11 +216,10 @@ check_step3(RUN_DIR)
 # per token) over the device's peak **at the precision the run computed in**: `peak_flops` holds
 # both, `{"fp32": ..., "bf16": ...}`: on data-centre GPUs (A100, H100) bf16's tensor-core peak is
 # 8 to 16 times the plain fp32 peak (about 2 times TF32's when TF32 is on), on GeForce cards about
-# 2.
-# Return a fraction (0.22, not 22). The cell after the check gives your run's.
+# 2. Return a fraction (0.22, not 22). The cell after the check gives your run's.
 
 
-# %%
+# %% tags=["go-further"]
 def flops_per_token(model, block_size):
     """Training FLOPs of one token: 6 x weights + 12 x n_layer x n_embd x block_size."""
     ### BEGIN SOLUTION flops_per_token: the compute one training token costs this model
@@ -223,7 +229,7 @@ def flops_per_token(model, block_size):
     ### END SOLUTION
 
 
-# %%
+# %% tags=["go-further"]
 def mfu(tokens_per_second, flops_per_token, peak_flops, precision):
     """Model FLOPs utilisation: achieved FLOP/s over the peak of the run's precision."""
     ### BEGIN SOLUTION mfu: the share of the device's peak your run used
@@ -231,21 +237,21 @@ def mfu(tokens_per_second, flops_per_token, peak_flops, precision):
     ### END SOLUTION
 
 
-# %%
+# %% tags=["go-further"]
 check_flops(flops_per_token, mfu)
 
-# %% [markdown]
+# %% [markdown] tags=["go-further"]
 # Your run's speed: tokens per second as step 3 measured them (the forgetting curve's evaluations
 # left out), times your FLOPs per token, over the device's peak at the run's precision: the
 # datasheet's dense figure on a known GPU; on a CPU, which has no figure a program can read, the
-# best
-# of a few large matrix products measured now. Then bf16 autocast against fp32 on this device: a
-# few training steps of your adapted model at each precision, and its validation perplexity at each.
+# best of a few large matrix products measured now. Then bf16 autocast against fp32 on this device:
+# a few training steps of your adapted model at each precision, and its validation perplexity at
+# each.
 
-# %%
+# %% tags=["go-further"]
 speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 
-# %% [markdown]
+# %% [markdown] tags=["go-further"]
 # Read the table as an engineer would. On a GPU, a small model's matrices are too small to fill the
 # device and the host's Python overhead shows: GPT-2 124M at 64 x 256 tokens a step reached about
 # 20% of an H100's bf16 peak in this lab's own loop (`benchmarks/gpu.sh`). An fp32 run measured
@@ -271,26 +277,25 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 #
 # The cell below checks that claim on your blocks: four steps of the lab's loop from the base model
 # in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU
-# for
-# each process, gloo on CPUs), each process with half the batch. In fp32, so that the two agree to
-# float rounding (bf16 would blur the comparison). On this machine both processes share the same
+# for each process, gloo on CPUs), each process with half the batch. In fp32, so that the two agree
+# to float rounding (bf16 would blur the comparison). On this machine both processes share the same
 # CPU cores, so do not expect a speed-up here: the point is that the losses agree (about 15 seconds
 # on `tiny`).
 
-# %%
+# %% tags=["go-further"]
 ddp = cells.two_processes(RUN_DIR)
 
-# %% [markdown]
-# ## ✍️ Question W5 (3 points, graded by your instructor)
+# %% [markdown] tags=["go-further"]
+# ## ✍️ Go further · Question W5 (3 points, graded by your instructor)
 # Your table shows two processes with half the batch each giving the one-process loss. Now the
 # `gpt2` run (GPT-2 124M, a global batch of 16 windows of 256 tokens, 150 steps) goes to **8 GPUs**
 # in one server, then to **64 GPUs** in 8 servers. What changes at each size: the windows each GPU
 # gets, what each step's all-reduce moves (how many bytes, over which link) against the compute it
 # must hide behind, and what you would change in the recipe (global batch, learning rate, warm-up,
 # steps) or in the code (data sharding, evaluation, checkpoints)? Say how many GPUs you would use
-# for this lab's run, and why.
+# for this lab's run, and why. Answer in 6 to 10 sentences.
 
-# %% [markdown] tags=["answer", "W5"]
+# %% [markdown] tags=["answer", "W5", "go-further"]
 # ### BEGIN SOLUTION
 # My table: the two-process losses matched the one-process ones to about 1e-6 (float rounding of
 # the gradient sums), and two processes on this 2-core CPU were slower than one: the same cores,
@@ -299,21 +304,19 @@ ddp = cells.two_processes(RUN_DIR)
 #
 # At 8 GPUs in one server the 16 windows give 2 per GPU: 512 tokens, about 6 x 124M x 512 = 0.4
 # TFLOP of forward and backward, a few milliseconds on a modern GPU. Each step's all-reduce moves
-# the
-# whole gradient, 124M values: under autocast the weights and their gradients stay fp32, so about
-# 500 MB (250 MB only with a bf16 compression hook), and a ring all-reduce sends and receives about
-# 2 x 7/8 of that per GPU, ~0.9 GB, over NVLink at hundreds of GB/s: also a few milliseconds, so DDP
-# can barely hide it behind the backward pass and the speed-up is well below 8x. The maths is
-# unchanged (same global batch), so rate, warm-up and steps stay.
+# the whole gradient, 124M values: under autocast the weights and their gradients stay fp32, so
+# about 500 MB (250 MB only with a bf16 compression hook), and a ring all-reduce sends and receives
+# about 2 x 7/8 of that per GPU, ~0.9 GB, over NVLink at hundreds of GB/s: also a few milliseconds,
+# so DDP can barely hide it behind the backward pass and the speed-up is well below 8x. The maths
+# is unchanged (same global batch), so rate, warm-up and steps stay.
 #
 # At 64 GPUs the 16 windows cannot even be shared out (the lab refuses a batch smaller than the
 # number of processes). The global batch has to grow, to at least 64 windows and better 4-8 per GPU
 # (256-512), and the all-reduce now crosses servers over InfiniBand: per link several times slower
 # than NVLink, so with one NIC per GPU the all-reduce typically takes 1.5 to 3 times as long as
 # inside one server. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x
-# the
-# tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as a
-# start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
+# the tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as
+# a start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
 # should read its own shard of the data instead of all drawing the same global batch, evaluation
 # should be sharded across ranks (or done by rank 0 alone), and only rank 0 writes checkpoints and
 # results. At 124M parameters the weights, gradients and AdamW's states (about 16 bytes a
@@ -324,33 +327,33 @@ ddp = cells.two_processes(RUN_DIR)
 # 8, communication eats most of the gain at this batch, and 64 would change the experiment itself.
 # ### END SOLUTION
 
-# %% [markdown]
-# ## The recipe, tested
+# %% [markdown] tags=["go-further"]
+# ## Go further · The recipe, tested
 #
 # The top of this notebook answers "why 5e-5, why warm up, why cosine" in prose. Here your own
 # loop, schedule and optimizer step answer them by measurement: five short runs from the base model
-# on
-# your blocks, a third of the recipe's steps each, with the same seed (so the same batches), scored
-# like the headline (the same tokens, paired 95% intervals against the base model): the recipe;
-# 6e-4, 12x the recipe's rate (GPT-3 Small's pre-training peak); no warm-up, at both
+# on your blocks, a third of the recipe's steps each, with the same seed (so the same batches),
+# scored like the headline (the same tokens, paired 95% intervals against the base model): the
+# recipe; 6e-4, 12x the recipe's rate (GPT-3 Small's pre-training peak); no warm-up, at both
 # rates; and warm-up then a flat rate in place of the cosine. The lines under the table say which
 # differences the intervals can see (about 45 seconds on `tiny`).
 
-# %%
+# %% tags=["go-further"]
 experiments = cells.recipe_experiments(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_loop)
 
-# %%
+# %% tags=["go-further"]
 cells.experiments_plot(RUN_DIR)
 
-# %% [markdown]
-# ## ✍️ Question W3 (3 points, graded by your instructor)
+# %% [markdown] tags=["go-further"]
+# ## ✍️ Go further · Question W3 (3 points, graded by your instructor)
 # How many of your steps were clipped (the line under the run cell says), and what does it mean for
 # the updates when most steps are clipped? Then, from your experiments' table: what did 6e-4 do to
 # the code gain and to the forgetting, what did warm-up change, at each rate, and what did a flat
 # rate change against the cosine? Cite your numbers and say which differences the intervals can
-# see; which of the recipe's choices does your run support, and which not on this budget?
+# see; which of the recipe's choices does your run support, and which not on this budget? Answer in
+# 5 to 8 sentences.
 
-# %% [markdown] tags=["answer", "W3"]
+# %% [markdown] tags=["answer", "W3", "go-further"]
 # ### BEGIN SOLUTION
 # On the tiny preset the pre-clip norm sat above 1.0 at nearly every step, so nearly every gradient
 # was rescaled to norm 1.0 before AdamW took it in. That does not set the update's length (Adam's
@@ -366,8 +369,7 @@ cells.experiments_plot(RUN_DIR)
 # intervals can see at 5e-5 (17.0%, 1.017), but at 6e-4 leaving it out raised the ratio to 1.632
 # [1.574, 1.687], apart from 1.496: warm-up protects at high rates. A flat rate gained more than the
 # cosine on this short budget (26.0% against 17.9%) at a ratio of 1.037 [1.021, 1.052], whose
-# interval
-# overlaps the recipe's: on 50 steps the cosine's cool-down bought no better trade-off that I can
-# see,
-# so the run supports the low rate and warm-up, not the cosine. Caveat: one seed, one short budget.
+# interval overlaps the recipe's: on 50 steps the cosine's cool-down bought no better trade-off
+# that I can see, so the run supports the low rate and warm-up, not the cosine. Caveat: one seed,
+# one short budget.
 # ### END SOLUTION
