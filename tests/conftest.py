@@ -93,13 +93,15 @@ def lab_run(tmp_path_factory) -> Path:
 SLOW_FIXTURES = {"lab_run", "student_run"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
     Under pytest-xdist (`--dist loadgroup`) the tests of one file share a worker (so a module's
     fixture, a graded class, runs once), and so do all the tests that need the executed lab."""
+    needs_lab = {item.path for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))}
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("lab_run"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+        # a file with one test on the executed lab goes whole to the lab's worker: its module fixtures
+        # (a graded class) must not run on two workers
+        item.add_marker(pytest.mark.xdist_group("lab_run" if item.path in needs_lab else item.path.name))
