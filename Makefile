@@ -20,9 +20,12 @@ setup: $(VENV)/.installed
 lab: setup
 	$(BIN)/cptlab lab --preset $(PRESET)
 
-# pytest-xdist: one worker per core (`-n auto`), a file's tests on one worker (see tests/conftest.py).
+# One process by default: on 2 cores, xdist workers and the notebooks' kernels they start fight for
+# the same cores (38 minutes against about 17). With more cores: make test PYTEST_ARGS="-n auto --dist loadgroup"
+# (a file's tests stay on one worker, see tests/conftest.py).
+PYTEST_ARGS ?=
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

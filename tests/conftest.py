@@ -97,11 +97,11 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 def pytest_collection_modifyitems(config, items):
     """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
     Under pytest-xdist (`--dist loadgroup`) the tests of one file share a worker (so a module's
-    fixture, a graded class, runs once), and so do all the tests that need the executed lab."""
-    needs_lab = {item.path for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    fixture, a graded class, runs once)."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        # a file with one test on the executed lab goes whole to the lab's worker: its module fixtures
-        # (a graded class) must not run on two workers
-        item.add_marker(pytest.mark.xdist_group("lab_run" if item.path in needs_lab else item.path.name))
+        # a file's tests on one worker, so that its module fixtures (a graded class) run once; the
+        # executed lab is a session fixture, built once on each worker that needs it
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+

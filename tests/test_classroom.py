@@ -271,9 +271,7 @@ def test_each_mistake_costs_its_own_question(graded):
     from checkers.core.questions import QUESTIONS
 
     assert full == {q: float(QUESTIONS[q].points) for q in full}, full
-    assert float(rows["cy"]["auto_total"]) == pytest.approx(
-        85 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4
-    )
+    assert float(rows["cy"]["auto_total"]) == pytest.approx(85 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4)
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]

@@ -211,7 +211,7 @@ def test_a_right_loop_keeps_its_points_on_a_busy_machine_whatever_its_process_dr
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for seed in (1, 2, 3):
+        for seed in (1,):  # the seed whose losses moved before the probe ran on one thread
             report = judge_question(
                 "3.3",
                 [SETUP, drawing],

@@ -39,7 +39,7 @@ print("mfu", max(mfu_seen) <= 1.0 and min(mfu_seen) > 0.0)
 
 @pytest.mark.slow
 def test_no_check_prints_a_library_warning_and_no_case_is_impossible():
-    for seed in (0, 5):
+    for seed in (5,):
         done = subprocess.run(
             [sys.executable, "-c", SCRIPT.replace("SEED", str(seed))],
             cwd=ROOT,
