@@ -20,8 +20,8 @@ setup: $(VENV)/.installed
 lab: setup
 	$(BIN)/cptlab lab --preset $(PRESET)
 
-# One process by default: on 2 cores, xdist workers and the notebooks' kernels they start fight for
-# the same cores (38 minutes against about 17). With more cores: make test PYTEST_ARGS="-n auto --dist loadgroup"
+# One process by default: on 2 cores, xdist workers and the notebooks' kernels they start compete for
+# the same cores (374 tests took 38 minutes under xdist here). With more cores: make test PYTEST_ARGS="-n auto --dist loadgroup"
 # (a file's tests stay on one worker, see tests/conftest.py).
 PYTEST_ARGS ?=
 test: setup
