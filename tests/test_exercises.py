@@ -880,6 +880,33 @@ def test_loop_mistakes_are_named(changes, mistake):
     named_on_every_seed(check_cpt_loop, mistake, loop_with(**changes))
 
 
+def test_a_loop_with_the_recipes_clip_typed_in_is_named():
+    def typed_clip(run, lr_at, optimizer_step):
+        cpt_loop(run, lr_at, lambda model, batch, opt, max_norm: optimizer_step(model, batch, opt, 1.0))
+
+    named_on_every_seed(check_cpt_loop, "optimizer_step was given max_norm=1, not this run's cfg.grad_clip", typed_clip)
+
+
+def test_the_loop_probe_keeps_a_last_bit_difference_in_the_last_bits():
+    """The learner's loop runs in another process than the reference: kernels that round one bit
+    differently must not part the logged losses beyond the check's 1e-5 (Adam's sign-like first
+    steps parted them by 1e-3)."""
+    from cptlab.model.loop import ProbeRun
+
+    config = {"max_steps": 10, "warmup_steps": 2, "cpt_lr": 0.05, "curve_every": 3}
+    for seed in range(4):
+        losses = []
+        for eps in (0.0, 1e-7):
+            run = ProbeRun(seed, config, {})
+            g = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.mul_(1 + eps * torch.randn(p.shape, generator=g))
+            cpt_loop(run, run.lr_at, run.optimizer_step)
+            losses.append([e["loss"] for e in run.events if e["op"] == "log"])
+        assert max(abs(a - b) for a, b in zip(*losses)) < 1e-6, (seed, losses)
+
+
 def test_a_loop_that_never_stops_at_the_floor_is_named():
     def never_stops(run, lr_at, optimizer_step):
         cfg = run.cfg.__class__(**{**run.cfg.__dict__, "stop_at_floor": False})

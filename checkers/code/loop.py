@@ -63,6 +63,7 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
             "cpt_lr": float(rng.uniform(0.01, 0.05)),
             "curve_every": every,
             "retention_floor": 1.05,
+            "grad_clip": round(float(rng.uniform(0.3, 0.8)), 2),  # not the recipe's 1.0: a typed-in 1.0 shows
         }
         above = {s: 1.2 for s in range(0, n + 1)}  # every point above the floor: only a loop asked to stop stops
         got = _loop_case(ex, ex.seed, {**base, "stop_at_floor": False}, above)
@@ -128,14 +129,25 @@ def check_cpt_loop(fn: Callable, seed: int | None = None) -> Report:
         if ok and steps == want and rate_ok and fresh and trains:
             ref = _reference_trace(ex.seed, {**base, "stop_at_floor": False}, above)
             ok = _close_lists(logged, [[e.get("lr"), e.get("loss")] for e in ref["log"]], 1e-5)
+        clips = [e.get("max_norm") for e in got["steps"]]
+        typed = [c for c in clips if not (isinstance(c, (int, float)) and abs(c - base["grad_clip"]) < 1e-6)]
+        hint = (
+            "log each step once, after its optimizer_step, with the step's rate and the loss and gradient norm "
+            "optimizer_step returned: the log is what the run's plots and checks read"
+        )
+        if typed:
+            ok = False
+            hint = (
+                f"mistake: optimizer_step was given max_norm={typed[0]:.3g}, not this run's "
+                f"cfg.grad_clip ({base['grad_clip']}): read every setting from run.cfg, never type the recipe's numbers"
+            )
         ex.row(
             "log",
             ok,
             "each step logged once with its rate and optimizer_step's loss (the reference loop's, same seed)",
             "yes" if ok else f"{logged[:2]}"[:80],
-            "log each step once, after its optimizer_step, with the step's rate and the loss and gradient norm "
-            "optimizer_step returned: the log is what the run's plots and checks read",
-            fix="run.log(step, lr, loss, grad_norm)  # right after optimizer_step",
+            hint,
+            fix="run.log(step, lr, loss, grad_norm)  # right after optimizer_step, given cfg.grad_clip",
         )
         evals = got["evals"]
         ok = bool(evals) and all(e.get("training") is False and e.get("grad") is False for e in evals)

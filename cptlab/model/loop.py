@@ -112,7 +112,11 @@ class ProbeRun:
         self.model = small_gpt2(self.seed, vocab=61, n_positions=16, dropout=0.1).train()  # train and eval differ
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         other = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
+        # plain SGD, two groups as the lab's AdamW has: an update in proportion to the gradient, so a
+        # last-bit difference between two processes' kernels stays a last-bit difference in the losses
+        # (Adam's first steps are lr x sign(g): a gradient that cancels to ~1e-9 flips sign and the
+        # losses part by 1e-3)
+        self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=self.start_lr
         )
         self.gen = torch.Generator().manual_seed(self.seed + 1)
@@ -145,6 +149,7 @@ class ProbeRun:
             "lrs": [float(g["lr"]) for g in optimizer.param_groups],
             "training": bool(model.training),
             "grad": torch.is_grad_enabled(),
+            "max_norm": _plain(max_norm),
         }
         self.events.append(event)
         with _same_in_every_process(self.seed * 100_003 + sum(e["op"] == "step" for e in self.events)):
