@@ -104,4 +104,3 @@ def pytest_collection_modifyitems(config, items):
         # a file's tests on one worker, so that its module fixtures (a graded class) run once; the
         # executed lab is a session fixture, built once on each worker that needs it
         item.add_marker(pytest.mark.xdist_group(item.path.name))
-
