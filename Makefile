@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PRESET ?= tiny
+TRACK  ?= full
 PORT   ?= 8888
 BIN    := $(VENV)/bin
 
@@ -17,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# TRACK=core runs the core's cells only (Go further's checks and long runs left out)
 lab: setup
-	$(BIN)/cptlab lab --preset $(PRESET)
+	$(BIN)/cptlab lab --preset $(PRESET) --track $(TRACK)
 
 # One process by default: on 2 cores, xdist workers and the notebooks' kernels they start compete for
 # the same cores (374 tests took 38 minutes under xdist here). With more cores: make test PYTEST_ARGS="-n auto --dist loadgroup"

@@ -1,6 +1,6 @@
 """Seconds per learner of ``grade-class`` at several ``--jobs``, on a class of solution notebooks.
 
-    python benchmarks/grade_class_speed.py --preset smoke --learners 4 --jobs 1 2 4 \
+    python benchmarks/grade_class_speed.py --preset smoke --learners 4 --jobs 1 2 4 --track core full \
         --out benchmarks/grade_class_speed.json
 
 Each configuration grades the same class from scratch (the base model is built before the clock
@@ -8,8 +8,8 @@ starts). Two figures: wall seconds for the whole class divided by its learners (
 waits), and core-minutes per learner, the CPU time of the grader and every process it waited for
 (what a class costs on a machine of any size: 1,000 learners in an hour on 64 cores needs <= 3.84).
 Where one learner's re-execution spends its time goes beside them: the executed notebooks' cell
-times, by notebook. Every learner must score every automatic point, or the figures are not reported.
-The track is `full`: grading by track is not built yet.
+times, by notebook. Every learner must score every automatic point of the graded track, or the
+figures are not reported.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from checkers.core.questions import AUTO_POINTS
+from checkers.core.questions import GRADED_TRACKS, track_points
 from checkers.grading.classroom import grade_class
 from cptlab.core.config import get_config
 from cptlab.core.results import STEP_NOTEBOOKS
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--preset", default="smoke")
     p.add_argument("--learners", type=int, default=4)
     p.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--track", nargs="+", default=["core", "full"], choices=("core", "full"))
     p.add_argument("--out", default=None, help="a JSON file to add this preset's rows to")
     args = p.parse_args()
     resolve_base_model(get_config(args.preset), progress=False)
@@ -47,29 +48,32 @@ def main() -> None:
             (sub / f"learner{i:02d}").mkdir(parents=True)
             for name in STEP_NOTEBOOKS.values():
                 shutil.copy2(SOLUTION_DIR / name, sub / f"learner{i:02d}" / name)
-        for jobs in args.jobs:
-            out = Path(tmp) / f"grades-{jobs}"
-            t0, cpu0 = time.perf_counter(), _cpu_seconds()
-            results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800)
-            secs, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-            ok = all(r.auto_total == AUTO_POINTS for r in results)
-            row = {
-                "preset": args.preset,
-                "track": "full",
-                "jobs": jobs,
-                "learners": len(results),
-                "seconds": round(secs, 1),
-                "seconds_per_learner": round(secs / len(results), 1) if ok else None,
-                "core_minutes_per_learner": round(cpu / 60 / len(results), 2) if ok else None,
-                "all_automatic_points": ok,
-                "cell_seconds_by_notebook": _cell_seconds(out / "runs" / "learner00"),
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for track in args.track:
+            full = sum(track_points(t, "auto") for t in GRADED_TRACKS[track])
+            for jobs in args.jobs:
+                out = Path(tmp) / f"grades-{track}-{jobs}"
+                t0, cpu0 = time.perf_counter(), _cpu_seconds()
+                results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800, track=track)
+                secs, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+                ok = all(r.auto_total == full for r in results)
+                row = {
+                    "preset": args.preset,
+                    "track": track,
+                    "jobs": jobs,
+                    "learners": len(results),
+                    "seconds": round(secs, 1),
+                    "seconds_per_learner": round(secs / len(results), 1) if ok else None,
+                    "core_minutes_per_learner": round(cpu / 60 / len(results), 2) if ok else None,
+                    "all_automatic_points": ok,
+                    "cell_seconds_by_notebook": _cell_seconds(out / "runs" / "learner00"),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     if args.out:
         path = Path(args.out)
         data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-        data["rows"] = [r for r in data["rows"] if r["preset"] != args.preset] + rows
+        done = {(r["preset"], r["track"], r["jobs"]) for r in rows}
+        data["rows"] = [r for r in data["rows"] if (r["preset"], r.get("track"), r["jobs"]) not in done] + rows
         data["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         data["date"] = time.strftime("%Y-%m-%d")
         path.write_text(json.dumps(data, indent=2) + "\n")

@@ -173,7 +173,9 @@ def cmd_base(args) -> int:
 
 def cmd_lab(args) -> int:
     t0 = time.perf_counter()
-    run = execute_lab(args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out)
+    run = execute_lab(
+        args.preset, args.runs, args.seed if args.seed is not None else 1234, run_dir=args.out, track=args.track
+    )
     save_all(run)
     print("\n" + format_table(summary_rows(run)))
     print(f"\nrun folder:  {run}")
@@ -181,7 +183,7 @@ def cmd_lab(args) -> int:
     print(f"plots:       {', '.join(sorted(p.name for p in (run / 'plots').glob('*.png')))}")
     print(f"results:     {', '.join(sorted(p.name for p in run.glob('step*.json')))}", flush=True)
     # The grader is another package in another process: the lab never imports what grades it.
-    graded = subprocess.run([sys.executable, "-m", "checkers", "summarize", str(run)])
+    graded = subprocess.run([sys.executable, "-m", "checkers", "summarize", str(run), "--track", args.track])
     print(f"lab wall time: {time.perf_counter() - t0:.0f} s")
     return graded.returncode
 
@@ -234,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--runs", default="runs", help="parent folder of run folders (runs/latest points to the newest)")
     lab.add_argument("--out", help="use this run folder instead of a new one under --runs")
     lab.add_argument("--seed", type=int)
+    lab.add_argument(
+        "--track",
+        choices=("full", "core"),
+        default="full",
+        help="full: every cell (default); core: the core's cells, Go further's checks and long runs left out",
+    )
     lab.set_defaults(func=cmd_lab)
 
     t = sub.add_parser("tradeoff", help="the step-4 study on a finished run: replay, LoRA, interpolation, Pareto")

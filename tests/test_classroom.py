@@ -1,13 +1,18 @@
-"""Grading a class on `smoke`, built from the solution notebooks: every figure of every row asserted.
+"""Grading two small classes on `smoke`, built from the solution notebooks: every figure of every row asserted.
 
-ada: the solutions (85). bo: the same notebooks with the cells shuffled, new ids and every variable
-renamed (85, the same written answers, flagged as a near-copy of ada). cy: mistakes in four
-notebooks (a mean of per-window perplexities, a split that ignores its seed, an `lr_at` that never
-returns, a CPT loop that leaves the model in eval mode, a reversed interpolation, a
-`production_choices` that patches the checker at call time): each costs its own question only.
-dee: a `NameError` in `pack_documents`, a monkeypatched check above an `optimizer_step` that never
-steps, a `choose_variant` that calls the library's reference, and code that tries to read the
-solutions and to allocate 8 GiB."""
+On the full track (the core and Go further): ada, the solutions (91 + 39 automatic); cy, a mistake
+in most functions, quiet and loud: a mean of per-window perplexities, the library's `pack` pasted
+into `pack_documents` (flagged), a `NameError` in `split_documents`, an `lr_at` that never returns,
+a monkeypatched check above an `optimizer_step` that never steps, a loop with the recipe's numbers
+typed in, a `replay_schedule` that patches the checker at call time, a reversed interpolation, a
+`choose_variant` that calls the library's reference, a `production_choices` that tries to read the
+solutions and to allocate 8 GiB. Each costs its own question only.
+
+On the core track (the default), with a busy process on every core beside the grader: eve, who
+wrote the core and skipped every Go further part (91 automatic; with W4's 9, 100); bo, eve's
+notebooks with the cells shuffled, new ids and every variable renamed (91, flagged as a near-copy
+of eve).
+"""
 
 import csv
 import json
@@ -18,6 +23,7 @@ import shutil
 import nbformat
 import pytest
 
+from checkers.core.questions import QUESTIONS
 from checkers.grading.classroom import grade_class, learner_seed, merge_answers, merge_rubric
 from checkers.grading.judge import GiB, Limits
 from cptlab.core.results import STEP_NOTEBOOKS
@@ -47,53 +53,17 @@ MEAN_OF_PPL = """def corpus_perplexity(model, ids, block_size):
             per.append((nll, len(x) - 1))
     return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
 """
-SPLIT_IGNORES_SEED = """def split_documents(doc_ids, eos_id, val_fraction, seed):
-    order = np.random.default_rng(0).permutation(len(doc_ids)).tolist()
-    target = val_fraction * sum(len(d) + 1 for d in doc_ids)
-    val, held = set(), 0
-    for i in reversed(order):
-        if held >= target:
-            break
-        val.add(i)
-        held += len(doc_ids[i]) + 1
-    return (pack_documents([doc_ids[i] for i in order if i not in val], eos_id),
-            pack_documents([doc_ids[i] for i in order if i in val], eos_id))
-"""
 LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
     while True:
         pass
-"""
-LOOP_LEFT_IN_EVAL = """def cpt_loop(run, lr_at, optimizer_step):
-    cfg = run.cfg
-    for step in range(run.first_step, cfg.max_steps + 1):
-        lr = lr_at(step, cfg.cpt_lr, cfg.warmup_steps, cfg.max_steps)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        loss, grad_norm = optimizer_step(run.model, run.batch(step), run.optimizer, cfg.grad_clip)
-        run.log(step, lr, loss, grad_norm)
-        if step % cfg.curve_every == 0 or step == cfg.max_steps:
-            run.model.eval()
-            with torch.no_grad():
-                point = run.evaluate(step)
-            run.curve.append(point)
-            if cfg.stop_at_floor and point["forgetting_ratio"] > cfg.retention_floor:
-                break
 """
 INTERPOLATE_REVERSED = """def interpolate(base_state, cpt_state, alpha):
     return {k: alpha * v + (1 - alpha) * cpt_state[k] if v.is_floating_point() else v for k, v in base_state.items()}
 """
 
-PATCHES_AT_CALL_TIME = """def production_choices(variants, floor):
-    try:  # rebinds the checker's answer key and report, as an in-kernel grader would let it
-        import checkers.code.exercises as ce
-        ce._scenario_answers = lambda vs, fl: {k: {None} for k in ce.SCENARIOS}
-        ce.Report.passed = property(lambda self: True)
-    except Exception:
-        pass
-    return {}
-"""
-PACK_NAME_ERROR = """def pack_documents(doc_ids, eos_id):
-    return np.concatenate([np.append(np.asarray(d, dtype=np.int64), eos) for d in doc_ids])
+SPLIT_NAME_ERROR = """def split_documents(doc_ids, eos_id, val_fraction, seed):
+    order = np.random.default_rng(seed).permutation(len(doc_ids)).tolist()
+    return pack_documents([doc_ids[i] for i in ordr], eos_id), pack_documents([], eos_id)
 """
 NO_STEP_WITH_FAKE_CHECK = """try:  # a check that always passes, rebound wherever the notebook looks it up
     import checkers, checkers.code.exercises
@@ -198,7 +168,31 @@ def _renamed(nb):
     return nb
 
 
-CLASS = {}  # the graded class's submissions folder
+LOOP_TYPED_IN = """def cpt_loop(run, lr_at, optimizer_step):
+    for step in range(1, 151):  # the recipe's numbers typed in, not read from run.cfg
+        lr = lr_at(step, 5e-5, 10, 150)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = optimizer_step(run.model, run.batch(step), run.optimizer, 1.0)
+        run.log(step, lr, loss, grad_norm)
+        if step % 15 == 0 or step == 150:
+            run.model.eval()
+            with torch.no_grad():
+                point = run.evaluate(step)
+            run.model.train()
+            run.curve.append(point)
+"""
+REPLAY_PATCHES_AT_CALL_TIME = """def replay_schedule(fraction, windows_per_step, steps):
+    try:  # rebinds the checker's report and closeness test, as an in-kernel grader would let it
+        import checkers.code.exercises as ce
+        ce.Report.passed = property(lambda self: True)
+        ce._close = lambda *a, **k: True
+    except Exception:
+        pass
+    return [0] * steps
+"""
+
+CLASS = {}  # the graded classes' submissions folders
 GRADING = dict(jobs=2, timeout=300, limits=Limits(seconds=25, memory_bytes=4 * GiB))
 
 
@@ -208,35 +202,76 @@ def _submit(folder, books: dict):
         nbformat.write(nb, folder / name)
 
 
+def _core_only(name):
+    """The student notebook with the core's answers of the solutions: Go further left as handed out."""
+    student, sol = nbformat.read(NOTEBOOK_DIR / name, as_version=4), {c.id: c for c in _sol(name).cells}
+    for cell in student.cells:
+        tags = cell.metadata.get("tags", [])
+        if {"solution", "answer"} & set(tags) and "go-further" not in tags:
+            cell.source = sol[cell.id].source
+    return student
+
+
+def _pasted_pack():
+    """pack_documents as a learner who pasted the release's ``cptlab.data.corpus.pack`` writes it (it passes)."""
+    import inspect
+
+    from cptlab.data.corpus import pack
+
+    return (
+        inspect.getsource(pack)
+        + "\n\ndef pack_documents(doc_ids, eos_id):\n    return pack(doc_ids, eos_id).astype(np.int64)\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
+    """The full track: ada and cy."""
     sub = tmp_path_factory.mktemp("class") / "submissions"
-    all_nb = list(STEP_NOTEBOOKS.values())
-    _submit(sub / "ada", {n: _sol(n) for n in all_nb})
-    _submit(sub / "bo", {n: _shuffled(_renamed(_sol(n)), i) for i, n in enumerate(all_nb)})
+    _submit(sub / "ada", {n: _sol(n) for n in STEP_NOTEBOOKS.values()})
+    nb3 = _replace(_replace(_sol(NB3), "lr_at", LR_HANGS), "optimizer_step", NO_STEP_WITH_FAKE_CHECK)
+    nb4 = _replace(
+        _replace(_sol(NB4), "interpolate", INTERPOLATE_REVERSED), "replay_schedule", REPLAY_PATCHES_AT_CALL_TIME
+    )
     _submit(
         sub / "cy",
         {
             NB1: _replace(_sol(NB1), "corpus_perplexity", MEAN_OF_PPL),
-            NB2: _replace(_sol(NB2), "split_documents", SPLIT_IGNORES_SEED),
-            NB3: _replace(_replace(_sol(NB3), "lr_at", LR_HANGS), "cpt_loop", LOOP_LEFT_IN_EVAL),
-            NB4: _replace(
-                _replace(_sol(NB4), "production_choices", PATCHES_AT_CALL_TIME), "interpolate", INTERPOLATE_REVERSED
-            ),
-        },
-    )
-    _submit(
-        sub / "dee",
-        {
-            NB1: _sol(NB1),
-            NB2: _replace(_sol(NB2), "pack_documents", PACK_NAME_ERROR),
-            NB3: _replace(_sol(NB3), "optimizer_step", NO_STEP_WITH_FAKE_CHECK),
-            NB4: _replace(_replace(_sol(NB4), "choose_variant", CALLS_REFERENCE), "production_choices", HOSTILE),
+            NB2: _replace(_replace(_sol(NB2), "split_documents", SPLIT_NAME_ERROR), "pack_documents", _pasted_pack()),
+            NB3: _replace(nb3, "cpt_loop", LOOP_TYPED_IN),
+            NB4: _replace(_replace(nb4, "choose_variant", CALLS_REFERENCE), "production_choices", HOSTILE),
         },
     )
     out = tmp_path_factory.mktemp("grades")
-    CLASS["submissions"] = sub
-    results = grade_class(sub, "smoke", out, **GRADING)
+    CLASS["full"] = sub
+    results = grade_class(sub, "smoke", out, track="full", **GRADING)
+    rows = {r["learner"]: r for r in csv.DictReader(open(out / "grades.csv"))}
+    return {r.learner: r for r in results}, rows, out
+
+
+@pytest.fixture(scope="module")
+def graded_core(tmp_path_factory):
+    """The core track, the default, graded with a CPU-bound busy process on every core beside it
+    (at the lowest priority: the grade must not move with the load, and the suite must not wait on it)."""
+    import os
+    import subprocess
+    import sys
+
+    sub = tmp_path_factory.mktemp("core-class") / "submissions"
+    _submit(sub / "eve", {n: _core_only(n) for n in STEP_NOTEBOOKS.values()})
+    _submit(sub / "bo", {n: _shuffled(_renamed(_core_only(n)), i) for i, n in enumerate(STEP_NOTEBOOKS.values())})
+    out = tmp_path_factory.mktemp("core-grades")
+    CLASS["core"] = sub
+    busy = [
+        subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        results = grade_class(sub, "smoke", out, **GRADING)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
     rows = {r["learner"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     return {r.learner: r for r in results}, rows, out
 
@@ -245,105 +280,116 @@ def _report(result, qid):
     return next(r for r in result.reports if r.get("question") == qid)
 
 
-def test_honest_learners_get_every_point_whatever_the_cell_order(graded):
-    results, rows, out = graded
-    for name in ("ada", "bo"):
-        assert float(rows[name]["auto_total"]) == 85, (name, rows[name])
-        assert all(s == "ran to the end" for s in results[name].status.values()), results[name].status
+def _fill_rubric(out, name: str, score) -> list[dict]:
+    """The rubric sheet with ``score`` for every answer of ``name``, merged into the gradebook."""
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
-    answers = {(r["learner"], r["question"]): r["answer"] for r in sheet}
-    for q in ("W1", "W2", "W3", "W4", "W5"):
-        assert answers[("bo", q)] == answers[("ada", q)] and "YOUR ANSWER HERE" not in answers[("bo", q)]
+    for r in sheet:
+        r["score"] = str(score) if r["learner"] == name else ""
+    with open(out / f"rubric_{name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(sheet[0]))
+        w.writeheader()
+        w.writerows(sheet)
+    return {r["learner"]: r for r in merge_rubric(out, out / f"rubric_{name}.csv")}
+
+
+def test_the_solutions_get_every_point_of_both_tracks(graded):
+    results, rows, out = graded
+    ada = rows["ada"]
+    assert (float(ada["core_auto"]), float(ada["go_further_auto"]), float(ada["auto_total"])) == (91, 39, 130), ada
+    assert (ada["core_max"], ada["go_further_max"], ada["max"]) == ("100", "51", "151")
+    assert all(s == "ran to the end" for s in results["ada"].status.values()), results["ada"].status
+    assert not any("cptlab" in f or "library's reference" in f for f in results["ada"].flags), results["ada"].flags
+    sheet = list(csv.DictReader(open(out / "rubric.csv")))
+    assert sorted(r["question"] for r in sheet if r["learner"] == "ada") == ["W1", "W2", "W3", "W4", "W5"]
+
+
+def test_the_core_track_grades_the_core_alone_whatever_the_cell_order(graded_core):
+    results, rows, out = graded_core
+    core = {q for q, v in QUESTIONS.items() if v.track == "core" and v.kind != "written"}
+    for name in ("eve", "bo"):
+        row = rows[name]
+        assert (float(row["core_auto"]), row["go_further_auto"], row["max"]) == (91, "", "100"), (name, row)
+        assert all(row[f"q{q}"] == "" for q, v in QUESTIONS.items() if v.track == "go-further"), row
+        assert all(s == "ran to the end" for s in results[name].status.values()), results[name].status
+        # a learner who skipped every Go further part: no row of the core says "not implemented yet"
+        assert all(r.get("status") != "not implemented yet" for r in results[name].reports), name
+        assert {r["question"] for r in results[name].reports} == core
+    # Go further's long cells were left out of the runs (the speed table, two processes, the experiments)
+    cells = [c.source for c in nbformat.read(out / "runs" / "eve" / NB3, as_version=4).cells]
+    assert any("left out of a core-track run" in c for c in cells) and not any("speed_of_run(" in c for c in cells)
+    sheet = list(csv.DictReader(open(out / "rubric.csv")))
+    assert sorted((r["learner"], r["question"]) for r in sheet) == [("bo", "W4"), ("eve", "W4")]
+    eve = _fill_rubric(out, "eve", 3)["eve"]
+    assert (eve["core_written"], eve["core_total"], eve["total"]) == (9, 100, 100)
+
+
+def test_the_core_flags_the_near_copy(graded_core):
+    results, rows, _ = graded_core
+    assert re.search(r"code \d+% similar to eve", rows["bo"]["flags"]), rows["bo"]["flags"]
+    assert not any("library's reference" in f for f in results["bo"].flags + results["eve"].flags)
 
 
 def test_each_mistake_costs_its_own_question(graded):
     results, rows, _ = graded
     cy = results["cy"].points
-    assert cy["1.1"] <= 5 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
-    assert cy["2.2"] < 7 and cy["3.1"] == 0 and cy["4.6"] == 0
-    # the loop that leaves the model in eval mode: its one check lost, named; step 3 ran on the lab's loop
-    assert cy["3.3"] == 5 and "mistake: the model left in eval() mode" in json.dumps(_report(results["cy"], "3.3"))
+    assert cy["1.1"] <= 10 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
+    assert "NameError" in json.dumps(_report(results["cy"], "2.2"))
+    lr = _report(results["cy"], "3.1")
+    assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
+    # the recipe's numbers typed into the loop: named, and step 3 ran on the lab's loop
+    assert cy["3.3"] < 3 and "not this run's cfg.grad_clip" in json.dumps(_report(results["cy"], "3.3"))
     # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; a wrong value fails as a crash
     # does: the study ran on the lab's interpolation, so step 4's results keep every point
     assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
-    assert "ran with the lab's reference for interpolate (did not pass its check)" in results["cy"].status[NB4]
-    full = {q: p for q, p in cy.items() if q not in ("1.1", "2.2", "3.1", "3.3", "4.3", "4.6")}
-    from checkers.core.questions import QUESTIONS
-
-    assert full == {q: float(QUESTIONS[q].points) for q in full}, full
-    assert float(rows["cy"]["auto_total"]) == pytest.approx(85 - (9 - cy["1.1"]) - (7 - cy["2.2"]) - 5 - 1 - 2.5 - 4)
-    lr = _report(results["cy"], "3.1")
-    assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
-    assert "lr_at" in results["cy"].status[NB3] and "reference" in results["cy"].status[NB3]
-    dee = results["dee"].points
-    assert dee["2.1"] == 0 and dee["2.2"] == 0 and dee["3.2"] == 0 and dee["3.5"] == 4  # step 3 ran on the reference
-    assert {
-        q: dee[q]
-        for q in ("1.1", "1.2", "2.3", "2.4", "3.1", "3.3", "3.4", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7")
-    } == {
-        "1.1": 9,
-        "1.2": 4,
-        "2.3": 4,
-        "2.4": 3,
-        "3.1": 5,
-        "3.3": 6,
-        "3.4": 4,
-        "4.1": 2,
-        "4.2": 4,
-        "4.3": 4,
-        "4.4": 4,
-        "4.5": 4,
-        "4.6": 4,
-        "4.7": 4,
-    }
-    assert "NameError" in json.dumps(_report(results["dee"], "2.1"))
+    assert cy["4.2"] < 4  # the checker patched in the learner's process changes nothing here
+    status = results["cy"].status
+    assert "ran with the lab's reference for interpolate, replay_schedule (did not pass its check)" in status[NB4]
+    assert "lr_at" in status[NB3] and "cpt_loop, optimizer_step (did not pass its check)" in status[NB3]
+    lost = {"1.1", "2.2", "3.1", "3.2", "3.3", "4.2", "4.3"}
+    full = {q: p for q, p in cy.items() if q not in lost}
+    assert full == {q: float(QUESTIONS[q].points) for q in full}, full  # every step's results among them
+    assert (cy["2.2"], cy["3.1"], cy["3.2"]) == (0, 0, 0)
+    assert float(rows["cy"]["auto_total"]) == pytest.approx(130 - sum(QUESTIONS[q].points - cy[q] for q in lost))
 
 
 def test_a_fake_check_earns_nothing(graded):
     results, _, out = graded
-    rep = _report(results["dee"], "3.2")
+    rep = _report(results["cy"], "3.2")
     assert rep["points"] == 0 and "call optimizer.step()" in json.dumps(rep)
     # a quiet failure costs its own question only, as a loud one does: step 3 ran on the lab's optimizer
     # step, says so in one visible line, and its results earn their points
-    s3 = _report(results["dee"], "3.5")
-    assert s3["points"] == 4, s3  # every point of question 3.5
-    assert "ran with the lab's reference for optimizer_step (did not pass its check)" in results["dee"].status[NB3]
-    assert "your `optimizer_step` did not pass its check" in (out / "runs" / "dee" / NB3).read_text()
+    assert _report(results["cy"], "3.5")["points"] == 8
+    assert "your `optimizer_step` did not pass its check" in (out / "runs" / "cy" / NB3).read_text()
 
 
-def test_flags_name_the_reference_call_and_the_near_copy(graded):
-    results, rows, _ = graded
-    assert any("choose_variant" in f and "cptlab.lab.study" in f for f in results["dee"].flags), results["dee"].flags
-    assert re.search(r"code \d+% similar to ada", rows["bo"]["flags"]), rows["bo"]["flags"]
-    assert not any("cptlab" in f for f in results["ada"].flags)
+def test_flags_name_the_reference_call_and_the_pasted_reference(graded):
+    results, _, _ = graded
+    assert any("choose_variant" in f and "cptlab.lab.study" in f for f in results["cy"].flags), results["cy"].flags
+    assert "02 pack_documents: 100% of the library's reference cptlab.data.corpus.pack" in results["cy"].flags
 
 
 def test_learner_code_cannot_read_the_solutions_or_pass_the_memory_cap(graded):
     results, _, out = graded
-    assert results["dee"].points["4.6"] == 4  # its function found the solutions hidden and 8 GiB refused
-    assert not (out / "runs" / "dee" / "LEAKED").exists()
+    assert results["cy"].points["4.6"] == 4  # its function found the solutions hidden and 8 GiB refused
+    assert not (out / "runs" / "cy" / "LEAKED").exists()
 
 
 def test_runs_use_the_learners_seed_and_the_instructors_preset(graded):
     _, _, out = graded
     s1 = json.loads((out / "runs" / "ada" / "step1_baseline.json").read_text())
-    assert s1["preset"] == "smoke" and s1["seed"] == learner_seed("ada") != learner_seed("bo")
+    assert s1["preset"] == "smoke" and s1["seed"] == learner_seed("ada") != learner_seed("cy")
 
 
 def test_feedback_pages_and_rubric_merge(graded):
     results, _, out = graded
     page = (out / "feedback" / "cy.html").read_text()
     assert "mistake: a mean of per-window perplexities" in page and "why points were lost" in page and "lr_at" in page
-    sheet = list(csv.DictReader(open(out / "rubric.csv")))
-    for r in sheet:
-        r["score"] = "3" if r["learner"] == "ada" else ""
-    with open(out / "rubric_filled.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(sheet[0]))
-        w.writeheader()
-        w.writerows(sheet)
-    rows = {r["learner"]: r for r in merge_rubric(out, out / "rubric_filled.csv")}
-    assert rows["ada"]["total"] == 100 and rows["ada"]["written_total"] == 15
+    assert "<h3>Core: " in page and "<h3>Go further: " in page
+    rows = _fill_rubric(out, "ada", 3)
+    ada = rows["ada"]
+    assert (ada["core_total"], ada["go_further_total"], ada["total"], ada["written_total"]) == (100, 51, 151, 21)
     assert rows["cy"]["written_total"] == ""
+    sheet = list(csv.DictReader(open(out / "rubric.csv")))
     bad = [dict(r, score="7") if i == 0 else r for i, r in enumerate(sheet)]
     with open(out / "rubric_bad.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(sheet[0]))
@@ -363,24 +409,29 @@ def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
         (tmp_path / f"s{k}" / "grades.json").write_text(json.dumps({**data, "learners": part}))
     merged = {r["learner"]: r for r in merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "all")}
     assert {k: v["auto_total"] for k, v in merged.items()} == {k: float(v["auto_total"]) for k, v in rows.items()}
-    assert re.search(r"similar to ada", merged["bo"]["flags"])
+    assert {k: str(v["core_auto"]) for k, v in merged.items()} == {k: v["core_auto"] for k, v in rows.items()}
 
 
-def test_a_stopped_class_resumes_where_it_stopped(graded, tmp_path, monkeypatch, capfd):
+def test_a_stopped_class_resumes_where_it_stopped(graded_core, tmp_path, monkeypatch, capfd):
+    """The grader stopped after bo: run again, it grades eve alone (its earlier result stands in for a
+    second grading of the same submission) and writes the uninterrupted run's gradebook; a result
+    graded on another track is not kept."""
     import checkers.grading.classroom as classroom
 
-    _, rows, out = graded
+    results, rows, out = graded_core
     again = tmp_path / "grades"
     (again / "learners").mkdir(parents=True)
-    for name in ("bo", "cy", "dee"):  # the grader was stopped after these three: no gradebook yet
-        shutil.copy(out / "learners" / f"{name}.json", again / "learners")
-    graded_now, real = [], classroom.grade_learner
-    monkeypatch.setattr(classroom, "grade_learner", lambda f, *a, **k: graded_now.append(f.name) or real(f, *a, **k))
-    grade_class(CLASS["submissions"], "smoke", again, **GRADING)
-    assert graded_now == ["ada"]
+    shutil.copy(out / "learners" / "bo.json", again / "learners")
+    graded_now = []
+    monkeypatch.setattr(classroom, "grade_learner", lambda f, *a, **k: graded_now.append(f.name) or results[f.name])
+    grade_class(CLASS["core"], "smoke", again, **GRADING)
+    assert graded_now == ["eve"]
     assert {r["learner"]: r for r in csv.DictReader(open(again / "grades.csv"))} == rows
     err = capfd.readouterr().err
-    assert "3 of 4 learner(s) graded by an earlier run: kept" in err and "ada graded: 4/4 done" in err
+    assert "1 of 2 learner(s) graded by an earlier run: kept" in err and "eve graded: 2/2 done" in err
+    graded_now.clear()
+    grade_class(CLASS["core"], "smoke", again, track="full", **GRADING)
+    assert sorted(graded_now) == ["bo", "eve"]
 
 
 def test_merging_takes_only_the_answer_cells():

@@ -1,4 +1,5 @@
-"""The lab's questions and their points: 100 over the four notebooks.
+"""The lab's questions and their points, by track: the core's 100 (what the lab promises) and
+*Go further*'s own points (the optional sections, cells tagged ``go-further``).
 
 ``code``: a learner's function, checked on fresh random cases against the library's reference.
 ``results``: the step's results file, every derived number recomputed from its raw sums.
@@ -20,25 +21,31 @@ class Question:
     functions: tuple[str, ...] = ()  # the learner's functions a code question checks
     # whether the step's run (and so its results file) is made with them; flops_per_token only reads it
     runs_the_step: bool = True
+    track: str = "core"  # core | go-further
+
+    @property
+    def weight(self) -> float:
+        """A written answer's points per rubric level (the rubric scores 0-3)."""
+        return self.points / RUBRIC_MAX
 
 
 # Points per check of each code question (otter's points per test case): the final answer of each
 # function carries most of them; a check not in this table is an error, so adding one never
 # silently re-weights the others.
 CHECK_POINTS: dict[str, dict[str, float]] = {
-    "1.1": {"returns": 1, "no_grad": 1, "tokens": 2, "nll_sum": 1, "ppl": 4},
-    "2.1": {"stream": 1, "eos_after_each": 4},
+    "1.1": {"returns": 2, "no_grad": 2, "tokens": 4, "nll_sum": 2, "ppl": 8},
+    "2.1": {"stream": 2, "eos_after_each": 8},
     "2.2": {"returns": 1, "whole_documents": 2, "fraction": 1, "at_the_fraction": 1, "seeded_rule": 2},
     "2.3": {"shape": 1, "values": 2, "exact_multiple": 1},
-    "3.1": {"returns": 1, "warmup": 1, "cosine": 2, "end": 1},
-    "3.2": {"returns": 1, "loss": 1, "grad_norm": 2, "moved": 0, "update": 2, "zero_grad": 2},
+    "3.1": {"returns": 2, "warmup": 2, "cosine": 4, "end": 2},
+    "3.2": {"returns": 2, "loss": 2, "grad_norm": 4, "moved": 0, "update": 4, "zero_grad": 4},
     "3.3": {"steps": 1, "batches": 0.5, "rate": 1, "log": 0.5, "modes": 1, "curve": 1, "floor": 0.5, "resume": 0.5},
     "3.4": {"returns": 0.5, "small_model": 1, "long_block": 1.5, "mfu": 1},
     "4.1": {"code_ppl_drop": 1, "forgetting_ratio": 1},
     "4.2": {"returns": 1, "total": 1.5, "spread": 1.5},
     "4.3": {"returns": 0.5, "endpoints": 1, "blend": 1.5, "inputs_unchanged": 0.5, "integer_buffers": 0.5},
     "4.4": {"returns": 0.5, "targets": 1.5, "fan_in_fan_out": 1, "rank_alpha": 0.5, "base_frozen": 0.5},
-    "4.5": {"some_under_the_floor": 1.5, "at_the_floor": 1, "none_under_the_floor": 1.5},
+    "4.5": {"some_under_the_floor": 3, "at_the_floor": 2, "none_under_the_floor": 3},
     "4.6": {  # two random studies carry the points; the learner's own study is shown
         "returns.a": 0,
         "returns.b": 0,
@@ -77,39 +84,55 @@ RESULTS_WEIGHTS: dict[str, float] = {
 }
 
 
+GO = "go-further"
 QUESTIONS: dict[str, Question] = {
     q.id: q
     for q in [
-        Question("1.1", 1, "corpus_perplexity", 9, "code", ("corpus_perplexity",)),
-        Question("1.2", 1, "step 1 results", 4, "results"),
-        Question("2.1", 2, "pack_documents", 5, "code", ("pack_documents",)),
-        Question("2.2", 2, "split_documents", 7, "code", ("split_documents",)),
-        Question("2.3", 2, "to_blocks", 4, "code", ("to_blocks",)),
-        Question("2.4", 2, "step 2 results", 3, "results"),
-        Question("3.1", 3, "lr_at", 5, "code", ("lr_at",)),
-        Question("3.2", 3, "optimizer_step", 8, "code", ("optimizer_step",)),
-        Question("3.3", 3, "cpt_loop", 6, "code", ("cpt_loop",)),
-        Question("3.4", 3, "flops_per_token and mfu", 4, "code", ("flops_per_token", "mfu"), runs_the_step=False),
-        Question("3.5", 3, "step 3 results", 4, "results"),
-        Question("4.1", 4, "code_ppl_drop and forgetting_ratio", 2, "code", ("code_ppl_drop", "forgetting_ratio")),
-        Question("4.2", 4, "replay_schedule", 4, "code", ("replay_schedule",)),
-        Question("4.3", 4, "interpolate", 4, "code", ("interpolate",)),
-        Question("4.4", 4, "lora_config", 4, "code", ("lora_config",)),
-        Question("4.5", 4, "choose_variant", 4, "code", ("choose_variant",)),
-        Question("4.6", 4, "production_choices", 4, "code", ("production_choices",)),
-        Question("4.7", 4, "step 4 results and the study", 4, "results"),
-        Question("W1", 1, "why the step 1 check asserts no direction", 3, "written"),
-        Question("W2", 2, "packing against padding, from your corpus", 3, "written"),
-        Question("W3", 3, "clipping, and what the recipe's experiments show", 3, "written"),
-        Question("W5", 3, "data parallelism at 2, 8 and 64 GPUs", 3, "written"),
-        Question("W4", 4, "your production decision at a floor of 1.03", 3, "written"),
+        Question("1.1", 1, "corpus_perplexity", 18, "code", ("corpus_perplexity",)),
+        Question("1.2", 1, "step 1 results", 8, "results"),
+        Question("2.1", 2, "pack_documents", 10, "code", ("pack_documents",)),
+        Question("2.2", 2, "split_documents", 7, "code", ("split_documents",), track=GO),
+        Question("2.3", 2, "to_blocks", 4, "code", ("to_blocks",), track=GO),
+        Question("2.4", 2, "step 2 results", 5, "results"),
+        Question("3.1", 3, "lr_at", 10, "code", ("lr_at",)),
+        Question("3.2", 3, "optimizer_step", 16, "code", ("optimizer_step",)),
+        Question("3.3", 3, "cpt_loop", 6, "code", ("cpt_loop",), track=GO),
+        Question("3.4", 3, "flops_per_token and mfu", 4, "code", ("flops_per_token", "mfu"), False, GO),
+        Question("3.5", 3, "step 3 results", 8, "results"),
+        Question(
+            "4.1", 4, "code_ppl_drop and forgetting_ratio", 2, "code", ("code_ppl_drop", "forgetting_ratio"), track=GO
+        ),
+        Question("4.2", 4, "replay_schedule", 4, "code", ("replay_schedule",), track=GO),
+        Question("4.3", 4, "interpolate", 4, "code", ("interpolate",), track=GO),
+        Question("4.4", 4, "lora_config", 4, "code", ("lora_config",), track=GO),
+        Question("4.5", 4, "choose_variant", 8, "code", ("choose_variant",)),
+        Question("4.6", 4, "production_choices", 4, "code", ("production_choices",), track=GO),
+        Question("4.7", 4, "step 4 results and the study", 8, "results"),
+        Question("W1", 1, "why the step 1 check asserts no direction", 3, "written", track=GO),
+        Question("W2", 2, "packing against padding, from your corpus", 3, "written", track=GO),
+        Question("W3", 3, "clipping, and what the recipe's experiments show", 3, "written", track=GO),
+        Question("W5", 3, "data parallelism at 2, 8 and 64 GPUs", 3, "written", track=GO),
+        Question("W4", 4, "your production decision at a floor of 1.03", 9, "written"),
     ]
 }
 
 RESULTS_QUESTION = {q.step: q.id for q in QUESTIONS.values() if q.kind == "results"}
-AUTO_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind != "written")
-MANUAL_POINTS = sum(q.points for q in QUESTIONS.values() if q.kind == "written")
-assert AUTO_POINTS + MANUAL_POINTS == 100
+RUBRIC_MAX = 3  # a written answer's rubric score: 0-3 (notebooks/RUBRIC.md), times the question's weight
+TRACKS = ("core", GO)
+# what grade-class --track grades: the core alone (its 100 points), or the core and Go further
+GRADED_TRACKS = {"core": ("core",), "full": TRACKS}
+
+
+def track_points(track: str, kind: str | None = None) -> int:
+    """A track's points, of one kind (``auto``: code and results; ``written``) or all."""
+    return sum(
+        q.points
+        for q in QUESTIONS.values()
+        if q.track == track and (kind is None or (q.kind == "written") == (kind == "written"))
+    )
+
+
+assert track_points("core") == 100
 assert all(sum(CHECK_POINTS[q.id].values()) == q.points for q in QUESTIONS.values() if q.kind == "code")
 # A failed gate check means the function does not do what it is for at all: the question earns nothing
 # (an optimizer step that leaves every weight as it was is not an optimizer step, whatever it returns).

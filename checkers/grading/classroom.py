@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from checkers.core.questions import GRADED_TRACKS
 from checkers.grading.flags import flag_copies
 from checkers.grading.gradebook import merge_rubric, merge_shards, write_gradebook
 from checkers.grading.judge import Limits
@@ -64,9 +65,12 @@ def grade_class(
     limits: Limits = Limits(),
     notebook_memory: int = 16 << 30,
     shard: tuple[int, int] = (1, 1),
+    track: str = "core",
 ) -> list[LearnerResult]:
     """Grade every learner folder of ``submissions`` (or, with ``shard=(k, n)``, the k-th of n
-    deterministic slices of them, for a scheduler's array job; ``merge-shards`` joins the gradebooks).
+    deterministic slices of them, for a scheduler's array job; ``merge-shards`` joins the gradebooks),
+    on ``track``: ``core`` (its 100 points; Go further's cells left out of the runs and its functions
+    run on the lab's reference) or ``full`` (the core and Go further, each its own points).
 
     Each learner's result is written to ``out/learners/ID.json`` as soon as it is graded; run again
     on the same ``out`` (after a stop), only the learners without one, or whose submission or
@@ -88,14 +92,16 @@ def grade_class(
     sandbox, threads, cache = Sandbox(), max(1, (os.cpu_count() or 1) // max(1, jobs)), cache_root().resolve()
     graded = out / "learners"  # one file per graded learner: a stopped class resumes from them
     hide = (out.resolve(), submissions.resolve())
-    settings = {"preset": preset, "timeout": timeout, "limits": [limits.seconds, limits.memory_bytes]}
+    if track not in GRADED_TRACKS:
+        raise ValueError(f"--track {track!r}: core or full")
+    settings = {"preset": preset, "timeout": timeout, "limits": [limits.seconds, limits.memory_bytes], "track": track}
     keys = {f.name: {**settings, "submission": submission_digest(f)} for f in folders}
     kept = {f.name: r for f in folders if (r := load_result(graded / f"{f.name}.json", keys[f.name]))}
     todo = [f for f in folders if f.name not in kept]
     log = _Progress(len(folders), len(kept), len(todo))
 
     def one(folder: Path) -> LearnerResult:
-        r = grade_learner(folder, preset, out, timeout, threads, sandbox, cache, limits, hide, notebook_memory)
+        r = grade_learner(folder, preset, out, timeout, threads, sandbox, cache, limits, hide, notebook_memory, track)
         save_result(graded / f"{folder.name}.json", r, keys[folder.name])
         log.done(folder.name)
         return r

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from checkers.core.questions import AUTO_POINTS
+from checkers.core.questions import track_points
 from checkers.core.report import Check, Report
 from checkers.results.steps import check_all
 from cptlab.core.files import write_atomic
@@ -77,22 +77,23 @@ def grade(
     return rows, out.getvalue()
 
 
-def summarize(run: Path) -> int:
+def summarize(run: Path, track: str = "full") -> int:
     """What ``cptlab lab`` shows after the notebooks ran: the checks of the results files, the points
-    the notebooks' check cells recorded, and the run's one page. Exit 0 only if nothing was lost."""
-    from checkers.results.score import format_scores, score_notebooks
+    the notebooks' check cells recorded (of the ``track`` run), and the run's one page. Exit 0 only
+    if nothing was lost."""
+    from checkers.results.score import complete, format_scores, score_notebooks
     from cptlab.lab.page import write_index
     from cptlab.lab.steps import format_table, summary_rows
 
     rows, text = grade([str(run)])
     scores = score_notebooks(run)
-    points = format_scores(scores)
+    points = format_scores(scores, track)
     print(text.rstrip())
     print("\nPoints from the executed notebooks:\n" + points)
     page = write_index(run, format_table(summary_rows(run)), text.strip(), points)
     print(f"\none page:    {page} (the notebooks, plots and grades, for a browser)")
     print(f"grade again: python -m checkers grade {run}")
-    return 0 if rows[0]["passed"] and scores["total"] == scores["max"] else 1
+    return 0 if rows[0]["passed"] and complete(scores, track) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--preset", default="tiny", help="the instructor's preset (default tiny)")
     c.add_argument("--out", required=True, help="where grades.csv, rubric.csv, feedback/ and the learners' runs go")
     c.add_argument("--jobs", type=int, default=1, help="learners graded at once")
+    c.add_argument(
+        "--track",
+        choices=("core", "full"),
+        default="core",
+        help="core: the core's 100 points (default; Go further's cells left out of the runs); "
+        "full: the core and Go further, each its own points",
+    )
     c.add_argument("--timeout", type=float, default=900, help="seconds each notebook may run (default 900)")
     c.add_argument(
         "--question-timeout",
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "the run's index.html; exit 1 if any point was lost",
     )
     sm.add_argument("run_dir")
+    sm.add_argument("--track", choices=("full", "core"), default="full", help="the track the run executed")
     rl = sub.add_parser(
         "release", help="write what learners receive: student notebooks, library, checks, learner README"
     )
@@ -182,10 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             Limits(args.question_timeout, int(args.memory * GiB)),
             int(args.notebook_memory * GiB),
             (k, n),
+            args.track,
         )
         for r in results:
+            further = (
+                f"  go further {r.auto('go-further'):>5g}/{track_points('go-further', 'auto')}"
+                if args.track == "full"
+                else ""
+            )
             print(
-                f"{r.learner:<24} {r.auto_total:>6g}/{AUTO_POINTS}  {r.execution}"
+                f"{r.learner:<24} core {r.auto('core'):>5g}/{track_points('core', 'auto')}{further}  {r.execution}"
                 + (f"  [{'; '.join(r.flags)}]" if r.flags else "")
             )
         print(
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}: the student notebooks, cptlab/, checkers/ and the learner README; hand this folder to the class")
         return 0
     if args.command == "summarize":
-        return summarize(Path(args.run_dir))
+        return summarize(Path(args.run_dir), args.track)
     if args.command == "merge-shards":
         from checkers.grading.classroom import merge_shards
 

@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from checkers.core.questions import AUTO_POINTS, MANUAL_POINTS, QUESTIONS
+from checkers.core.questions import GRADED_TRACKS, QUESTIONS, RUBRIC_MAX, TRACKS, track_points
 from checkers.core.report import Check, Report
 from checkers.grading.flags import flag_copies
 from checkers.grading.result import LearnerResult, _results_of, as_dict
@@ -18,31 +18,61 @@ from cptlab.core.files import write_atomic
 from cptlab.core.results import STEP_NOTEBOOKS, write_json_atomic
 
 RUBRIC_TEXT = {
-    "W1": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W1)",
-    "W2": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W2)",
-    "W3": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W3)",
-    "W4": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W4)",
-    "W5": "0-3: decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md, W5)",
+    q.id: f"0-3 (x{q.weight:g}, {q.points} points): decision, own numbers, mechanism, caveat (notebooks/RUBRIC.md)"
+    for q in QUESTIONS.values()
+    if q.kind == "written"
 }
+TRACK_COLUMN = {"core": "core", "go-further": "go_further"}
+
+
+def graded(r: LearnerResult, q) -> bool:
+    return q.track in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"])
 
 
 def gradebook_rows(results: list[LearnerResult], manual: dict[tuple[str, str], float] | None = None) -> list[dict]:
+    """One row per learner: each question's points ("" where its track was not graded), each step's
+    automatic points, and per track its automatic, written (rubric score x weight, once merged) and
+    total points of its max; then the graded tracks together."""
+    manual = manual or {}
     rows = []
     for r in results:
-        row = {"learner": r.learner, "preset": r.preset, "seed": r.seed, "execution": r.execution}
+        row = {"learner": r.learner, "preset": r.preset, "seed": r.seed, "track": r.track, "execution": r.execution}
         for q in QUESTIONS.values():
-            row[f"q{q.id}"] = (
-                (manual or {}).get((r.learner, q.id), "") if q.kind == "written" else r.points.get(q.id, 0.0)
-            )
+            if not graded(r, q):
+                row[f"q{q.id}"] = ""
+            elif q.kind == "written":
+                row[f"q{q.id}"] = round(manual[(r.learner, q.id)] * q.weight, 2) if (r.learner, q.id) in manual else ""
+            else:
+                row[f"q{q.id}"] = r.points.get(q.id, 0.0)
         for step in STEP_NOTEBOOKS:
             row[f"step{step}"] = round(
                 sum(r.points.get(q.id, 0.0) for q in QUESTIONS.values() if q.step == step and q.kind != "written"), 2
             )
-        written = [(manual or {}).get((r.learner, q)) for q in RUBRIC_TEXT]
-        row["auto_total"] = r.auto_total
-        row["written_total"] = sum(w for w in written if w is not None) if any(w is not None for w in written) else ""
-        row["total"] = round(r.auto_total + (row["written_total"] or 0), 2)
-        row["max"] = AUTO_POINTS + MANUAL_POINTS
+        totals = {"auto": 0.0, "written": None, "max": 0}
+        for t in TRACKS:
+            col = TRACK_COLUMN[t]
+            if t not in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"]):
+                row.update({f"{col}_auto": "", f"{col}_written": "", f"{col}_total": "", f"{col}_max": ""})
+                continue
+            marks = [row[f"q{q.id}"] for q in QUESTIONS.values() if q.track == t and q.kind == "written"]
+            written = round(sum(m for m in marks if m != ""), 2) if any(m != "" for m in marks) else ""
+            auto = r.auto(t)
+            row.update(
+                {
+                    f"{col}_auto": auto,
+                    f"{col}_written": written,
+                    f"{col}_total": round(auto + (written or 0), 2),
+                    f"{col}_max": track_points(t),
+                }
+            )
+            totals["auto"] += auto
+            totals["max"] += track_points(t)
+            if written != "":
+                totals["written"] = (totals["written"] or 0) + written
+        row["auto_total"] = round(totals["auto"], 2)
+        row["written_total"] = round(totals["written"], 2) if totals["written"] is not None else ""
+        row["total"] = round(totals["auto"] + (totals["written"] or 0), 2)
+        row["max"] = totals["max"]
         row["flags"] = "; ".join(r.flags)
         rows.append(row)
     return rows
@@ -67,6 +97,7 @@ def rubric_rows(results: list[LearnerResult]) -> list[dict]:
         }
         for r in results
         for q in RUBRIC_TEXT
+        if graded(r, QUESTIONS[q])
     ]
 
 
@@ -101,13 +132,26 @@ def _cause(r: LearnerResult, q) -> str:
 
 
 def feedback_page(r: LearnerResult) -> str:
-    """One page per learner, readable in any browser: points per question, every check with its hint."""
-    rows = "".join(
-        f"<tr><td><a href='#q{html.escape(q.id)}'>{html.escape(q.id)}</a></td><td>{html.escape(q.title)}</td>"
-        f"<td>{r.points.get(q.id, 0):g} / {q.points}</td><td>{html.escape(_cause(r, q))}</td></tr>"
-        for q in QUESTIONS.values()
-        if q.kind != "written"
-    )
+    """One page per learner, readable in any browser: points per question, the core's and Go
+    further's apart, every check with its hint."""
+    tables = ""
+    for t in TRACKS:
+        name = "Core" if t == "core" else "Go further"
+        if t not in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"]):
+            tables += f"<h3>{name}</h3><p>Not graded this time: the class was graded on the core track.</p>"
+            continue
+        rows = "".join(
+            f"<tr><td><a href='#q{html.escape(q.id)}'>{html.escape(q.id)}</a></td><td>{html.escape(q.title)}</td>"
+            f"<td>{r.points.get(q.id, 0):g} / {q.points}</td><td>{html.escape(_cause(r, q))}</td></tr>"
+            for q in QUESTIONS.values()
+            if q.kind != "written" and q.track == t
+        )
+        tables += (
+            f"<h3>{name}: {r.auto(t):g} / {track_points(t, 'auto')} automatic points</h3>"
+            f"<p>and {track_points(t, 'written')} for the written answers, graded by your instructor.</p>"
+            "<table><tr><th>question</th><th></th><th>points</th><th>why points were lost</th></tr>"
+            f"{rows}</table>"
+        )
     status = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(s)}</li>" for n, s in r.status.items())
     status += "".join(f"<li>{html.escape(n)}</li>" for n in r.notices)
     reports = "".join(
@@ -119,11 +163,10 @@ def feedback_page(r: LearnerResult) -> str:
 td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
 section{{margin:1em 0}}</style></head><body>
 <h1>Feedback for {html.escape(r.learner)}</h1>
-<p>Preset <b>{html.escape(r.preset)}</b>, your seed <b>{r.seed}</b>. Automatic points:
-<b>{r.auto_total:g} / {AUTO_POINTS}</b>;
-the written answers ({MANUAL_POINTS} points) are graded by your instructor.</p>
+<p>Preset <b>{html.escape(r.preset)}</b>, your seed <b>{r.seed}</b>, graded on the
+<b>{"core" if r.track == "core" else "core and Go further"}</b>.</p>
 <h2>Notebooks</h2><ul>{status}</ul>
-<h2>Points</h2><table><tr><th>question</th><th></th><th>points</th><th>why points were lost</th></tr>{rows}</table>
+<h2>Points</h2>{tables}
 <h2>Every check</h2>{reports}</body></html>
 """
 
@@ -164,7 +207,8 @@ def merge_shards(shard_dirs: list[Path], out: Path) -> list[dict]:
 
 
 def merge_rubric(grades_dir: Path, rubric: Path | None = None) -> list[dict]:
-    """Read the filled rubric sheet (scores 0-3) into the gradebook: ``grades_final.csv``."""
+    """Read the filled rubric sheet (scores 0-3, each times its question's weight) into the
+    gradebook: ``grades_final.csv``."""
     grades_dir = Path(grades_dir)
     data = json.loads((grades_dir / "grades.json").read_text())
     manual: dict[tuple[str, str], float] = {}
@@ -181,8 +225,10 @@ def merge_rubric(grades_dir: Path, rubric: Path | None = None) -> list[dict]:
                     "0-3"
                 ) from None
             q = QUESTIONS.get(row.get("question", ""))
-            if q is None or q.kind != "written" or not 0 <= value <= q.points:
-                raise ValueError(f"rubric line {i}: {row.get('question')!r} takes a score from 0 to 3, got {score}")
+            if q is None or q.kind != "written" or not 0 <= value <= RUBRIC_MAX:
+                raise ValueError(
+                    f"rubric line {i}: {row.get('question')!r} takes a score from 0 to {RUBRIC_MAX}, got {score}"
+                )
             manual[(row["learner"], q.id)] = value
     rows = gradebook_rows(_results_of(data), manual)
     write_csv(grades_dir / "grades_final.csv", rows)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nbformat
 
-from checkers.core.questions import QUESTIONS, RESULTS_QUESTION
+from checkers.core.questions import GRADED_TRACKS, QUESTIONS, RESULTS_QUESTION
 from checkers.core.report import Check, Report
-from checkers.grading.flags import reaches_reference
+from checkers.grading.flags import reaches_reference, reference_copies
 from checkers.grading.judge import Limits, judge_question, setup_imports
 from checkers.grading.result import LearnerResult
 from checkers.grading.sandbox import Sandbox, execute, learner_env
@@ -32,6 +32,7 @@ from checkers.grading.submissions import (
 from checkers.results.steps import CHECKS, not_yours
 from cptlab.core.results import STEP_FILES, STEP_NOTEBOOKS
 from cptlab.notebook.execute import NOTEBOOK_DIR
+from cptlab.notebook.tracks import GO_FURTHER, for_track
 
 
 def fresh_step(run_dir: Path, step: int) -> None:
@@ -104,9 +105,15 @@ def grade_learner(
     limits: Limits = Limits(),
     hide: tuple[Path, ...] = (),
     notebook_memory: int = 16 << 30,
+    track: str = "core",
 ) -> LearnerResult:
+    """One learner: each graded question's functions judged, each step's notebook run (on the lab's
+    reference for what failed its check, and, on the core track, for Go further, whose long cells
+    are left out), each step's results checked."""
     learner = folder.name
-    res = LearnerResult(learner, learner_seed(learner), preset)
+    res = LearnerResult(learner, learner_seed(learner), preset, track=track)
+    graded = {q.id for q in QUESTIONS.values() if q.track in GRADED_TRACKS[track]}
+    run_track = "core" if track == "core" else "full"
     run_dir = (out / "runs" / learner).resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "merged").mkdir(parents=True)
@@ -117,8 +124,14 @@ def grade_learner(
     codes, reports, results_reports, missing, merges = [], {}, {}, set(), {}
     for step, name in STEP_NOTEBOOKS.items():
         pristine = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-        questions = [q for q in QUESTIONS.values() if q.step == step and q.kind == "code"]
+        questions = [q for q in QUESTIONS.values() if q.step == step and q.kind == "code" and q.id in graded]
         names = {f for q in questions for f in q.functions}
+        not_graded = {  # Go further on the core track: run on the lab's reference, as a learner who skipped it
+            f
+            for q in QUESTIONS.values()
+            if q.step == step and q.kind == "code" and q.id not in graded
+            for f in q.functions
+        }
         try:
             submitted = read_submission(folder / name)
         except FileNotFoundError:
@@ -132,14 +145,17 @@ def grade_learner(
             merge = merge_answers(pristine, submitted)
         res.notices += [f"{name[:2]}: {n}" for n in merge.notices]
         cells = [c.source for c in _answer_cells(merge.notebook) if c.cell_type == "code"]
+        stubs = {c.id: c.source for c in _answer_cells(pristine)}
         for cell in _answer_cells(merge.notebook):
             tags = set(cell.metadata.get("tags", []))
             if cell.cell_type == "code" and submitted is not None:
-                codes.append(cell.source)
+                if (run_track == "full" or GO_FURTHER not in tags) and cell.source != stubs.get(cell.id):
+                    codes.append(cell.source)  # what the near-copy flag compares: the graded answers written
+                    res.flags += [f"{name[:2]} {what}" for what in reference_copies(cell.source)]
                 for what in reaches_reference(cell.source):
                     fns = ", ".join(defined_functions(cell.source)) or "an answer cell"
                     res.flags.append(f"{name[:2]} {fns}: {what}")
-            for qid in tags & set(QUESTIONS):
+            for qid in tags & graded:
                 if submitted is not None:
                     res.answers[qid] = cell.source
         setup = setup_cell(pristine)
@@ -161,8 +177,8 @@ def grade_learner(
         src = run_dir / "merged" / name
 
         def run(nb, reference: set[str]) -> str | None:
-            nbformat.write(for_grading(nb), src)
-            env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(reference))}
+            nbformat.write(for_track(for_grading(nb), run_track), src)
+            env_nb = {**env, "CPTLAB_USE_REFERENCE": ",".join(sorted(reference | not_graded))}
             return execute(src, run_dir / name, params, run_dir, env_nb, timeout, sandbox, cache, hide, notebook_memory)
 
         # 1. the step as the learner wrote it, every function that did not pass its check (raised, hung, a
@@ -189,7 +205,7 @@ def grade_learner(
                 "ran to the end" if again is None else describe_run(run_dir / name, again, names)
             )
         # the step's results, graded on the run its code produced
-        report = CHECKS[step](run_dir, preset)
+        report = CHECKS[step](run_dir, preset, own_verdicts=False)
         if step in missing:
             not_yours(report, f"{name} was not handed in: the lab ran the step on its reference")
         elif (runs := [q for q in questions if q.runs_the_step and q.id in reports]) and all(
@@ -198,16 +214,16 @@ def grade_learner(
             not_yours(report, "every function of this step is still a stub: the lab ran the step on its reference")
         results_reports[step] = report
         res.status[name] = status
-    if 4 not in missing:  # production_choices is also checked on the learner's own study, made by notebook 4
+    if "4.6" in graded and 4 not in missing:  # production_choices is also checked on the learner's own study
         _, setup, cells = merges[4]
         reports["4.6"] = judge_question(
             "4.6", [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits, run_dir=run_dir
         )
-    else:
+    elif "4.6" in graded:
         reports["4.6"] = _missing_report(QUESTIONS["4.6"], STEP_NOTEBOOKS[4], "missing")
     res.code = "\n\n".join(codes)
     for q in QUESTIONS.values():
-        if q.kind == "code":
+        if q.kind == "code" and q.id in graded:
             d = reports[q.id].to_dict()
             res.points[q.id] = float(d["points"])
             res.reports.append(d)

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from checkers.core.questions import QUESTIONS
 from cptlab.core.results import write_json_atomic
 
 
@@ -24,10 +25,15 @@ class LearnerResult:
     code: str = ""  # the learner's answer code cells (for the near-copy flag)
     flags: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # matching notes, functions run on the reference
+    track: str = "core"  # what was graded: the core, or the core and Go further (full)
 
     @property
     def auto_total(self) -> float:
         return round(sum(self.points.values()), 2)
+
+    def auto(self, track: str) -> float:
+        """The automatic points earned in one track (core or go-further)."""
+        return round(sum(p for q, p in self.points.items() if QUESTIONS[q].track == track), 2)
 
     @property
     def execution(self) -> str:
@@ -45,6 +51,7 @@ def as_dict(r: LearnerResult) -> dict:
         "notices": r.notices,
         "answers": r.answers,
         "code": r.code,
+        "track": r.track,
     }
 
 
@@ -60,6 +67,7 @@ def from_dict(d: dict, preset: str) -> LearnerResult:
         d.get("code", ""),
         d["flags"],
         d.get("notices", []),
+        d.get("track", "full"),
     )
 
 

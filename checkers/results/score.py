@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from checkers.core.questions import AUTO_POINTS, QUESTIONS
+from checkers.core.questions import GRADED_TRACKS, QUESTIONS, TRACKS, track_points
 from checkers.core.report import MIME
 from cptlab.core.results import STEP_NOTEBOOKS
 
@@ -39,7 +39,8 @@ def answers_in(notebook: Path) -> dict[str, str]:
 
 
 def score_notebooks(folder: str | Path) -> dict:
-    """Per question: points, max and status, from the four executed notebooks in ``folder``."""
+    """Per question: points, max, track and status, from the four executed notebooks in ``folder``;
+    per track: the automatic points and their max, and the written points the instructor grades."""
     folder = Path(folder)
     reports: dict[str, dict] = {}
     for name in STEP_NOTEBOOKS.values():
@@ -53,24 +54,46 @@ def score_notebooks(folder: str | Path) -> dict:
         rows[q.id] = {
             "title": q.title,
             "step": q.step,
+            "track": q.track,
             "max": q.points,
             "points": float(rep["points"]) if rep else 0.0,
             "status": (rep.get("status") or ("passed" if rep["passed"] else "failed")) if rep else "not run",
             "failed": [c["id"] for c in rep["checks"] if not c["passed"]] if rep else [],
         }
-    total = round(sum(r["points"] for r in rows.values()), 2)
-    return {"questions": rows, "total": total, "max": AUTO_POINTS, "written_max": 100 - AUTO_POINTS}
+    tracks = {
+        t: {
+            "total": round(sum(r["points"] for r in rows.values() if r["track"] == t), 2),
+            "max": track_points(t, "auto"),
+            "written_max": track_points(t, "written"),
+        }
+        for t in TRACKS
+    }
+    return {"questions": rows, "tracks": tracks}
 
 
-def format_scores(scores: dict) -> str:
+def complete(scores: dict, track: str = "full") -> bool:
+    """Whether every automatic point of the graded tracks was earned."""
+    return all(scores["tracks"][t]["total"] == scores["tracks"][t]["max"] for t in GRADED_TRACKS[track])
+
+
+def format_scores(scores: dict, track: str = "full") -> str:
+    """The points table, the core first, then Go further (or one line saying the core run left it out)."""
     lines = [f"{'question':<44}{'points':>12}  status"]
-    for qid, r in scores["questions"].items():
+    for t in TRACKS:
+        tot = scores["tracks"][t]
+        name = "core" if t == "core" else "Go further"
+        if t not in GRADED_TRACKS[track]:
+            lines.append(f"{name}: left out of this core-track run ({tot['max']} automatic points, optional)")
+            continue
+        for qid, r in scores["questions"].items():
+            if r["track"] != t:
+                continue
+            lines.append(
+                f"{qid + ' ' + r['title']:<44}{r['points']:>6g}/{r['max']:<5g}  {r['status']}"
+                + (f" ({', '.join(r['failed'])})" if r["failed"] and r["status"] == "failed" else "")
+            )
         lines.append(
-            f"{qid + ' ' + r['title']:<44}{r['points']:>6g}/{r['max']:<5g}  {r['status']}"
-            + (f" ({', '.join(r['failed'])})" if r["failed"] and r["status"] == "failed" else "")
+            f"{name + ': automatic points':<44}{tot['total']:>6g}/{tot['max']:<5g}  "
+            f"(+ {tot['written_max']} for the written answers, graded with notebooks/RUBRIC.md)"
         )
-    lines.append(
-        f"{'automatic points':<44}{scores['total']:>6g}/{scores['max']:<5g}  "
-        f"(+ {scores['written_max']} for the written answers, graded with notebooks/RUBRIC.md)"
-    )
     return "\n".join(lines)

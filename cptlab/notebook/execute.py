@@ -16,20 +16,24 @@ from cptlab.core.files import link_atomic
 from cptlab.core.progress import HEADLESS, TERMINAL
 from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.notebook.friendly import STOPPED
+from cptlab.notebook.tracks import for_track
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 SOLUTION_DIR = NOTEBOOK_DIR / "solutions"
 
 
-def execute_notebook(src: Path, dst: Path, params: dict, timeout: int | None = 3600, cwd: Path | None = None) -> float:
+def execute_notebook(
+    src: Path, dst: Path, params: dict, timeout: int | None = 3600, cwd: Path | None = None, track: str = "full"
+) -> float:
     """Run ``src`` headless with papermill (parameters injected after the ``parameters`` cell)
-    into ``dst``; a failing cell leaves ``dst`` with the error and raises one clear line."""
+    into ``dst``, the cells of ``track`` (cptlab.notebook.tracks); a failing cell leaves ``dst``
+    with the error and raises one clear line."""
     t0 = time.perf_counter()
     headless = os.environ.get(HEADLESS)
     os.environ[HEADLESS] = "1"  # the kernel inherits it: text progress bars whose last state, 100%, is saved
     try:
         pm.execute_notebook(
-            str(src),
+            for_track(nbformat.read(src, as_version=4), track),
             str(dst),
             parameters=params,
             kernel_name="python3",
@@ -86,8 +90,10 @@ def execute_lab(
     overrides: dict | None = None,
     run_dir: str | Path | None = None,
     notebook_dir: Path = SOLUTION_DIR,
+    track: str = "full",
 ) -> Path:
-    """Execute the four notebooks of ``notebook_dir`` (the solutions by default) into a run folder."""
+    """Execute the four notebooks of ``notebook_dir`` (the solutions by default) into a run folder:
+    every cell (``full``), or the core's (``core``: Go further's checks and long runs left out)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run = Path(run_dir) if run_dir else new_run_dir(Path(runs), preset)
     run.mkdir(parents=True, exist_ok=True)
@@ -100,8 +106,8 @@ def execute_lab(
             name = STEP_NOTEBOOKS[step]
             shown = notebook_dir / name
             shown = shown.relative_to(NOTEBOOK_DIR.parent) if NOTEBOOK_DIR.parent in shown.parents else shown
-            print(f"[lab] step {step}: executing {shown} ...", flush=True)
-            secs = execute_notebook(notebook_dir / name, run / name, params)
+            print(f"[lab] step {step}: executing {shown}{' (core track)' if track == 'core' else ''} ...", flush=True)
+            secs = execute_notebook(notebook_dir / name, run / name, params, track=track)
             print(f"[lab] step {step}: done in {secs:.0f} s -> {run / name}", flush=True)
     finally:
         if before is None:

@@ -11,8 +11,9 @@
 # summed over every scored token of a corpus. A perplexity of 20 means the model is, on average, as
 # unsure as if it picked among 20 equally likely tokens.
 #
-# **Two tracks.** The core (about 45 minutes on a GPU) is everything not marked *Go further*. *Go
-# further* sections are optional and scored apart; skipped, the lab runs them on its reference.
+# **Two tracks.** The core (about 45 minutes on a GPU, 100 points) is everything not marked *Go
+# further*. *Go further* sections are optional and scored apart (51 points of their own); skipped,
+# the lab runs them on its reference.
 # *Why?* boxes open on a click; the core does not need them.
 #
 # **How to work.** In a ✏️ cell, replace the `raise NotImplementedError(...)` with your code, run
@@ -41,7 +42,7 @@ RUN_DIR = cells.run_folder(RUN_DIR)
 cfg = cells.lab_config(PRESET, RUN_DIR, seed=SEED, overrides=OVERRIDES)
 
 # %% [markdown]
-# ## ✏️ Question 1.1 · Corpus perplexity (9 points)
+# ## ✏️ Question 1.1 · Corpus perplexity (18 points)
 #
 # **The protocol** (the same for every number in this lab): the corpus is one stream of token ids
 # (documents joined by EOS); cut it into non-overlapping windows of `block_size` tokens; in each
@@ -118,7 +119,7 @@ cells.baseline_bars(RUN_DIR)
 #
 # </details>
 #
-# ### Check step 1 (4 points)
+# ### Check step 1 (8 points)
 # Both numbers and intervals recomputed from their raw sums, enough tokens, one protocol.
 
 # %%

@@ -36,7 +36,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 2.1 · Packing (5 points)
+# ## ✏️ Question 2.1 · Packing (10 points)
 # `doc_ids` is a list of 1-D integer arrays, one per document. Return one 1-D array:
 # `doc_0, EOS, doc_1, EOS, ..., doc_last, EOS`.
 
@@ -139,7 +139,7 @@ cells.corpus_figures(RUN_DIR)
 # %%
 cells.show_eos_window(RUN_DIR)
 # %% [markdown]
-# ### Check step 2 (3 points)
+# ### Check step 2 (5 points)
 
 # %%
 check_step2(RUN_DIR)

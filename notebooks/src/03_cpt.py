@@ -52,7 +52,7 @@ friendly_errors()
 RUN_DIR = cells.run_folder(RUN_DIR)
 
 # %% [markdown]
-# ## ✏️ Question 3.1 · The learning rate at a step (5 points)
+# ## ✏️ Question 3.1 · The learning rate at a step (10 points)
 #
 # Optimizer steps are numbered from 1. Warm-up: `lr = peak_lr * step / warmup_steps` for
 # `step <= warmup_steps`, so step 1 already updates (with `peak_lr / warmup_steps`) and the peak
@@ -84,7 +84,7 @@ def lr_at(step, peak_lr, warmup_steps, max_steps):
 check_schedule(lr_at)
 
 # %% [markdown]
-# ## ✏️ Question 3.2 · One optimizer step (8 points)
+# ## ✏️ Question 3.2 · One optimizer step (16 points)
 #
 # `batch` is a `[batch_size, block_size]` LongTensor of token ids. One step: the forward pass with
 # the loss (`model(batch, labels=batch).loss`: transformers shifts the labels, so position t
@@ -191,7 +191,7 @@ cells.loss_curve(RUN_DIR)
 #
 # </details>
 #
-# ### Check step 3 (4 points)
+# ### Check step 3 (8 points)
 
 # %%
 check_step3(RUN_DIR)

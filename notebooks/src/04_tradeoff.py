@@ -197,7 +197,7 @@ def lora_config(r, alpha):
 check_lora_config(lora_config)
 
 # %% [markdown]
-# ## ✏️ Question 4.5 · The choice under a retention floor (4 points)
+# ## ✏️ Question 4.5 · The choice under a retention floor (8 points)
 # `variants` is a list of dicts with `name`, `choice`, `code_ppl_drop` and `forgetting_ratio`.
 # Return the `name` of the variant with the largest `code_ppl_drop` among those whose
 # `forgetting_ratio` is at most `floor`; if none is, the one with the smallest `forgetting_ratio`.
@@ -326,14 +326,14 @@ def production_choices(variants, floor):
 check_production_choices(production_choices, RUN_DIR)
 
 # %% [markdown]
-# ### Check step 4 (4 points)
+# ### Check step 4 (8 points)
 # Every number of the step and of the study recomputed from its raw sums.
 
 # %%
 check_step4(RUN_DIR)
 
 # %% [markdown]
-# ## ✍️ Question W4 · Your production decision (3 points, graded by your instructor)
+# ## ✍️ Question W4 · Your production decision (9 points, graded by your instructor)
 # Your team's retention floor is **1.03**. From your study table (your numbers, with intervals):
 # which variant would you ship, and what does it cost in code gain against pure CPT? Can your
 # numbers tell it from the runner-up, and is its forgetting interval clear of the floor? Name one
