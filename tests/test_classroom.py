@@ -417,13 +417,19 @@ def test_a_stopped_class_resumes_where_it_stopped(graded_core, tmp_path, monkeyp
     second grading of the same submission) and writes the uninterrupted run's gradebook; a result
     graded on another track is not kept."""
     import checkers.grading.classroom as classroom
+    from checkers.grading.result import from_dict
 
-    results, rows, out = graded_core
+    _, rows, out = graded_core
     again = tmp_path / "grades"
     (again / "learners").mkdir(parents=True)
     shutil.copy(out / "learners" / "bo.json", again / "learners")
     graded_now = []
-    monkeypatch.setattr(classroom, "grade_learner", lambda f, *a, **k: graded_now.append(f.name) or results[f.name])
+
+    def grade_learner(folder, *args, **kwargs):  # eve's result as grade_learner returned it, before the flags
+        graded_now.append(folder.name)
+        return from_dict(json.loads((out / "learners" / f"{folder.name}.json").read_text())["learner"], "smoke")
+
+    monkeypatch.setattr(classroom, "grade_learner", grade_learner)
     grade_class(CLASS["core"], "smoke", again, **GRADING)
     assert graded_now == ["eve"]
     assert {r["learner"]: r for r in csv.DictReader(open(again / "grades.csv"))} == rows

@@ -6,6 +6,7 @@ import re
 import runpy
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from checkers.core.questions import QUESTIONS
@@ -155,3 +156,44 @@ def test_a_lab_error_shows_its_message_not_a_traceback(tmp_path):
     ]
     assert all(len(e.get("traceback", [])) <= 1 for e in errors)
     assert "max_steps must be > 0" in json.dumps(nb["cells"]) and "Traceback" not in json.dumps(nb["cells"])
+
+
+def test_a_core_run_leaves_out_go_furthers_checks_and_runs_and_keeps_its_definitions():
+    from cptlab.notebook.tracks import LEFT_OUT, defines_function, for_track
+
+    nb = nbformat.read(NOTEBOOK_DIR / "03_cpt.ipynb", as_version=4)
+    core, full = for_track(nb, "core"), for_track(nb, "full")
+    assert [c.source for c in full.cells] == [c.source for c in nb.cells]
+    for before, after in zip(nb.cells, core.cells):
+        tags = before.metadata.get("tags", [])
+        if before.cell_type == "code" and "go-further" in tags and not defines_function(before.source):
+            assert after.source == LEFT_OUT, before.source  # check_cpt_loop(...), the speed table, ...
+        else:
+            assert after.source == before.source  # the core, the markdown, and def cpt_loop (a stub)
+    left = [c for c in core.cells if c.source == LEFT_OUT]
+    assert len(left) >= 5 and any("def cpt_loop" in c.source for c in core.cells)
+    with pytest.raises(ValueError, match="track must be one of core, full"):
+        for_track(nb, "go-further")
+
+
+def test_a_core_runs_summary_asks_the_core_only():
+    from checkers.results.score import complete, format_scores
+
+    rows = {
+        q: {"title": v.title, "step": v.step, "track": v.track, "max": v.points, "status": "passed", "failed": []}
+        for q, v in QUESTIONS.items()
+        if v.kind != "written"
+    }
+    for q, r in rows.items():
+        r["points"] = float(r["max"]) if r["track"] == "core" else 0.0
+    scores = {
+        "questions": rows,
+        "tracks": {
+            "core": {"total": 91.0, "max": 91, "written_max": 9},
+            "go-further": {"total": 0.0, "max": 39, "written_max": 12},
+        },
+    }
+    assert complete(scores, "core") and not complete(scores, "full")
+    text = format_scores(scores, "core")
+    assert "Go further: left out of this core-track run" in text and "3.3 cpt_loop" not in text
+    assert "core: automatic points" in text and "91/91" in text.replace(" ", "")
