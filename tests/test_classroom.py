@@ -9,9 +9,9 @@ typed in, a `replay_schedule` that patches the checker at call time, a reversed 
 solutions and to allocate 8 GiB. Each costs its own question only.
 
 On the core track (the default), with a busy process on every core beside the grader: eve, who
-wrote the core and skipped every Go further part (91 automatic; with W4's 9, 100); bo, eve's
-notebooks with the cells shuffled, new ids and every variable renamed (91, flagged as a near-copy
-of eve).
+wrote the core and skipped every Go further part (91 automatic; with W4's 9, 100). bo, eve's
+notebooks with the cells shuffled, new ids and every variable renamed, is merged (each answer in
+its own place) and flagged as a near-copy without a second grading.
 """
 
 import csv
@@ -259,7 +259,6 @@ def graded_core(tmp_path_factory):
 
     sub = tmp_path_factory.mktemp("core-class") / "submissions"
     _submit(sub / "eve", {n: _core_only(n) for n in STEP_NOTEBOOKS.values()})
-    _submit(sub / "bo", {n: _shuffled(_renamed(_core_only(n)), i) for i, n in enumerate(STEP_NOTEBOOKS.values())})
     out = tmp_path_factory.mktemp("core-grades")
     CLASS["core"] = sub
     busy = [
@@ -303,30 +302,57 @@ def test_the_solutions_get_every_point_of_both_tracks(graded):
     assert sorted(r["question"] for r in sheet if r["learner"] == "ada") == ["W1", "W2", "W3", "W4", "W5"]
 
 
-def test_the_core_track_grades_the_core_alone_whatever_the_cell_order(graded_core):
+def test_the_core_track_grades_the_core_alone(graded_core):
     results, rows, out = graded_core
     core = {q for q, v in QUESTIONS.items() if v.track == "core" and v.kind != "written"}
-    for name in ("eve", "bo"):
-        row = rows[name]
-        assert (float(row["core_auto"]), row["go_further_auto"], row["max"]) == (91, "", "100"), (name, row)
-        assert all(row[f"q{q}"] == "" for q, v in QUESTIONS.items() if v.track == "go-further"), row
-        assert all(s == "ran to the end" for s in results[name].status.values()), results[name].status
-        # a learner who skipped every Go further part: no row of the core says "not implemented yet"
-        assert all(r.get("status") != "not implemented yet" for r in results[name].reports), name
-        assert {r["question"] for r in results[name].reports} == core
+    row = rows["eve"]
+    assert (float(row["core_auto"]), row["go_further_auto"], row["max"]) == (91, "", "100"), row
+    assert all(row[f"q{q}"] == "" for q, v in QUESTIONS.items() if v.track == "go-further"), row
+    assert all(s == "ran to the end" for s in results["eve"].status.values()), results["eve"].status
+    # a learner who skipped every Go further part: no row of the core says "not implemented yet"
+    assert all(r.get("status") != "not implemented yet" for r in results["eve"].reports)
+    assert {r["question"] for r in results["eve"].reports} == core
+    assert not any("library's reference" in f or "similar" in f for f in results["eve"].flags), results["eve"].flags
     # Go further's long cells were left out of the runs (the speed table, two processes, the experiments)
     cells = [c.source for c in nbformat.read(out / "runs" / "eve" / NB3, as_version=4).cells]
     assert any("left out of a core-track run" in c for c in cells) and not any("speed_of_run(" in c for c in cells)
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
-    assert sorted((r["learner"], r["question"]) for r in sheet) == [("bo", "W4"), ("eve", "W4")]
+    assert [(r["learner"], r["question"]) for r in sheet] == [("eve", "W4")]
     eve = _fill_rubric(out, "eve", 3)["eve"]
     assert (eve["core_written"], eve["core_total"], eve["total"]) == (9, 100, 100)
 
 
-def test_the_core_flags_the_near_copy(graded_core):
-    results, rows, _ = graded_core
-    assert re.search(r"code \d+% similar to eve", rows["bo"]["flags"]), rows["bo"]["flags"]
-    assert not any("library's reference" in f for f in results["bo"].flags + results["eve"].flags)
+def _answers(books: dict) -> str:
+    """A learner's graded core answers as the grader compares them: merged into the pristine notebooks."""
+    code = []
+    for name, nb in books.items():
+        merged = merge_answers(nbformat.read(NOTEBOOK_DIR / name, as_version=4), nb).notebook
+        code += [
+            c.source
+            for c in merged.cells
+            if c.cell_type == "code"
+            and "solution" in c.metadata.get("tags", [])
+            and "go-further" not in c.metadata.get("tags", [])
+        ]
+    return code
+
+
+def test_shuffled_renamed_cells_merge_as_written_and_are_flagged_as_a_near_copy():
+    """bo: eve's notebooks with the cells shuffled, new ids and every variable renamed. Each answer
+    lands in its own cell (so it grades as eve's does, in eve's order), and the copy is flagged."""
+    from checkers.grading.flags import flag_copies
+    from checkers.grading.result import LearnerResult
+
+    eve = {n: _core_only(n) for n in STEP_NOTEBOOKS.values()}
+    bo = {n: _shuffled(_renamed(_core_only(n)), i) for i, n in enumerate(STEP_NOTEBOOKS.values())}
+    mine, theirs = _answers(eve), _answers(bo)
+    assert len(mine) == len(theirs) == 5 and mine != theirs
+    renamed = {n: nbformat.reads(nbformat.writes(_renamed(nb)), as_version=4) for n, nb in eve.items()}
+    assert theirs == _answers(renamed)  # the shuffled cells merged into the very places of the unshuffled ones
+    a = LearnerResult("eve", 1, "smoke", code="\n\n".join(mine))
+    b = LearnerResult("bo", 2, "smoke", code="\n\n".join(theirs))
+    flag_copies([a, b])
+    assert re.fullmatch(r"code \d+% similar to eve", "; ".join(b.flags)), b.flags
 
 
 def test_each_mistake_costs_its_own_question(graded):
@@ -412,32 +438,32 @@ def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
     assert {k: str(v["core_auto"]) for k, v in merged.items()} == {k: v["core_auto"] for k, v in rows.items()}
 
 
-def test_a_stopped_class_resumes_where_it_stopped(graded_core, tmp_path, monkeypatch, capfd):
-    """The grader stopped after bo: run again, it grades eve alone (its earlier result stands in for a
+def test_a_stopped_class_resumes_where_it_stopped(graded, tmp_path, monkeypatch, capfd):
+    """The grader stopped after cy: run again, it grades ada alone (its saved result stands in for a
     second grading of the same submission) and writes the uninterrupted run's gradebook; a result
     graded on another track is not kept."""
     import checkers.grading.classroom as classroom
     from checkers.grading.result import from_dict
 
-    _, rows, out = graded_core
+    _, rows, out = graded
     again = tmp_path / "grades"
     (again / "learners").mkdir(parents=True)
-    shutil.copy(out / "learners" / "bo.json", again / "learners")
+    shutil.copy(out / "learners" / "cy.json", again / "learners")
     graded_now = []
 
-    def grade_learner(folder, *args, **kwargs):  # eve's result as grade_learner returned it, before the flags
+    def grade_learner(folder, *args, **kwargs):  # the result as grade_learner returned it, before the flags
         graded_now.append(folder.name)
         return from_dict(json.loads((out / "learners" / f"{folder.name}.json").read_text())["learner"], "smoke")
 
     monkeypatch.setattr(classroom, "grade_learner", grade_learner)
-    grade_class(CLASS["core"], "smoke", again, **GRADING)
-    assert graded_now == ["eve"]
+    grade_class(CLASS["full"], "smoke", again, track="full", **GRADING)
+    assert graded_now == ["ada"]
     assert {r["learner"]: r for r in csv.DictReader(open(again / "grades.csv"))} == rows
     err = capfd.readouterr().err
-    assert "1 of 2 learner(s) graded by an earlier run: kept" in err and "eve graded: 2/2 done" in err
+    assert "1 of 2 learner(s) graded by an earlier run: kept" in err and "ada graded: 2/2 done" in err
     graded_now.clear()
-    grade_class(CLASS["core"], "smoke", again, track="full", **GRADING)
-    assert sorted(graded_now) == ["bo", "eve"]
+    grade_class(CLASS["full"], "smoke", again, track="core", **GRADING)
+    assert sorted(graded_now) == ["ada", "cy"]
 
 
 def test_merging_takes_only_the_answer_cells():
