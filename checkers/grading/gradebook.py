@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from checkers.core.questions import GRADED_TRACKS, QUESTIONS, RUBRIC_MAX, TRACKS, track_points
+from checkers.core.questions import QUESTIONS, RUBRIC_MAX, TRACKS, track_points
 from checkers.core.report import Check, Report
 from checkers.grading.flags import flag_copies
 from checkers.grading.result import LearnerResult, _results_of, as_dict
@@ -26,7 +26,7 @@ TRACK_COLUMN = {"core": "core", "go-further": "go_further"}
 
 
 def graded(r: LearnerResult, q) -> bool:
-    return q.track in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"])
+    return q.track in r.graded_tracks
 
 
 def gradebook_rows(results: list[LearnerResult], manual: dict[tuple[str, str], float] | None = None) -> list[dict]:
@@ -51,7 +51,7 @@ def gradebook_rows(results: list[LearnerResult], manual: dict[tuple[str, str], f
         totals = {"auto": 0.0, "written": None, "max": 0}
         for t in TRACKS:
             col = TRACK_COLUMN[t]
-            if t not in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"]):
+            if t not in r.graded_tracks:
                 row.update({f"{col}_auto": "", f"{col}_written": "", f"{col}_total": "", f"{col}_max": ""})
                 continue
             marks = [row[f"q{q.id}"] for q in QUESTIONS.values() if q.track == t and q.kind == "written"]
@@ -137,7 +137,7 @@ def feedback_page(r: LearnerResult) -> str:
     tables = ""
     for t in TRACKS:
         name = "Core" if t == "core" else "Go further"
-        if t not in GRADED_TRACKS.get(r.track, GRADED_TRACKS["full"]):
+        if t not in r.graded_tracks:
             tables += f"<h3>{name}</h3><p>Not graded this time: the class was graded on the core track.</p>"
             continue
         rows = "".join(

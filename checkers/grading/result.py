@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checkers.core.questions import QUESTIONS
+from checkers.core.questions import GRADED_TRACKS, QUESTIONS
 from cptlab.core.results import write_json_atomic
 
 
@@ -30,6 +30,11 @@ class LearnerResult:
     @property
     def auto_total(self) -> float:
         return round(sum(self.points.values()), 2)
+
+    @property
+    def graded_tracks(self) -> tuple[str, ...]:
+        """The question tracks this grade covers (core, or core and go-further)."""
+        return GRADED_TRACKS.get(self.track, GRADED_TRACKS["full"])
 
     def auto(self, track: str) -> float:
         """The automatic points earned in one track (core or go-further)."""
