@@ -12,24 +12,25 @@ May import: checkers.core, checkers.code, checkers.results, checkers.verify, che
 cptlab.data, cptlab.speed, cptlab.model, cptlab.lab, cptlab.notebook.
 """
 
-from checkers.code.exercises import (
-    check_blocks,
-    check_choice,
-    check_cpt_loop,
-    check_flops,
-    check_interpolate,
-    check_lora_config,
-    check_optimizer_step,
-    check_pack,
-    check_perplexity,
-    check_production_choices,
-    check_replay_schedule,
-    check_schedule,
-    check_split,
-    check_tradeoff,
-)
-from checkers.core.report import Check, Report
-from checkers.results.steps import check_all, check_step1, check_step2, check_step3, check_step4
+from importlib import import_module
+
+# Where each name lives. Imported on first use: ``python -m checkers grade`` and ``summarize`` read
+# JSON only and start without torch and transformers (7 s here); a notebook's check cell pays it once.
+_HOME = {
+    "Check": "checkers.core.report",
+    "Report": "checkers.core.report",
+    **{n: "checkers.results.steps" for n in ("check_all", "check_step1", "check_step2", "check_step3", "check_step4")},
+}
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name) or ("checkers.code.exercises" if name in __all__ else None)
+    if home is None:
+        raise AttributeError(f"module 'checkers' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Check",

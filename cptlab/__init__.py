@@ -8,6 +8,15 @@ imports the grader (``checkers``): ``cptlab lab`` runs it as its own process.
 May import: cptlab.core, cptlab.data, cptlab.speed, cptlab.model, cptlab.lab, cptlab.notebook.
 """
 
+import sys
+
+# nbformat validates notebooks with jsonschema, which imports rfc3987_syntax where it is installed
+# (JupyterLab's jupyter-events asks for it): ~35 Earley parsers built at import, 2 s on a 2-core CPU,
+# in every process that reads a notebook, for the "iri" formats that no notebook schema uses
+# (python-jsonschema/jsonschema#1428). Marked absent, jsonschema skips those two formats.
+if "jsonschema" not in sys.modules:
+    sys.modules.setdefault("rfc3987_syntax", None)
+
 from cptlab.core.config import DataSource, LabConfig, TinyBaseConfig, get_config
 
 __version__ = "0.1.0"

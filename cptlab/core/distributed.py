@@ -6,21 +6,30 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+
+def _dist():
+    """torch.distributed, if anything imported it: a process with no torch has no process group,
+    and the lab's light processes (the notebook executor, the CLI) ask without importing torch."""
+    return sys.modules.get("torch.distributed")
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    dist = _dist()
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    return _dist().get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    return _dist().get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
@@ -31,6 +40,9 @@ def init_from_env() -> bool:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_distributed()
+    import torch
+    import torch.distributed as dist
+
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -44,10 +56,12 @@ def init_from_env() -> bool:
 def shutdown() -> None:
     """Destroy the process group (a no-op when there is none)."""
     if is_distributed():
-        dist.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def device_for_rank(device: torch.device) -> torch.device:
+    import torch
+
     if device.type == "cuda" and is_distributed():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
@@ -55,10 +69,10 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _dist().all_reduce(t, op=_dist().ReduceOp.SUM)
     return t
 
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        _dist().barrier()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from cptlab.core.config import ConfigError
-from cptlab.core.results import MissingStepError
-from cptlab.data.corpus import CorpusError
-from cptlab.data.sources import AssetNotFoundError
-from cptlab.model.train import TrainingDivergedError
-
 
 def lab_errors() -> tuple[type[BaseException], ...]:
+    # imported here: the notebook executor reads STOPPED without loading torch
+    from cptlab.core.config import ConfigError
+    from cptlab.core.results import MissingStepError
+    from cptlab.data.corpus import CorpusError
+    from cptlab.data.sources import AssetNotFoundError
+    from cptlab.model.train import TrainingDivergedError
+
     return (ConfigError, CorpusError, MissingStepError, AssetNotFoundError, TrainingDivergedError)
 
 
