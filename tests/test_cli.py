@@ -108,6 +108,7 @@ def test_a_first_lab_shows_the_base_pretraining_and_the_long_parts_in_the_termin
     assert re.search(r"\[lab\] CPT: 30 steps, started[\s\S]*\[lab\] CPT: 30/30 steps, .*tok_s=.*, done", shown)
 
 
+@pytest.mark.slow  # a second process or a compiler: seconds, not the quick suite's
 def test_the_command_line_speaks_only_for_itself(tmp_path, tiny_model_dir):
     """No loading bar, no deprecation notice, no tokenizer length warning on stderr for a text far
     longer than the model's context: what a script or CI log receives is the result alone."""

@@ -99,6 +99,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # a second process or a compiler: seconds, not the quick suite's
 @pytest.mark.skipif(dev.glibc() is None, reason="glibc only")
 def test_freed_memory_is_reused_not_faulted_in_again():
     """Twenty steps of 17 MiB of blocks: mapped afresh, every page faults in again (about 87,000);

@@ -881,6 +881,7 @@ def test_loop_mistakes_are_named(changes, mistake):
     named_on_every_seed(check_cpt_loop, mistake, loop_with(**changes))
 
 
+@pytest.mark.slow  # the loop's check on every seed: seconds, not the quick suite's
 def test_a_loop_with_the_recipes_clip_typed_in_is_named():
     def typed_clip(run, lr_at, optimizer_step):
         cpt_loop(run, lr_at, lambda model, batch, opt, max_norm: optimizer_step(model, batch, opt, 1.0))
@@ -908,6 +909,7 @@ def test_the_loop_probe_keeps_a_last_bit_difference_in_the_last_bits():
         assert max(abs(a - b) for a, b in zip(*losses)) < 1e-6, (seed, losses)
 
 
+@pytest.mark.slow  # the loop's check on every seed: seconds, not the quick suite's
 def test_a_loop_that_never_stops_at_the_floor_is_named():
     def never_stops(run, lr_at, optimizer_step):
         cfg = run.cfg.__class__(**{**run.cfg.__dict__, "stop_at_floor": False})

@@ -142,6 +142,7 @@ def test_chunked_cross_entropy_is_one_call_in_pieces(monkeypatch):
     assert torch.allclose(gh, rh, atol=1e-6) and torch.allclose(gw, rw, atol=1e-5)
 
 
+@pytest.mark.slow  # a second process or a compiler: seconds, not the quick suite's
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("g++")), reason="torch.compile needs a C compiler")
 def test_compiled_loss_keeps_the_gradients(tiny_model_dir):
     """The fused Function stays out of compiled graphs (on CUDA a compiled one lost its gradients)."""

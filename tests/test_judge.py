@@ -2,10 +2,11 @@
 and nothing it does at call time reaches the process that decides its points."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
-from checkers.grading.judge import Limits, judge_question
+from checkers.grading.judge import Limits, judge_question, judge_questions
 
 pytestmark = pytest.mark.slow
 SETUP = "import math\nimport numpy as np\nimport torch\n"
@@ -88,6 +89,29 @@ def test_a_hang_costs_the_question_and_names_the_function(tmp_path):
         c.id == "q3.1.limits" and c.got.startswith("lr_at: still running after the question's time limit of 6 s")
         for c in report.checks
     ), str(report)
+
+
+def test_a_step_s_questions_share_a_process_and_a_hang_leaves_the_next_one_a_fresh_one(tmp_path):
+    """lr_at never returns: question 3.1 is lost at its own limit; 3.2, judged after it in the same
+    step, gets a new process (its answer cells defined again) and its full points."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "03_cpt.py"
+    solutions = re.findall(r"### BEGIN SOLUTION [^\n]*\n(.*?)    ### END SOLUTION", src.read_text(), re.S)
+    assert solutions, "no solution in notebooks/src/03_cpt.py"
+    step = "def optimizer_step(model, batch, optimizer, max_norm):\n" + next(s for s in solutions if "backward" in s)
+    hang = "def lr_at(step, peak_lr, warmup_steps, max_steps):\n    while True:\n        pass\n"
+    reports = judge_questions(
+        ["3.1", "3.2"],
+        [SETUP, hang, step],
+        lambda cmd: cmd,
+        {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        tmp_path,
+        Limits(8.0, 3 << 30),
+        seed=5,
+    )
+    assert reports["3.1"].points == 0 and "time limit" in str(reports["3.1"]), str(reports["3.1"])
+    assert reports["3.2"].passed and reports["3.2"].points == reports["3.2"].max_points, str(reports["3.2"])
 
 
 def test_memory_past_the_cap_costs_the_question(tmp_path):

@@ -322,7 +322,10 @@ def test_the_speed_table_uses_the_learners_flops_and_mfu_and_compares_precisions
 
     ref = speed_of_run(lab_run)
     forward_only = speed_of_run(lab_run, flops_fn=lambda m, b: flops_per_token(m, b) / 3)
-    assert forward_only["mfu"] == pytest.approx(ref["mfu"] / 3, rel=0.5)  # the peak is measured again: its noise
+    # the peak is measured again on each call (timing noise): the MFU is the learner's FLOPs over that peak
+    assert forward_only["mfu"] == pytest.approx(
+        forward_only["tokens_per_second"] * forward_only["flops_per_token"] / forward_only["peak_flops"]
+    )
     assert forward_only["flops_per_token"] == pytest.approx(ref["flops_per_token"] / 3)
     assert speed_of_run(lab_run, mfu_fn=lambda tps, fpt, peaks, precision: 0.5)["mfu"] == 0.5  # the learner's MFU
     s3 = json.loads((lab_run / "step3_cpt.json").read_text())

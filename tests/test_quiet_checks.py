@@ -53,6 +53,7 @@ def test_no_check_prints_a_library_warning_and_no_case_is_impossible():
         assert all(line.endswith(" True") for line in lines) and len(lines) == 14, done.stdout
 
 
+@pytest.mark.slow  # a second process or a compiler: seconds, not the quick suite's
 def test_the_quiet_test_hears_a_warning():
     """The same run with one warning made to happen: the test above would fail on it."""
     noisy = (

@@ -1,9 +1,10 @@
 """The judge: a learner's function checked from the grader's process, never inside it.
 
-For each question, one short-lived call server (``python -m cptlab.notebook.callserver``) starts inside the
-learner's sandbox with the notebook's set-up imports and the learner's answer cells only, under the
-question's own time limit and memory cap. The check itself (its random cases, the reference, the
-decision and the points) runs here; each call of the learner's function goes to the call server as
+For each step, one short-lived call server (``python -m cptlab.notebook.callserver``) starts inside the
+learner's sandbox with the notebook's set-up imports and the learner's answer cells only; each of the
+step's questions has its own time limit under the process's memory cap, and a question that ends the
+process (its limit, a crash) leaves the next question a fresh one. The check itself (its random cases,
+the reference, the decision and the points) runs here; each call of the learner's function goes to the call server as
 plain data and its outputs (and a model's weights after the call) come back as plain data. What
 the learner's kernel displays earns nothing, and a function that patches ``checkers``, ``cptlab``,
 ``torch`` or builtins at call time patches them only in its own process.
@@ -95,6 +96,17 @@ class CallServer:
         )
         self.sent: set[int] = set()
         self.errors: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def begin(self, seconds: float) -> None:
+        """The next question: its own time limit, and no model handle of the last question kept on either
+        side (the grader's object ids are reused once its models are freed)."""
+        self.deadline = time.monotonic() + seconds
+        self.sent.clear()
+        self.request({"op": "reset"})
 
     def request(self, req: dict) -> dict:
         try:
@@ -230,22 +242,49 @@ def judge_question(
     seed: int | None = None,
 ) -> Report:
     """Check question ``qid``'s functions, defined by ``cells`` (set-up imports first), in a call server."""
-    q = QUESTIONS[qid]
-    server = CallServer(wrap, env, cwd, limits)
+    return judge_questions([qid], cells, wrap, env, cwd, limits, run_dir, seed)[qid]
+
+
+def judge_questions(
+    qids: list[str],
+    cells: list[str],
+    wrap: Callable[[list[str]], list[str]],
+    env: dict,
+    cwd: Path,
+    limits: Limits,
+    run_dir: Path | None = None,
+    seed: int | None = None,
+) -> dict[str, Report]:
+    """Check a step's questions in turn, their functions defined once by ``cells`` in one call server
+    (its start, 5 to 9 s of imports here, paid once a step, not once a question)."""
+    reports: dict[str, Report] = {}
+    server, defined = None, {}
     try:
-        try:
-            defined = server.request({"op": "define", "cells": cells})
-        except OutOfLimits as exc:
-            return _limit_report(q, f"the answer cells did not finish: {exc}")
-        fns = [RemoteFunction(server, name) for name in q.functions]
-        extra = {"run_dir": str(run_dir)} if qid == "4.6" and run_dir is not None else {}
-        report = CHECKS[qid](*fns, seed=seed, **extra)
-        if defined.get("errors") and not report.passed:
-            for c in report.failures:
-                c.hint += f" (an answer cell raised when it ran: {defined['errors'][0]})"
-        return report
+        for qid in qids:
+            q = QUESTIONS[qid]
+            if server is not None and server.alive:
+                try:
+                    server.begin(limits.seconds)
+                except OutOfLimits:
+                    server.close()
+            if server is None or not server.alive:
+                server = CallServer(wrap, env, cwd, limits)
+                try:
+                    defined = server.request({"op": "define", "cells": cells})
+                except OutOfLimits as exc:
+                    reports[qid] = _limit_report(q, f"the answer cells did not finish: {exc}")
+                    continue
+            fns = [RemoteFunction(server, name) for name in q.functions]
+            extra = {"run_dir": str(run_dir)} if qid == "4.6" and run_dir is not None else {}
+            report = CHECKS[qid](*fns, seed=seed, **extra)
+            if defined.get("errors") and not report.passed:
+                for c in report.failures:
+                    c.hint += f" (an answer cell raised when it ran: {defined['errors'][0]})"
+            reports[qid] = report
     finally:
-        server.close()
+        if server is not None:
+            server.close()
+    return reports
 
 
 def _limit_report(q, why: str) -> Report:

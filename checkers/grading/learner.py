@@ -15,7 +15,7 @@ import nbformat
 from checkers.core.questions import GRADED_TRACKS, QUESTIONS, RESULTS_QUESTION
 from checkers.core.report import Check, Report
 from checkers.grading.flags import reaches_reference, reference_copies
-from checkers.grading.judge import Limits, judge_question, setup_imports
+from checkers.grading.judge import Limits, judge_question, judge_questions, setup_imports
 from checkers.grading.result import LearnerResult
 from checkers.grading.sandbox import Sandbox, execute, learner_env
 from checkers.grading.submissions import (
@@ -160,15 +160,14 @@ def grade_learner(
                     res.answers[qid] = cell.source
         setup = setup_cell(pristine)
         merges[step] = (merge, setup, cells)
-        for q in questions:  # the judge, one sandboxed process per question (4.6 also needs step 4's study: below)
-            if q.id == "4.6":
-                continue
-            if submitted is None:
-                reports[q.id] = _missing_report(q, name, why)
-            else:
-                reports[q.id] = judge_question(
-                    q.id, [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits
-                )
+        # the judge, one sandboxed process for the step's questions (4.6 also needs step 4's study: below)
+        judged = [q.id for q in questions if q.id != "4.6"]
+        if submitted is None:
+            reports.update({qid: _missing_report(QUESTIONS[qid], name, why) for qid in judged})
+        elif judged:
+            reports.update(
+                judge_questions(judged, [prelude, setup_imports(setup), *cells], wrap, _judge_env(env), run_dir, limits)
+            )
         failed = [q for q in questions if q.id in reports and not reports[q.id].passed]
         cannot = {f for q in failed if cannot_run(reports[q.id]) for f in q.functions}  # raised, hung, a stub
         wrong = {f for q in failed for f in q.functions} - cannot  # returned values, the wrong ones

@@ -269,6 +269,10 @@ def serve(inp, out) -> None:
             reply = {"errors": _define(namespace, req["cells"])}
         elif req["op"] == "call":
             reply = _call(namespace, req, models, optimizers)
+        elif req["op"] == "reset":  # the next question: no model or optimizer of the last one is looked up again
+            models.clear()
+            optimizers.clear()
+            reply = {}
         else:
             break
         out.write(json.dumps(reply) + "\n")
