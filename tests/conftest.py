@@ -18,6 +18,12 @@ os.environ.setdefault("CPTLAB_CACHE", tempfile.mkdtemp(prefix="cptlab-test-cache
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker, and every kernel, sandbox and call server it starts, computes on its
+# share of the cores: two workers of two threads each on two cores would spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("CPTLAB_THREADS", str(_share))
 
 ENGLISH = (
     "The quick brown fox jumps over the lazy dog. Continued pre-training keeps training a language model "
@@ -96,11 +102,11 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
-    Under pytest-xdist (`--dist loadgroup`) the tests of one file share a worker (so a module's
-    fixture, a graded class, runs once)."""
+    Under pytest-xdist (`--dist loadgroup`) a file's tests share a worker (a module's fixture, a graded
+    class, runs once), and every file that uses the executed lab shares one worker (it is built once)."""
+    uses_lab = {item.path.name for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))}
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        # a file's tests on one worker, so that its module fixtures (a graded class) run once; the
-        # executed lab is a session fixture, built once on each worker that needs it
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
+        group = "the-executed-lab" if item.path.name in uses_lab else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -2,7 +2,6 @@
 and nothing it does at call time reaches the process that decides its points."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -92,26 +91,25 @@ def test_a_hang_costs_the_question_and_names_the_function(tmp_path):
 
 
 def test_a_step_s_questions_share_a_process_and_a_hang_leaves_the_next_one_a_fresh_one(tmp_path):
-    """lr_at never returns: question 3.1 is lost at its own limit; 3.2, judged after it in the same
-    step, gets a new process (its answer cells defined again) and its full points."""
-    import re
-
-    src = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "03_cpt.py"
-    solutions = re.findall(r"### BEGIN SOLUTION [^\n]*\n(.*?)    ### END SOLUTION", src.read_text(), re.S)
-    assert solutions, "no solution in notebooks/src/03_cpt.py"
-    step = "def optimizer_step(model, batch, optimizer, max_norm):\n" + next(s for s in solutions if "backward" in s)
-    hang = "def lr_at(step, peak_lr, warmup_steps, max_steps):\n    while True:\n        pass\n"
+    """pack_documents never returns: question 2.1 is lost at its own limit; 2.3, judged after it in the
+    same step, gets a new process (the answer cells defined again) and its full points."""
+    hang = "def pack_documents(doc_ids, eos_id):\n    while True:\n        pass\n"
+    blocks = (
+        "def to_blocks(stream, block_size):\n"
+        "    n = (len(stream) // block_size) * block_size\n"
+        "    return np.asarray(stream[:n]).reshape(-1, block_size)\n"
+    )
     reports = judge_questions(
-        ["3.1", "3.2"],
-        [SETUP, hang, step],
+        ["2.1", "2.3"],
+        [SETUP, hang, blocks],
         lambda cmd: cmd,
         {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
         tmp_path,
-        Limits(8.0, 3 << 30),
+        Limits(10.0, 3 << 30),
         seed=5,
     )
-    assert reports["3.1"].points == 0 and "time limit" in str(reports["3.1"]), str(reports["3.1"])
-    assert reports["3.2"].passed and reports["3.2"].points == reports["3.2"].max_points, str(reports["3.2"])
+    assert reports["2.1"].points == 0 and "time limit of 10 s" in str(reports["2.1"]), str(reports["2.1"])
+    assert reports["2.3"].passed and reports["2.3"].points == reports["2.3"].max_points, str(reports["2.3"])
 
 
 def test_memory_past_the_cap_costs_the_question(tmp_path):
