@@ -22,10 +22,11 @@ setup: $(VENV)/.installed
 lab: setup
 	$(BIN)/cptlab lab --preset $(PRESET) --track $(TRACK)
 
-# One process by default: on 2 cores, xdist workers and the notebooks' kernels they start compete for
-# the same cores (374 tests took 38 minutes under xdist here). With more cores: make test PYTEST_ARGS="-n auto --dist loadgroup"
-# (a file's tests stay on one worker, see tests/conftest.py).
-PYTEST_ARGS ?=
+# pytest-xdist, a worker a core (`-n auto`), files grouped (`--dist loadgroup`, tests/conftest.py): every
+# file that uses the executed lab on one worker (it is built once), each other file on one worker (a
+# graded class once); each worker's processes compute on its share of the cores. One process:
+# make test PYTEST_ARGS=
+PYTEST_ARGS ?= -n auto --dist loadgroup
 test: setup
 	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 

@@ -102,11 +102,11 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
-    Under pytest-xdist (`--dist loadgroup`) a file's tests share a worker (a module's fixture, a graded
-    class, runs once), and every file that uses the executed lab shares one worker (it is built once)."""
-    uses_lab = {item.path.name for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    Under pytest-xdist (`--dist loadgroup`) the tests that use the executed lab share one worker (it is
+    built once), and the others of a file share one (a module's fixture, a graded class, runs once)."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
-        group = "the-executed-lab" if item.path.name in uses_lab else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        uses_lab = "lab_run" in fixtures
+        item.add_marker(pytest.mark.xdist_group("the-executed-lab" if uses_lab else item.path.name))

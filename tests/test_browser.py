@@ -18,6 +18,7 @@ import pytest
 
 from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.notebook.execute import NOTEBOOK_DIR
+from cptlab.notebook.tracks import for_track
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -68,15 +69,16 @@ def _wait(fn, timeout: float, what: str, step: float = 0.5):
 
 @pytest.fixture(scope="module")
 def lab_dir(tmp_path_factory, lab_run):
-    """A folder with notebook 3 (solution, smoke preset) ready to run: steps 1 and 2 taken from the
-    shared ``lab_run`` (its step 3 and 4 left behind, so notebook 3 runs from its start)."""
+    """A folder with notebook 3 (solution, smoke preset, the core's cells: Go further's long runs are
+    executed headless by ``lab_run``) ready to run: steps 1 and 2 taken from the shared ``lab_run``
+    (its step 3 and 4 left behind, so notebook 3 runs from its start)."""
     _skip_without_browser()
     pytest.importorskip("jupyterlab", reason="JupyterLab is not installed: `pip install -e .[dev]`")
     work = tmp_path_factory.mktemp("jlab")
     run = work / "run"
     later = ("step3_*", "step4_*", "models", "checkpoints", "plots", "index.html", "*.ipynb", "manifest.json")
     shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns(*later))
-    nb = nbformat.read(NOTEBOOK_DIR / "solutions" / STEP_NOTEBOOKS[3], as_version=4)
+    nb = for_track(nbformat.read(NOTEBOOK_DIR / "solutions" / STEP_NOTEBOOKS[3], as_version=4), "core")
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = f'PRESET = "smoke"\nRUN_DIR = {str(run)!r}\nSEED = 1234\nOVERRIDES = {{}}'
     nbformat.write(nb, work / STEP_NOTEBOOKS[3])
