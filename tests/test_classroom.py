@@ -6,10 +6,11 @@ into `pack_documents` (flagged), a `NameError` in `split_documents`, an `lr_at` 
 a monkeypatched check above an `optimizer_step` that never steps, a loop with the recipe's numbers
 typed in, a `replay_schedule` that patches the checker at call time, a reversed interpolation, a
 `choose_variant` that calls the library's reference, a `production_choices` that tries to read the
-solutions and to allocate 8 GiB. Each costs its own question only.
+solutions and to allocate 8 GiB. Each costs its own question only. eve, who wrote the core and
+skipped every Go further part: the core's 91 and none of Go further's.
 
-On the core track (the default), with a busy process on every core beside the grader: eve, who
-wrote the core and skipped every Go further part (91 automatic; with W4's 9, 100). bo, eve's
+On the core track (the default), with a busy process on every core beside the grader: eve again
+(91 automatic; with W4's 9, 100). bo, eve's
 notebooks with the cells shuffled, new ids and every variable renamed, is merged (each answer in
 its own place) and flagged as a near-copy without a second grading.
 """
@@ -226,9 +227,10 @@ def _pasted_pack():
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """The full track: ada and cy."""
+    """The full track: ada, cy and eve."""
     sub = tmp_path_factory.mktemp("class") / "submissions"
     _submit(sub / "ada", {n: _sol(n) for n in STEP_NOTEBOOKS.values()})
+    _submit(sub / "eve", {n: _core_only(n) for n in STEP_NOTEBOOKS.values()})
     nb3 = _replace(_replace(_sol(NB3), "lr_at", LR_HANGS), "optimizer_step", NO_STEP_WITH_FAKE_CHECK)
     nb4 = _replace(
         _replace(_sol(NB4), "interpolate", INTERPOLATE_REVERSED), "replay_schedule", REPLAY_PATCHES_AT_CALL_TIME
@@ -300,6 +302,23 @@ def test_the_solutions_get_every_point_of_both_tracks(graded):
     assert not any("cptlab" in f or "library's reference" in f for f in results["ada"].flags), results["ada"].flags
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
     assert sorted(r["question"] for r in sheet if r["learner"] == "ada") == ["W1", "W2", "W3", "W4", "W5"]
+
+
+def test_a_learner_who_skipped_go_further_gets_the_core_and_no_go_further_point_on_the_full_track(graded):
+    """eve on the full track: the core's 91, Go further's 0 (each of its questions a stub, said so),
+    every notebook run to its end, and no row of the core says "not implemented yet"."""
+    results, rows, _ = graded
+    row = rows["eve"]
+    assert (float(row["core_auto"]), float(row["go_further_auto"]), float(row["auto_total"])) == (91, 0, 91), row
+    assert all(s == "ran to the end" or "(raised, hung or not written)" in s for s in results["eve"].status.values())
+    by_track = {}
+    for r in results["eve"].reports:
+        q = QUESTIONS.get(r.get("question"))
+        if q is not None:
+            by_track.setdefault(q.track, []).append(r)
+    assert all(r.get("status") != "not implemented yet" for r in by_track["core"])
+    graded_code = [r for r in by_track["go-further"] if QUESTIONS[r["question"]].kind == "code"]
+    assert graded_code and all(r["status"] == "not implemented yet" and r["points"] == 0 for r in graded_code)
 
 
 def test_the_core_track_grades_the_core_alone(graded_core):
@@ -439,8 +458,8 @@ def test_shards_merge_into_the_same_gradebook(graded, tmp_path):
 
 
 def test_a_stopped_class_resumes_where_it_stopped(graded, tmp_path, monkeypatch, capfd):
-    """The grader stopped after cy: run again, it grades ada alone (its saved result stands in for a
-    second grading of the same submission) and writes the uninterrupted run's gradebook; a result
+    """The grader stopped after cy: run again, it grades ada and eve alone (their saved results stand in
+    for a second grading of the same submissions) and writes the uninterrupted run's gradebook; a result
     graded on another track is not kept."""
     import checkers.grading.classroom as classroom
     from checkers.grading.result import from_dict
@@ -457,13 +476,13 @@ def test_a_stopped_class_resumes_where_it_stopped(graded, tmp_path, monkeypatch,
 
     monkeypatch.setattr(classroom, "grade_learner", grade_learner)
     grade_class(CLASS["full"], "smoke", again, track="full", **GRADING)
-    assert graded_now == ["ada"]
+    assert sorted(graded_now) == ["ada", "eve"]
     assert {r["learner"]: r for r in csv.DictReader(open(again / "grades.csv"))} == rows
     err = capfd.readouterr().err
-    assert "1 of 2 learner(s) graded by an earlier run: kept" in err and "ada graded: 2/2 done" in err
+    assert "1 of 3 learner(s) graded by an earlier run: kept" in err and "graded: 3/3 done" in err
     graded_now.clear()
     grade_class(CLASS["full"], "smoke", again, track="core", **GRADING)
-    assert sorted(graded_now) == ["ada", "cy"]
+    assert sorted(graded_now) == ["ada", "cy", "eve"]
 
 
 def test_merging_takes_only_the_answer_cells():
