@@ -231,18 +231,9 @@ CHECKS: dict[str, Callable] = {
 }
 
 
-def judge_question(
-    qid: str,
-    cells: list[str],
-    wrap: Callable[[list[str]], list[str]],
-    env: dict,
-    cwd: Path,
-    limits: Limits,
-    run_dir: Path | None = None,
-    seed: int | None = None,
-) -> Report:
-    """Check question ``qid``'s functions, defined by ``cells`` (set-up imports first), in a call server."""
-    return judge_questions([qid], cells, wrap, env, cwd, limits, run_dir, seed)[qid]
+def judge_question(qid: str, *args, **kwargs) -> Report:
+    """Check question ``qid`` alone (``judge_questions``' arguments after the questions)."""
+    return judge_questions([qid], *args, **kwargs)[qid]
 
 
 def judge_questions(
