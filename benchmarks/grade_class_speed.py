@@ -66,6 +66,8 @@ def main() -> None:
                     "core_minutes_per_learner": round(cpu / 60 / len(results), 2) if ok else None,
                     "all_automatic_points": ok,
                     "cell_seconds_by_notebook": _cell_seconds(out / "runs" / "learner00"),
+                    "date": time.strftime("%Y-%m-%d"),
+                    "commit": _commit(),
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -79,6 +81,14 @@ def main() -> None:
         data["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         data["date"] = time.strftime("%Y-%m-%d")
         path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _commit() -> str | None:
+    """The project's commit the row measured (rows of several runs share the file)."""
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True)
+    return done.stdout.decode().strip() or None
 
 
 def _cpu_seconds() -> float:
