@@ -3,9 +3,10 @@
 For each step, one short-lived call server (``python -m cptlab.notebook.callserver``) starts inside the
 learner's sandbox with the notebook's set-up imports and the learner's answer cells only; each of the
 step's questions has its own time limit under the process's memory cap, and a question that ends the
-process (its limit, a crash) leaves the next question a fresh one. The check itself (its random cases,
-the reference, the decision and the points) runs here; each call of the learner's function goes to the call server as
-plain data and its outputs (and a model's weights after the call) come back as plain data. What
+process (its limit, a crash) leaves the next question a fresh one. The check itself (its random
+cases, the reference, the decision and the points) runs here; each call of the learner's function
+goes to the call server as plain data and its outputs (and a model's weights after the call) come
+back as plain data. What
 the learner's kernel displays earns nothing, and a function that patches ``checkers``, ``cptlab``,
 ``torch`` or builtins at call time patches them only in its own process.
 """
@@ -257,7 +258,7 @@ def judge_questions(
                 try:
                     server.begin(limits.seconds)
                 except OutOfLimits:
-                    server.close()
+                    pass  # it ended after the last question (and was closed): a fresh one below
             if server is None or not server.alive:
                 server = CallServer(wrap, env, cwd, limits)
                 try:
