@@ -30,6 +30,7 @@ from cptlab.model.measure import (
     floor_crossing,
     general_stream,
     model_path,
+    rescored,
     resolve_base_model,
     run_corpus,
     scored,
@@ -195,7 +196,11 @@ def run_step3(
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
     if not ckpt.exists():
-        curve.measure(model, 0)
+        start = rescored(s1["code"], s1["general"], "step 0", baseline_of(s1))  # the base, as step 1 scored it
+        if start is None:
+            curve.measure(model, 0)
+        else:
+            curve.points.append({"step": 0, **{k: v for k, v in start.items() if k != "name"}})
     seed_everything(cfg.seed)
     result = train(
         model,

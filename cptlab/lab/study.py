@@ -21,6 +21,7 @@ from cptlab.model.measure import (
     floor_crossing,
     general_stream,
     model_path,
+    rescored,
     run_corpus,
     scored,
 )
@@ -104,6 +105,14 @@ def load_interpolated(model, state) -> None:
 
 def _names(targets) -> list[str]:
     return [targets] if isinstance(targets, str) else sorted(targets)
+
+
+def _same_weights(state: dict[str, torch.Tensor], **others: dict[str, torch.Tensor]) -> str | None:
+    """The name of the state in ``others`` that ``state`` equals exactly, if one does."""
+    for name, other in others.items():
+        if all(torch.equal(state[k], other[k]) for k in other):
+            return name
+    return None
 
 
 def state_of(model) -> dict[str, torch.Tensor]:
@@ -345,9 +354,21 @@ def run_study(
     base_model = s.model()
     base_state = state_of(base_model)
     cpt_state = state_of(s.model(str(model_path(run_dir, s3["adapted_model"]))))
+    # an interpolation whose weights are the base's or the CPT run's, bit for bit, has their numbers:
+    # steps 1 and 4 scored those weights on these tokens (a = 0 and 1 with the reference)
+    known = {
+        "base": (s1["code"], s1["general"], "the base model's weights: step 1's numbers"),
+        "cpt": (s4["code"], s4["general"], "the CPT run's weights: step 4's numbers"),
+    }
     for alpha in cfg.interp_alphas:
         load_interpolated(base_model, (interpolate_fn or interpolate)(base_state, cpt_state, alpha))
-        variants.append(measure(base_model, f"interp a={alpha:g}", "interpolation", alpha=alpha))
+        name = f"interp a={alpha:g}"
+        same = _same_weights(base_model.state_dict(), base=base_state, cpt=cpt_state)
+        rec = None
+        if same:
+            code, general, why = known[same]
+            rec = rescored(code, general, name, baseline, choice="interpolation", alpha=alpha, scored_as=why)
+        variants.append(rec or measure(base_model, name, "interpolation", alpha=alpha))
     for v in variants:
         v["within_floor"] = within_floor(v, cfg.retention_floor)
 

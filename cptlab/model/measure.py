@@ -5,6 +5,7 @@ benchmark all measure through here."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,28 @@ def scored(
     paired intervals. The curve's points and the study's variants are all such records."""
     c = evaluate(model, code, cfg, device, f"{name}: code", progress, eos_id=eos_id)
     g = evaluate(model, general, cfg, device, f"{name}: English", progress, eos_id=eos_id)
+    return record_of(name, c, g, baseline, **extra)
+
+
+def rescored(code: dict, general: dict, name: str, baseline: dict, **extra) -> dict | None:
+    """``scored`` without scoring again, from the evaluation records a results file holds for the
+    same weights (step 1's for the base, step 4's for the CPT run): the same tokens and protocol,
+    per-document sums from the reference, so the numbers a new measurement would give. ``None``
+    for records without per-document sums."""
+    results = []
+    for rec in (code, general):
+        units = (rec or {}).get("units")
+        if not units:
+            return None
+        nll_sum = float(units.get("nll_sum", rec["nll_sum"]))  # the reference's, where a learner's made the total
+        ppl = math.exp(nll_sum / rec["tokens"])  # as perplexity() computes it
+        plain = {k: units[k] for k in ("unit", "nll", "tokens")}
+        results.append(PerplexityResult(ppl=ppl, nll_sum=nll_sum, tokens=rec["tokens"], units=plain))
+    return record_of(name, *results, baseline, **extra)
+
+
+def record_of(name: str, c: PerplexityResult, g: PerplexityResult, baseline: dict, **extra) -> dict:
+    """The record ``scored`` writes, from the two perplexities."""
     rec = {
         "name": name,
         "code_ppl": c.ppl,
