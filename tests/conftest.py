@@ -103,10 +103,16 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 def pytest_collection_modifyitems(config, items):
     """Every test that needs an executed lab is slow; the quick subset (`-m "not slow"`) skips it.
     Under pytest-xdist (`--dist loadgroup`) the tests that use the executed lab share one worker (it is
-    built once), and the others of a file share one (a module's fixture, a graded class, runs once)."""
+    built once), and the others of a file share one (a module's fixture, a graded class, runs once);
+    the core-track class has its own, so the two graded classes run side by side."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
-        uses_lab = "lab_run" in fixtures
-        item.add_marker(pytest.mark.xdist_group("the-executed-lab" if uses_lab else item.path.name))
+        if "lab_run" in fixtures:
+            group = "the-executed-lab"
+        elif "graded_core" in fixtures:
+            group = "the-core-track-class"
+        else:
+            group = item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

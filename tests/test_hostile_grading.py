@@ -181,6 +181,7 @@ def test_retraining_catches_a_rewritten_log_and_another_recipe(lab_run, tmp_path
     assert report.passed, str(report)
     run = _copy(lab_run, tmp_path)
     _edit(run / "step3_cpt.json", lambda d: [r.update(loss=r["loss"] * 0.97) for r in d["log"]])
+    _edit(run / "step4_tradeoff.json", lambda d: d.pop("study"))  # the log alone: no study to re-run
     _rehash(run)
     assert {c.id for c in verify(run, retrain=True).failures} == {"v.retrain_log"}
     other = tmp_path / "hot"

@@ -96,7 +96,8 @@ def test_solution_notebooks_score_every_automatic_point(lab_run):
 @pytest.fixture(scope="module")
 def student_run(tmp_path_factory):
     """The student notebooks as learners receive them: executed from a `make release` folder, whose
-    own cptlab and checkers the kernel imports (no solutions beside them)."""
+    own cptlab and checkers the kernel imports (no solutions beside them). The core track: Go
+    further's stubs as handed out run on the full track in tests/test_classroom.py (eve)."""
     import os
 
     from checkers.grading.release import release
@@ -106,7 +107,9 @@ def student_run(tmp_path_factory):
     os.environ["PYTHONPATH"] = str(rel)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the kernel's bytecode files show which cptlab it imported
     try:
-        run = execute_lab("smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks")
+        run = execute_lab(
+            "smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks", track="core"
+        )
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -127,13 +130,19 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
         reports = reports_in(student_run / name)
         code_qs = [q for q, v in QUESTIONS.items() if v.kind == "code" and v.step == int(name[:2])]
         for q in code_qs:
-            assert reports[q]["status"] == "not implemented yet" and reports[q]["points"] == 0, (name, reports[q])
+            if QUESTIONS[q].track == "core":
+                assert reports[q]["status"] == "not implemented yet" and reports[q]["points"] == 0, (name, reports[q])
+            else:
+                assert q not in reports, (name, q)  # left out of a core-track run
     scores = score_notebooks(student_run)
     assert all(v["total"] == 0 for v in scores["tracks"].values()) and len(scores["questions"]) == len(
         [q for q in QUESTIONS.values() if q.kind != "written"]
     )
     step1 = json.dumps(json.loads((student_run / "01_baseline.ipynb").read_text())["cells"])
     assert "`corpus_perplexity` is not written yet; this run goes on with the lab's reference" in step1
+    step2 = json.dumps(json.loads((student_run / "02_corpus.ipynb").read_text())["cells"])
+    assert "`to_blocks` is not written yet" in step2  # Go further's stub, its check left out: the reference
+    assert all((student_run / f"step{s}_{n}.json").is_file() for s, n in ((1, "baseline"), (2, "corpus"), (3, "cpt")))
     results = reports_in(student_run / "04_tradeoff.ipynb")["4.7"]  # the steps ran on the reference, and earn nothing
     assert results["points"] == 0 and any(c["id"] == "s4.your_functions" for c in results["checks"] if not c["passed"])
 
@@ -174,6 +183,31 @@ def test_a_core_run_leaves_out_go_furthers_checks_and_runs_and_keeps_its_definit
     assert len(left) >= 5 and any("def cpt_loop" in c.source for c in core.cells)
     with pytest.raises(ValueError, match="track must be one of core, full"):
         for_track(nb, "go-further")
+
+
+def test_a_stub_whose_check_did_not_run_is_replaced_and_a_written_function_is_used(capsys, monkeypatch):
+    """A core-track run leaves Go further's check cells out: a still-handed-out stub gets the reference
+    (said in one line), a function the learner wrote is used; a recorded verdict still decides."""
+    from cptlab.notebook import fallback
+
+    monkeypatch.setattr(fallback, "_verdicts", {})
+    monkeypatch.delenv(fallback.ENV, raising=False)
+
+    def to_blocks(stream, block_size):
+        """The training stream as windows."""
+        raise NotImplementedError("to_blocks: the training stream as windows")
+
+    def lr_at(step, peak_lr, warmup_steps, max_steps):
+        """Written, never checked."""
+        if step < 0:
+            raise NotImplementedError("not for negative steps")
+        return peak_lr
+
+    assert fallback.use(to_blocks, "to_blocks") is None
+    assert "`to_blocks` is not written yet" in capsys.readouterr().out
+    assert fallback.use(lr_at, "lr_at") is lr_at
+    fallback.record(["lr_at"], passed=False)
+    assert fallback.use(lr_at, "lr_at") is None and "did not pass its check" in capsys.readouterr().out
 
 
 def test_a_core_runs_summary_asks_the_core_only():

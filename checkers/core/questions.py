@@ -19,7 +19,8 @@ class Question:
     points: int
     kind: str  # code | results | written
     functions: tuple[str, ...] = ()  # the learner's functions a code question checks
-    # whether the step's run (and so its results file) is made with them; flops_per_token only reads it
+    # whether the step's run (and so its results file) is made with them; flops_per_token only reads
+    # it, production_choices decides from its study
     runs_the_step: bool = True
     track: str = "core"  # core | go-further
 
@@ -106,7 +107,7 @@ QUESTIONS: dict[str, Question] = {
         Question("4.3", 4, "interpolate", 4, "code", ("interpolate",), track=GO),
         Question("4.4", 4, "lora_config", 4, "code", ("lora_config",), track=GO),
         Question("4.5", 4, "choose_variant", 8, "code", ("choose_variant",)),
-        Question("4.6", 4, "production_choices", 4, "code", ("production_choices",), track=GO),
+        Question("4.6", 4, "production_choices", 4, "code", ("production_choices",), False, GO),
         Question("4.7", 4, "step 4 results and the study", 8, "results"),
         Question("W1", 1, "why the step 1 check asserts no direction", 3, "written", track=GO),
         Question("W2", 2, "packing against padding, from your corpus", 3, "written", track=GO),
