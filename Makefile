@@ -26,7 +26,7 @@ lab: setup
 # file that uses the executed lab on one worker (it is built once), each other file on one worker (a
 # graded class once); each worker's processes compute on its share of the cores. One process:
 # make test PYTEST_ARGS=
-PYTEST_ARGS ?= -n auto --dist loadgroup
+PYTEST_ARGS ?= -n auto --dist loadgroup --no-loadscope-reorder
 test: setup
 	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 

@@ -97,6 +97,13 @@ def lab_run(tmp_path_factory) -> Path:
 
 
 SLOW_FIXTURES = {"lab_run", "student_run"}
+# The groups that take longest (minutes of one worker in CI, `--durations`), handed out first so the
+# short ones fill in around them (`--no-loadscope-reorder` keeps this order; xdist's own puts the
+# groups with the most tests first, which left the core-track class of one test to run alone at the end).
+LONGEST_FIRST = ("the-executed-lab", "test_classroom.py", "the-core-track-class", "test_exercises.py")
+
+
+_GROUP = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
@@ -116,3 +123,6 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[_GROUP] = group
+    rank = {g: k for k, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.stash[_GROUP], len(rank)))  # stable: files keep their order
