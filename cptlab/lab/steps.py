@@ -180,10 +180,12 @@ def run_step3(
     model = s.model()
     eos = s.tokenizer.eos_token_id
 
+    def point(step: int, rec: dict) -> dict:
+        return {"step": step, **{k: v for k, v in rec.items() if k != "name"}}
+
     def score(m, step: int, curve: list[dict]) -> dict:
         base = baseline_of(s1, curve) if step else baseline_of(s1)
-        p = scored(m, f"step {step}", val, english, cfg, s.device, eos, base)
-        return {"step": step, **{k: v for k, v in p.items() if k != "name"}}
+        return point(step, scored(m, f"step {step}", val, english, cfg, s.device, eos, base))
 
     curve = ForgettingCurve(cfg, score)
     # the curve's state rides in every checkpoint: a resumed run keeps the points it had
@@ -200,7 +202,7 @@ def run_step3(
         if start is None:
             curve.measure(model, 0)
         else:
-            curve.points.append({"step": 0, **{k: v for k, v in start.items() if k != "name"}})
+            curve.points.append(point(0, start))
     seed_everything(cfg.seed)
     result = train(
         model,
