@@ -9,6 +9,7 @@ import torch
 
 from checkers.code.harness import Exercise, _close, _NotYet, _numbers, tiny_gpt2
 from checkers.core.report import Report
+from cptlab.model.loop import TORCH_GLOBALS
 
 
 def _flops_variants(model, block: int) -> dict[str, float]:
@@ -42,19 +43,21 @@ def check_flops(fn: Callable, mfu_fn: Callable | None = None, seed: int | None =
         # a second shape: a longer block makes the attention term weigh more
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        torch.manual_seed(int(ex.rng.integers(1 << 31)))
+        wide_seed = int(ex.rng.integers(1 << 31))
         layers, width = int(ex.rng.integers(2, 4)), int(ex.rng.choice([32, 48]))
-        wide = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=61,
-                n_positions=256,
-                n_embd=width,
-                n_layer=layers,
-                n_head=2,
-                bos_token_id=0,
-                eos_token_id=0,
+        with TORCH_GLOBALS:  # the grader's other threads seed and draw from the same generator
+            torch.manual_seed(wide_seed)
+            wide = GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=61,
+                    n_positions=256,
+                    n_embd=width,
+                    n_layer=layers,
+                    n_head=2,
+                    bos_token_id=0,
+                    eos_token_id=0,
+                )
             )
-        )
         wide.loss_type = "ForCausalLM"
         cases.append((wide, int(ex.rng.integers(128, 257))))
         for cid, (model, block) in zip(("small_model", "long_block"), cases):

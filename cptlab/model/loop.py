@@ -11,12 +11,18 @@ resumed run starts at ``run.first_step`` and ends bit-identical), precision and 
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cptlab.model.schedule import lr_multiplier
+
+# torch's default generator and thread count belong to the process: grade-class judges learners in
+# threads of one process, so a check that seeds a model or draws dropout masks holds this lock,
+# or another learner's check beside it draws from the same generator and changes its reference.
+TORCH_GLOBALS = threading.RLock()
 
 
 def cpt_loop(run, lr_at, optimizer_step) -> None:
@@ -59,7 +65,6 @@ def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float
     """A seeded 2-layer, 32-wide GPT-2: the model the checks of learner code run on."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=vocab,
         n_positions=n_positions,
@@ -73,7 +78,9 @@ def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float
         eos_token_id=0,
         loss_type="ForCausalLM",
     )
-    model = GPT2LMHeadModel(cfg)
+    with TORCH_GLOBALS:
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(cfg)
     model.loss_type = "ForCausalLM"  # transformers reads it from the model, not the config; unset, it warns
     return model
 
@@ -81,15 +88,17 @@ def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float
 @contextlib.contextmanager
 def _same_in_every_process(seed: int):
     """One thread and dropout masks from ``seed``: the step's numbers are then the same in the
-    learner's process and the grader's, whatever their thread counts, load or earlier draws."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    learner's process and the grader's, whatever their thread counts, load, earlier draws or other
+    learners' checks in the grader's other threads (``TORCH_GLOBALS``)."""
+    with TORCH_GLOBALS:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 @dataclass(eq=False)  # a run is itself, not its settings: the call server finds it by identity
