@@ -56,6 +56,12 @@ def main() -> None:
                 results = grade_class(sub, args.preset, out, jobs=jobs, timeout=1800, track=track)
                 secs, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
                 ok = all(r.auto_total == full for r in results)
+                for r in (r for r in results if r.auto_total != full):  # its figures are not reported: say why
+                    print(f"{r.learner}: {r.auto_total:g} of {full:g} points: {r.points}", flush=True)
+                    for rep in r.reports:
+                        for c in rep.get("checks", []):
+                            if not c["passed"]:
+                                print(f"{r.learner} {rep.get('question')}: {c['id']}: {c['got']}", flush=True)
                 row = {
                     "preset": args.preset,
                     "track": track,

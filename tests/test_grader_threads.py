@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-pytestmark = pytest.mark.slow  # seconds: 48 probe runs
+pytestmark = pytest.mark.slow  # seconds: 24 probe runs and 24 models
 
 
 def test_references_built_in_grader_threads_at_once_are_those_built_alone():
