@@ -26,6 +26,7 @@ from pathlib import Path
 
 from checkers.core.questions import GRADED_TRACKS, track_points
 from checkers.grading.classroom import grade_class
+from cptlab.cli import quiet_libraries
 from cptlab.core.config import get_config
 from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.model.measure import resolve_base_model
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--track", nargs="+", default=["core", "full"], choices=("core", "full"))
     p.add_argument("--out", default=None, help="a JSON file to add this preset's rows to")
     args = p.parse_args()
+    quiet_libraries()  # a base model built here prints no loading bars into the log
     resolve_base_model(get_config(args.preset), progress=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cptlab-class-") as tmp:
