@@ -25,6 +25,15 @@ from cptlab.model.schedule import lr_multiplier
 TORCH_GLOBALS = threading.RLock()
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's default generator seeded with ``seed`` for what runs inside (a model's initial
+    weights), no other thread drawing from it meanwhile."""
+    with TORCH_GLOBALS:
+        torch.manual_seed(seed)
+        yield
+
+
 def cpt_loop(run, lr_at, optimizer_step) -> None:
     """The reference loop: steps ``run.first_step`` to ``max_steps`` (1-based); the curve every
     ``curve_every`` steps and at the last; with ``stop_at_floor``, stop once a point's forgetting
@@ -78,8 +87,7 @@ def small_gpt2(seed: int, vocab: int = 97, n_positions: int = 64, dropout: float
         eos_token_id=0,
         loss_type="ForCausalLM",
     )
-    with TORCH_GLOBALS:
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = GPT2LMHeadModel(cfg)
     model.loss_type = "ForCausalLM"  # transformers reads it from the model, not the config; unset, it warns
     return model
