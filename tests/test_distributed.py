@@ -84,3 +84,31 @@ def test_notebook3s_two_processes_give_the_one_process_loss(lab_run, tmp_path):
     assert one["log"][0]["loss"] != one["log"][-1]["loss"]  # it trained
     assert json.loads((run / "ddp.json").read_text())["max_difference"] < 1e-4
     assert "largest difference" in ddp_table(result)
+
+
+def test_two_processes_match_one_with_gpt2s_dropout(lab_run, tmp_path):
+    """GPT-2's config has dropout 0.1 and each rank draws its own masks: the comparison turns dropout off
+    in both runs, so on such a base the two processes still give the one-process loss to float rounding."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cptlab.core.results import STEP_FILES
+    from cptlab.lab.ddp import two_processes
+
+    run = tmp_path / "run"
+    shutil.copytree(lab_run, run, ignore=shutil.ignore_patterns("*.ipynb", "checkpoints", "models"))
+    step1 = json.loads((run / STEP_FILES[1]).read_text())
+    base = tmp_path / "base_dropout"
+    model = AutoModelForCausalLM.from_pretrained(step1["base_model"])
+    model.config.update({"attn_pdrop": 0.1, "resid_pdrop": 0.1, "embd_pdrop": 0.1})
+    model.save_pretrained(base, safe_serialization=True)
+    AutoTokenizer.from_pretrained(step1["base_model"]).save_pretrained(base)
+    step1["base_model"] = str(base)
+    (run / STEP_FILES[1]).write_text(json.dumps(step1))
+    assert AutoModelForCausalLM.from_pretrained(base).config.resid_pdrop == 0.1
+
+    result = two_processes(run, steps=3)
+    assert result["one"]["dropout"] == result["two"]["dropout"] == "off"
+    for a, b in zip(result["one"]["log"], result["two"]["log"]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)

@@ -974,6 +974,19 @@ def test_lora_with_r_and_alpha_swapped_fails_on_every_seed_and_is_named():
     named_on_every_seed(check_lora_config, "r and lora_alpha swapped", swapped)
 
 
+@pytest.mark.parametrize("fixed", [8, 16, 32, "2r"])
+def test_lora_with_alpha_fixed_fails_on_20_of_20_seeds_and_valid_answers_pass_20_of_20(fixed):
+    """A constant alpha that the case happens to draw would pass: no case may draw 8, 16, 32 or 2r."""
+
+    def constant(r, alpha):
+        return _lora()(r, 2 * r if fixed == "2r" else fixed)
+
+    for seed in range(20):
+        assert_named(check_lora_config(constant, seed=seed), "lora_alpha fixed")
+        assert_full(check_lora_config(_lora(), seed=seed))
+        assert_full(check_lora_config(_lora(target_modules="all-linear"), seed=seed))
+
+
 def test_a_regular_expression_target_modules_passes_on_every_seed():
     for seed in SEEDS:
         assert_full(check_lora_config(_lora(target_modules=r".*\.(c_attn|c_proj|c_fc)"), seed=seed))

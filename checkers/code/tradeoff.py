@@ -280,7 +280,9 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
 
     def body():
         r = int(ex.rng.choice([4, 8, 16]))
-        alpha = int(r * ex.rng.choice([2, 4]))  # never r: swapped arguments always show
+        # 3r, 5r or 6r (12 to 96): never r, so swapped arguments always show, and never 8, 16, 32, 64 or 2r,
+        # so an alpha fixed at one of the usual constants fails on every call, not on the calls that draw it
+        alpha = int(r * ex.rng.choice([3, 5, 6]))
         got = ex.call(r, alpha)
         ok = isinstance(got, LoraConfig) and _lora_targets_ok(got.target_modules)
         if not ex.row(
@@ -357,6 +359,9 @@ def check_lora_config(fn: Callable, seed: int | None = None) -> Report:
             "mistake: r and lora_alpha swapped. r is the adapters' rank (their width); lora_alpha scales their "
             "output by alpha / r"
             if (got.r, got.lora_alpha) == (alpha, r)
+            else f"mistake: lora_alpha fixed at {got.lora_alpha!r}, not the argument. The study sweeps alpha with the "
+            "rank (alpha = 2r): pass lora_alpha=alpha"
+            if got.r == r
             else "use the function's arguments as they are named: the rank, then the scale",
             fix="LoraConfig(r=r, lora_alpha=alpha, ...)",
         )

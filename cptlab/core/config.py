@@ -91,8 +91,8 @@ class LabConfig:
     grad_clip: float = 1.0
     batch_size: int = 4  # windows per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    # AdamW: GPT-2/nanoGPT betas (0.9, 0.95); decoupled weight decay 0.1 on matrices only,
-    # none on biases, LayerNorms or embeddings' positional table.
+    # AdamW: GPT-3's and nanoGPT's betas (0.9, 0.95); decoupled weight decay 0.1 on every 2-D tensor
+    # (the matrices and both embedding tables, nanoGPT's split), none on biases and LayerNorms.
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
     checkpoint_every: int = 25  # steps between resumable checkpoints of the CPT run
@@ -104,7 +104,7 @@ class LabConfig:
     curve_every: int = (
         15  # evaluate code and English every k CPT steps, on the headline's tokens (the forgetting curve)
     )
-    retention_floor: float = 1.05  # the highest forgetting_ratio a production team would accept
+    retention_floor: float = 1.05  # the highest forgetting_ratio accepted (this lab's illustration, not a standard)
     stop_at_floor: bool = False  # stop the CPT run at the first curve point above the floor
     replay_fractions: tuple[float, ...] = (0.05, 0.10, 0.25)  # 0% is the pure CPT run itself
     replay_source: DataSource | None = field(default_factory=lambda: DataSource(kind="tiny_english_train"))

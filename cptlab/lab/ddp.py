@@ -2,7 +2,8 @@
 and under ``torchrun --nproc_per_node 2`` (NCCL with a GPU per process, gloo on CPUs), from the base
 model on step 2's blocks. Both processes draw the same global batch from the same seeded generator
 and each trains on its half; DistributedDataParallel averages their gradients, so each step's loss
-is the one-process loss. fp32, so the two agree to float rounding, not bf16's.
+is the one-process loss. fp32 and dropout off (GPT-2's config has 0.1, and each rank would draw its own
+masks), so the two agree to float rounding: the only difference left is the order the gradients are summed.
 
 ``python -m cptlab.lab.ddp RUN_DIR STEPS DEVICE OUT`` is the worker torchrun starts."""
 
@@ -32,8 +33,18 @@ def _device_kind() -> str:
     return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= PROCESSES else "cpu"
 
 
+def without_dropout(model):
+    """Every dropout probability set to 0: with dropout (GPT-2: 0.1) each rank draws its own masks, so two
+    processes would train on other masks than one and their losses differ by more than rounding."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def worker(run_dir: str, steps: int, device: str, out: str | None = None) -> dict:
-    """``steps`` steps of the recipe from the base model (fp32, warm-up of 1); rank 0 writes ``out``."""
+    """``steps`` steps of the recipe from the base model (fp32, dropout off, warm-up of 1); rank 0 writes
+    ``out``."""
     init_from_env()
     cfg = config_of(run_dir).replace(
         max_steps=steps, warmup_steps=1, precision="fp32", device=device, grad_accum=1, torch_compile=False
@@ -41,12 +52,13 @@ def worker(run_dir: str, steps: int, device: str, out: str | None = None) -> dic
     s = StepSetup(cfg, read_step(run_dir, 1)["base_model"])
     blocks, _ = run_corpus(run_dir)
     t0 = time.perf_counter()
-    res = train(s.model(), blocks, cfg, s.device, None, progress=False)
+    res = train(without_dropout(s.model()), blocks, cfg, s.device, None, progress=False)
     record = {
         "processes": world_size(),
         "backend": "nccl" if s.device.type == "cuda" and world_size() > 1 else "gloo" if world_size() > 1 else "none",
         "device": s.device.type,
         "batch_per_process": cfg.batch_size // world_size(),
+        "dropout": "off",
         "log": res.log,
         "seconds": time.perf_counter() - t0,
     }
@@ -95,7 +107,8 @@ def ddp_table(result: dict) -> str:
     one, two = result["one"], result["two"]
     lines = [
         f"one process: {one['batch_per_process']} windows a step; {two['processes']} processes ({two['backend']}, "
-        f"{two['device']}): {two['batch_per_process']} windows each, gradients averaged by DDP; fp32",
+        f"{two['device']}): {two['batch_per_process']} windows each, gradients averaged by DDP; fp32, dropout off in "
+        "both (the CPT run itself keeps the model's dropout)",
         f"{'step':>4}  {'loss, 1 process':>16}  {'loss, 2 processes':>18}  {'difference':>11}",
     ]
     for r in result["rows"]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from cptlab.core.files import write_atomic
 from cptlab.core.results import read_step
+from cptlab.core.uncertainty import difference_interval
 from cptlab.model.measure import StepSetup, baseline_of, config_of, general_stream, run_corpus, scored
 from cptlab.model.schedule import lr_multiplier
 from cptlab.model.train import Hooks, train
@@ -90,15 +91,32 @@ def recipe_experiments(
                 final_loss=float(np.mean(losses[-5:])),
             )
         )
-    out = {"budget": budget, "tokens_per_step": cfg.tokens_per_step, "variants": rows}
+    # the base's per-document sums: two variants' gap is then paired over the same documents
+    base_units = {"code": baseline.get("code_units"), "general": baseline.get("general_units")}
+    out = {"budget": budget, "tokens_per_step": cfg.tokens_per_step, "variants": rows, "baseline_units": base_units}
     write_atomic(Path(run_dir) / EXPERIMENTS_FILE, json.dumps(out))
     return out
 
 
+def paired_gaps(exp: dict, r: dict, ref: dict) -> dict | None:
+    """``r`` minus ``ref``: the code drop's gap and the forgetting ratio's, each with its 95% interval,
+    all three models' sums resampled over the same documents (two separate intervals that overlap
+    can still hide a gap this evaluation sees). ``None`` without the base's per-document sums."""
+    base = exp.get("baseline_units") or {}
+    if not (base.get("code") and base.get("general")):
+        return None
+    if not all(v.get(f"{k}_units") for v in (r, ref) for k in ("code", "general")):
+        return None
+    return {
+        "code_ppl_drop": difference_interval(base["code"], r["code_units"], ref["code_units"]),
+        "forgetting_ratio": difference_interval(base["general"], ref["general_units"], r["general_units"]),
+    }
+
+
 def reading(exp: dict) -> list[str]:
     """What the numbers say, computed from them: each variant against the one it differs from by one
-    choice, with whether the intervals separate them (a difference inside both intervals is not one
-    this evaluation can see)."""
+    choice, the paired gap's 95% interval for the code drop and the forgetting ratio, and whether it
+    excludes zero (a gap this evaluation can see)."""
     v = {r["name"]: r for r in exp["variants"]}
 
     def apart(a, b, key):
@@ -115,12 +133,23 @@ def reading(exp: dict) -> list[str]:
         r, ref = v.get(name), v.get(against)
         if r is None or ref is None:
             continue
-        gain = r["code_ppl_drop"] - ref["code_ppl_drop"]
-        cost = r["forgetting_ratio"] - ref["forgetting_ratio"]
-        seen = [k for k, key in (("gain", "code_ppl_drop"), ("forgetting", "forgetting_ratio")) if apart(r, ref, key)]
+        gaps = paired_gaps(exp, r, ref)
+        if gaps is None:  # a file without per-document sums: only the separate intervals to go on
+            gain = r["code_ppl_drop"] - ref["code_ppl_drop"]
+            cost = r["forgetting_ratio"] - ref["forgetting_ratio"]
+            seen = [k for k, key in (("gain", "code_ppl_drop"), ("forgetting", "forgetting_ratio")) if apart(r, ref, key)]
+            lines.append(
+                f"{what}: code drop {gain * 100:+.1f} points, forgetting ratio {cost:+.3f}; "
+                + (f"intervals apart for the {' and the '.join(seen)}" if seen else "within each other's intervals")
+                + " (separate intervals, not a paired test)"
+            )
+            continue
+        g, f = gaps["code_ppl_drop"], gaps["forgetting_ratio"]
+        seen = [k for k, iv in (("gain", g), ("forgetting", f)) if iv["low"] > 0 or iv["high"] < 0]
         lines.append(
-            f"{what}: code drop {gain * 100:+.1f} points, forgetting ratio {cost:+.3f}; "
-            + (f"intervals apart for the {' and the '.join(seen)}" if seen else "within each other's intervals")
+            f"{what}: code drop {g['estimate'] * 100:+.1f} points [{g['low'] * 100:+.1f}, {g['high'] * 100:+.1f}], "
+            f"forgetting ratio {f['estimate']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}] (paired gaps); "
+            + (f"a gap the intervals can see for the {' and the '.join(seen)}" if seen else "no gap the intervals can see")
         )
     return lines
 

@@ -91,7 +91,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): there bf16 GEMMs
-    ran 2.4x faster than fp32 (a 2-core AMD EPYC); elsewhere bf16 is emulated and slower."""
+    ran 2.4x faster than fp32 (a 2-core AMD EPYC with AVX512-BF16, README's machine A); elsewhere bf16 is emulated and slower."""
     try:
         flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
     except OSError:
@@ -102,7 +102,8 @@ def cpu_has_native_bf16() -> bool:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """``auto``: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA compute capability
     8.0 and newer, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (a T4 or V100 emulates bf16, slower).
-    Weights, optimizer state, softmax and losses stay float32 either way (autocast's rules)."""
+    Weights, optimizer state and losses stay float32 either way; softmax does on CUDA (autocast's float32
+    list), while CPU autocast runs it in bf16."""
     if precision == "fp32":
         return None
     if precision == "bf16":

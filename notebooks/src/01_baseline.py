@@ -90,8 +90,8 @@ check_perplexity(corpus_perplexity)
 # pre-trains a small GPT-2-architecture model on the Wikipedia sample shipped inside `gensim` (plus
 # a little Python, as WebText held some), once, and caches it: the first run takes a few minutes.
 #
-# The code set is the **validation split** of the CPT corpus you build in step 2 (2% of the
-# documents, never trained on; the lab computes it here with its reference split, and step 2
+# The code set is the **validation split** of the CPT corpus you build in step 2 (whole documents
+# holding 2% of the tokens, never trained on; the lab computes it here with its reference split, and step 2
 # checks that yours is the same); the English set is WikiText-2 (`gpt2`) or held-out whole
 # Wikipedia articles (`tiny`).
 #

@@ -11,7 +11,8 @@
 #   starts from weights that already sit in a good basin; about 8% of that peak moves them towards
 #   code while limiting how far they drift from it. A rate near the pre-training peak would re-warm
 #   the model hard and forget more English (the experiments below measure both).
-# - **Why warm up?** Adam divides each update by a running estimate of the gradient's second moment.
+# - **Why warm up?** Adam divides each update by the square root of a running estimate of the
+#   gradient's second moment.
 #   For the first steps that estimate rests on a handful of gradients, so the size of each
 #   coordinate's early steps varies wildly (the variance RAdam, Liu et al. 2020, names). Ramping the
 #   rate linearly over 10 steps keeps those first steps small while the estimate settles.
@@ -22,9 +23,11 @@
 #   Clipping rescales the *gradient* to a global norm of at most 1.0 before AdamW sees it. It does
 #   not set the update's length: Adam's step is `lr * m_hat / sqrt(v_hat)`, about `lr` per
 #   coordinate whatever the gradient's scale. What it bounds is how much one step's gradient weighs
-#   in Adam's running moments `m` and `v`: `m` forgets a spike within about 10 steps (beta1 = 0.9)
-#   but `v` keeps it for about 1,000 (beta2 = 0.999, PyTorch's default), shrinking the updates long
-#   after.
+#   in Adam's running moments `m` and `v`, averages that remember about 1 / (1 - beta) steps
+#   (Kingma & Ba, 2015): `m` forgets a spike within about 10 steps (beta1 = 0.9), and `v` within
+#   about 20 with this lab's beta2 = 0.95 (`LabConfig.betas`, GPT-3's and nanoGPT's choice). With
+#   PyTorch's default beta2 = 0.999, `v` would keep the spike for about 1,000 steps, longer than
+#   this whole run, and shrink every update after it.
 #
 # </details>
 #
@@ -117,8 +120,8 @@ check_optimizer_step(optimizer_step)
 #
 # - `run.cfg`: the recipe (`max_steps`, `cpt_lr`, `warmup_steps`, `grad_clip`, `curve_every`,
 #   `stop_at_floor`, `retention_floor`);
-# - `run.model`, `run.optimizer` (AdamW with **two** parameter groups: weight decay on the matrices,
-#   none on biases and LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint
+# - `run.model`, `run.optimizer` (AdamW with **two** parameter groups: weight decay on every 2-D
+#   tensor, the matrices and both embedding tables as in nanoGPT, none on biases and LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint
 #   when an interrupted run resumes;
 # - `run.batch(step)`: the step's batch of windows from your blocks (pass it on as it is);
 # - `run.log`: the step's log row, from the step, its rate, and the loss and gradient norm your
@@ -214,9 +217,10 @@ check_step3(RUN_DIR)
 # Return the FLOPs of one training token of `model` at `block_size` (`model.config` holds
 # `n_layer` and `n_embd`). Then `mfu`: the FLOP/s your run achieved (tokens per second times FLOPs
 # per token) over the device's peak **at the precision the run computed in**: `peak_flops` holds
-# both, `{"fp32": ..., "bf16": ...}`: on data-centre GPUs (A100, H100) bf16's tensor-core peak is
-# 8 to 16 times the plain fp32 peak (about 2 times TF32's when TF32 is on), on GeForce cards about
-# 2. Return a fraction (0.22, not 22). The cell after the check gives your run's.
+# both, `{"fp32": ..., "bf16": ...}`: on NVIDIA's data-centre GPUs bf16's dense tensor-core peak is
+# 4 to 16 times the plain fp32 peak (datasheets: A100 312 against 19.5 TFLOP/s, 16x; H100 SXM 989
+# against 67, about 15x; L4 and L40S about 4x), about 2 times TF32's where TF32 is on, and on GeForce
+# cards (bf16 with fp32 accumulation) about 2 times fp32's. Return a fraction (0.22, not 22). The cell after the check gives your run's.
 
 
 # %% tags=["go-further"]
@@ -262,12 +266,16 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 # multiplies bf16 natively (NVIDIA Ampere and newer, CPUs with AVX-512 BF16 or AMX), runs the
 # products faster; where it is emulated (T4, V100, older CPUs) it runs slower, so `precision=auto`
 # picks fp32 there. Its perplexity should move only in the fourth or fifth digit (the
-# table's last line says by how much here): the weights and the softmax stay float32 under autocast.
+# table's last line says by how much here): the weights, the optimizer's state and the losses stay
+# float32 under autocast. The softmax does too on a GPU (CUDA autocast's float32 list); on a CPU,
+# bf16 autocast runs softmax in bf16 (PyTorch's CPU autocast op lists), and the lab's CPU attention
+# computes its softmax in float32 but writes bf16 weights.
 #
 # ## Two processes: data parallelism
 #
-# One H100 trains GPT-2 124M at about 250,000 tokens a second in this lab's loop
-# (`benchmarks/gpu.sh`); to go faster you add devices. **Distributed data parallel (DDP)** is the
+# One H100 trains GPT-2 124M at about 250,000 tokens a second in this lab's loop at 64 windows of
+# 256 tokens a step (`benchmarks/gpu.sh`; the `gpt2` preset's 16 windows a step were not timed and
+# fill the GPU less); to go faster you add devices. **Distributed data parallel (DDP)** is the
 # first step: every process holds a whole copy of the model and the optimizer, takes its share of
 # each step's batch, and computes the gradients of its share. During the backward pass PyTorch's
 # `DistributedDataParallel` averages the gradients across processes (an all-reduce, in buckets,
@@ -277,8 +285,11 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 #
 # The cell below checks that claim on your blocks: four steps of the lab's loop from the base model
 # in one process, then the same four under `torchrun --nproc_per_node 2` (NCCL when there is a GPU
-# for each process, gloo on CPUs), each process with half the batch. In fp32, so that the two agree
-# to float rounding (bf16 would blur the comparison). On this machine both processes share the same
+# for each process, gloo on CPUs), each process with half the batch. In fp32 and with dropout off in
+# both runs, so that the two agree to float rounding: bf16 would blur the comparison, and with
+# dropout (GPT-2's config has 0.1; `tiny`'s base has none) each process draws its own masks, so two
+# processes train on other masks than one and their losses differ in the third or fourth digit. The
+# CPT run itself keeps the model's dropout. On this machine both processes share the same
 # CPU cores, so do not expect a speed-up here: the point is that the losses agree (about 15 seconds
 # on `tiny`).
 
@@ -297,33 +308,39 @@ ddp = cells.two_processes(RUN_DIR)
 
 # %% [markdown] tags=["answer", "W5", "go-further"]
 # ### BEGIN SOLUTION
-# My table: the two-process losses matched the one-process ones to about 1e-6 (float rounding of
-# the gradient sums), and two processes on this 2-core CPU were slower than one: the same cores,
-# plus gloo's all-reduce every step. Data parallelism buys speed only when each process has its own
-# device and enough work to hide the communication.
+# My table: the two-process losses matched the one-process ones to about 1e-6 (fp32 and dropout off,
+# so only the order of the gradient sums differs), and two processes on this 2-core CPU were slower
+# than one: the same cores, plus gloo's all-reduce every step. Data parallelism speeds a run up when
+# each process has its own device and the communication left exposed after DDP overlaps it with the
+# backward pass costs less than the compute the extra devices save; near-linear scaling needs it
+# almost fully hidden.
 #
 # At 8 GPUs in one server the 16 windows give 2 per GPU: 512 tokens, about 6 x 124M x 512 = 0.4
 # TFLOP of forward and backward, a few milliseconds on a modern GPU. Each step's all-reduce moves
 # the whole gradient, 124M values: under autocast the weights and their gradients stay fp32, so
 # about 500 MB (250 MB only with a bf16 compression hook), and a ring all-reduce sends and receives
 # about 2 x 7/8 of that per GPU, ~0.9 GB, over NVLink at hundreds of GB/s: also a few milliseconds,
-# so DDP can barely hide it behind the backward pass and the speed-up is well below 8x. The maths
+# so DDP hides only part of it behind the backward pass and the speed-up is well below 8x. The maths
 # is unchanged (same global batch), so rate, warm-up and steps stay.
 #
 # At 64 GPUs the 16 windows cannot even be shared out (the lab refuses a batch smaller than the
 # number of processes). The global batch has to grow, to at least 64 windows and better 4-8 per GPU
-# (256-512), and the all-reduce now crosses servers over InfiniBand: per link several times slower
-# than NVLink, so with one NIC per GPU the all-reduce typically takes 1.5 to 3 times as long as
-# inside one server. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x
+# (256-512), and the all-reduce now crosses servers over InfiniBand: an H100's NVLink 4 moves 900
+# GB/s (both directions together, 450 each way), one 400 Gb/s NDR NIC 50 GB/s each way, so with one
+# NIC per GPU each GPU's link out of the server is about 9 times slower than its NVLink (NVIDIA's
+# H100 and ConnectX-7 datasheets), and the inter-server ring sets the all-reduce's time. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x
 # the tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as
 # a start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
 # should read its own shard of the data instead of all drawing the same global batch, evaluation
 # should be sharded across ranks (or done by rank 0 alone), and only rank 0 writes checkpoints and
 # results. At 124M parameters the weights, gradients and AdamW's states (about 16 bytes a
-# parameter, 2 GB) fit on one GPU many times over, so plain DDP suffices; FSDP or ZeRO shard that
-# memory for models that would not fit, and they add communication rather than cut it.
+# parameter, 2 GB) fit on one GPU many times over, so plain DDP suffices. FSDP or ZeRO shard that
+# memory: stages 1 and 2 (optimizer state, gradients) move the same bytes as DDP's all-reduce and
+# full sharding about 1.5 times as many (Rajbhandari et al., 2020, section 7); they fit models that
+# would not, or larger batches per GPU, rather than cut communication.
 #
-# For this lab's run (150 steps of 4,096 tokens, minutes on one GPU) I would use one GPU: already at
+# For this lab's run (150 steps of 4,096 tokens, 614k tokens: seconds of training on one H100, even
+# well below the 250k tokens/s measured at 64 windows a step) I would use one GPU: already at
 # 8, communication eats most of the gain at this batch, and 64 would change the experiment itself.
 # ### END SOLUTION
 
