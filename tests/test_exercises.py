@@ -510,13 +510,39 @@ def test_a_seed_replays_the_same_cases():
     assert a.seed == 7 and "seed=7" in a.headline()
 
 
-def test_points_follow_the_table_and_a_wrong_perplexity_loses_its_headline():
+def test_points_follow_the_table_and_a_wrong_perplexity_keeps_at_most_a_third():
     from checkers.core.questions import CHECK_POINTS
 
-    report = check_perplexity(ppl_mean_of_ppl, seed=3)
-    # the perplexity itself carries 8 of 18: a mean of per-window perplexities keeps only the sums' 10
-    assert report.max_points == QUESTIONS["1.1"].points == 18 and report.points == 10
-    assert {c.id.split(".", 2)[2]: c.points for c in report.checks} == CHECK_POINTS["1.1"]
+    assert {c.id.split(".", 2)[2]: c.points for c in check_perplexity(ppl_ok, seed=3).checks} == CHECK_POINTS["1.1"]
+    # the sums right, the perplexity wrong: at most a third of 18, however the other checks weigh
+    for seed in range(10):
+        for wrong in (ppl_mean_of_ppl, ppl_mean_of_losses):
+            report = check_perplexity(wrong, seed=seed)
+            assert report.max_points == QUESTIONS["1.1"].points == 18 and 0 < report.points <= 6, report.points
+            assert [c.id for c in report.failures] == ["q1.1.ppl"]
+
+
+def test_a_failed_main_result_keeps_at_most_a_third_of_every_question():
+    """Each question's main check failing alone: the question keeps at most a third, its total whole."""
+    from checkers.code.harness import Exercise
+    from checkers.core.questions import CHECK_POINTS, MAIN_RESULT, MAIN_SHARE
+
+    def judged_elsewhere():  # recorded by no fallback: the judge's own rows, as a remote function's
+        pass
+
+    judged_elsewhere.remote = True
+    for qid, main in MAIN_RESULT.items():
+        assert main <= set(CHECK_POINTS[qid]), qid
+        ex = Exercise(qid, judged_elsewhere, seed=0)
+        for check in CHECK_POINTS[qid]:
+            ex.row(check, check not in main, "expected", "got")
+        report = ex.run(lambda: None)
+        assert report.max_points == pytest.approx(QUESTIONS[qid].points), qid
+        assert report.points <= QUESTIONS[qid].points * MAIN_SHARE + 0.01, (qid, report.points)
+        all_pass = Exercise(qid, judged_elsewhere, seed=0)
+        for check in CHECK_POINTS[qid]:
+            all_pass.row(check, True, "expected", "got")
+        assert all_pass.run(lambda: None).points == pytest.approx(QUESTIONS[qid].points), qid
 
 
 @pytest.mark.parametrize(

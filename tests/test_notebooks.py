@@ -4,6 +4,7 @@ of solutions and runnable to its end, the solution version worth every automatic
 import json
 import re
 import runpy
+import time
 from pathlib import Path
 
 import nbformat
@@ -91,6 +92,8 @@ def test_solution_notebooks_score_every_automatic_point(lab_run):
     }
     assert all(v["total"] == v["max"] for v in scores["tracks"].values()), scores
     assert all(r["status"] == "passed" for r in scores["questions"].values())
+    for written in ("experiments.json", "ddp.json", "step3_experiments.png"):  # the full track sets GO_FURTHER
+        assert (lab_run / written).is_file(), written
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +110,11 @@ def student_run(tmp_path_factory):
     os.environ["PYTHONPATH"] = str(rel)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the kernel's bytecode files show which cptlab it imported
     try:
+        t0 = time.perf_counter()
         run = execute_lab(
             "smoke", run_dir=tmp_path_factory.mktemp("student") / "run", notebook_dir=rel / "notebooks", track="core"
         )
+        (run / "core_track_seconds.txt").write_text(f"{time.perf_counter() - t0:.3f}")
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -145,6 +150,63 @@ def test_student_notebooks_run_to_the_end_with_not_implemented_yet(student_run):
     assert all((student_run / f"step{s}_{n}.json").is_file() for s, n in ((1, "baseline"), (2, "corpus"), (3, "cpt")))
     results = reports_in(student_run / "04_tradeoff.ipynb")["4.7"]  # the steps ran on the reference, and earn nothing
     assert results["points"] == 0 and any(c["id"] == "s4.your_functions" for c in results["checks"] if not c["passed"])
+
+
+# A learner's "Run All" with the switch as handed out may take longer than the core-track run only by
+# Go further's check cells and the skipped cells' one line each: at most this much on `smoke`.
+RUN_ALL_MARGIN = (1.5, 60.0)  # (times the core track's wall time, plus seconds)
+
+
+def test_run_all_as_handed_out_waits_only_for_the_core(student_run, tmp_path):
+    """Every cell of the four student notebooks executed with the parameters cell as handed out
+    (GO_FURTHER = False): no Go further run trains or evaluates, each says so in one line with what it
+    would cost, every core cell runs, and the whole takes about the core track's time."""
+    import os
+
+    core_run, rel = student_run
+    run = tmp_path / "run"
+    run.mkdir()
+    params = {"PRESET": "smoke", "RUN_DIR": str(run), "SEED": 1234, "OVERRIDES": {}}  # no GO_FURTHER: the default
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(rel)
+    t0 = time.perf_counter()
+    try:
+        for name in STEP_NOTEBOOKS.values():
+            nb = nbformat.read(rel / "notebooks" / name, as_version=4)
+            assert "GO_FURTHER = False" in next(
+                c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])
+            )
+            execute_notebook(rel / "notebooks" / name, run / name, params, cwd=run, track="full")
+    finally:
+        os.environ.pop("PYTHONPATH", None) if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
+    seconds = time.perf_counter() - t0
+
+    gated = []
+    for name in STEP_NOTEBOOKS.values():
+        nb = nbformat.read(run / name, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            assert cell.execution_count is not None, (name, cell.source[:80])  # every cell ran, the core's too
+            text = json.dumps(cell.outputs)
+            assert '"output_type": "error"' not in text and "Traceback" not in text, (name, cell.source[:80])
+            if "go_further=GO_FURTHER" in cell.source:
+                gated.append(cell.source)
+                lines = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+                assert lines.count("Go further: skipped") == 1 and len(lines.strip().splitlines()) == 1, lines
+                if "experiments_plot" not in cell.source:
+                    assert "set GO_FURTHER = True in the parameters cell" in lines and "minute" in lines, lines
+    assert len(gated) == 4  # the speed table, two processes, the recipe's runs and their plot
+    for written in ("experiments.json", "ddp.json", "ddp_two.json", "step3_experiments.png"):
+        assert not (run / written).exists(), f"{written}: a Go further run ran with GO_FURTHER = False"
+    assert all(
+        (run / f"step{s}_{n}.json").is_file() for s, n in ((1, "baseline"), (2, "corpus"), (3, "cpt"), (4, "tradeoff"))
+    )
+    scores = score_notebooks(run)
+    assert all(v["total"] == 0 for v in scores["tracks"].values())  # stubs as handed out: nothing earned
+    core_seconds = float((core_run / "core_track_seconds.txt").read_text())
+    factor, plus = RUN_ALL_MARGIN
+    assert seconds <= factor * core_seconds + plus, (seconds, core_seconds)
 
 
 @pytest.mark.slow

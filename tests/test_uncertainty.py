@@ -124,7 +124,9 @@ def test_the_recipe_reading_quotes_the_paired_gap_where_separate_intervals_overl
     def variant(name, code_shift, gen_shift):
         c = units(tok * (hard - gain - code_shift + rng.normal(0, 0.003, n)), tok)
         g = units(tok * (hard + gen_shift + rng.normal(0, 0.005, n)), tok)
-        ppl = lambda u, b: float(np.exp(np.sum(u["nll"]) / np.sum(u["tokens"])) / np.exp(np.sum(b["nll"]) / np.sum(b["tokens"])))
+        ppl = lambda u, b: float(
+            np.exp(np.sum(u["nll"]) / np.sum(u["tokens"])) / np.exp(np.sum(b["nll"]) / np.sum(b["tokens"]))
+        )
         return {
             "name": name,
             "code_ppl_drop": 1 - ppl(c, base_c),

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from checkers.core.questions import CHECK_GATES, CHECK_POINTS, QUESTIONS
+from checkers.core.questions import CHECK_GATES, CHECK_POINTS, MAIN_RESULT, MAIN_SHARE, QUESTIONS
 from checkers.core.report import Check, Report
 from cptlab.model.loop import small_gpt2
 from cptlab.notebook.fallback import record
@@ -127,9 +127,23 @@ class Exercise:
             for c in self.report.checks:
                 c.points = 0.0
             gates[0].points = float(self.q.points)
+        else:
+            self._cap_without_main_result()
         if not getattr(self.fn, "remote", False):
             record(self.q.functions, self.report.passed, written=self.report.status != NOT_YET)
         return self.report
+
+    def _cap_without_main_result(self) -> None:
+        """A failed main result (``MAIN_RESULT``) leaves at most ``MAIN_SHARE`` of the question's points."""
+        main = MAIN_RESULT.get(self.q.id, set())
+        failed = [c for c in self.report.checks if c.id.rsplit(".", 1)[-1] in main and not c.passed]
+        passed = [c for c in self.report.checks if c.passed]
+        earned, cap = sum(c.points for c in passed), self.q.points * MAIN_SHARE
+        if not failed or earned <= cap:
+            return
+        for c in passed:
+            c.points = round(c.points * cap / earned, 4)
+        failed[0].points = round(self.q.points - sum(c.points for c in self.report.checks if c is not failed[0]), 4)
 
     def _rest(self, cid: str, expected: str, got: str, hint: str) -> None:
         """The points of the checks not reached go to one failing row, so the question's total stays whole."""

@@ -138,4 +138,23 @@ assert all(sum(CHECK_POINTS[q.id].values()) == q.points for q in QUESTIONS.value
 # A failed gate check means the function does not do what it is for at all: the question earns nothing
 # (an optimizer step that leaves every weight as it was is not an optimizer step, whatever it returns).
 CHECK_GATES: dict[str, set[str]] = {"3.2": {"moved"}}
+# A question's main result: the number or object the lab goes on with. Where one of these checks
+# fails, the question keeps at most MAIN_SHARE of its points (the passed checks' points scaled down,
+# the rest moved to the failed main check): right sums with a wrong perplexity are not most of 1.1.
+# Questions whose checks are separate answers of equal standing (4.1's two functions, 4.5's and
+# 4.6's cases) have none.
+MAIN_SHARE = 1 / 3
+MAIN_RESULT: dict[str, set[str]] = {
+    "1.1": {"ppl"},
+    "2.1": {"eos_after_each"},
+    "2.2": {"whole_documents", "fraction"},
+    "2.3": {"values"},
+    "3.1": {"warmup", "cosine"},
+    "3.2": {"update"},
+    "3.3": {"steps", "rate"},
+    "3.4": {"small_model", "long_block"},
+    "4.2": {"total"},
+    "4.3": {"blend"},
+    "4.4": {"targets"},
+}
 FUNCTION_QUESTION = {f: q.id for q in QUESTIONS.values() for f in q.functions}

@@ -118,7 +118,13 @@ def grade_learner(
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "merged").mkdir(parents=True)
     env = learner_env(run_dir, cache, threads)
-    params = {"PRESET": preset, "RUN_DIR": str(run_dir), "SEED": res.seed, "OVERRIDES": {}}
+    params = {
+        "PRESET": preset,
+        "RUN_DIR": str(run_dir),
+        "SEED": res.seed,
+        "OVERRIDES": {},
+        "GO_FURTHER": run_track == "full",
+    }
     wrap = lambda cmd: sandbox.wrap(cmd, run_dir, cache, hide)  # noqa: E731
     prelude = "\n".join(f"{k} = {v!r}" for k, v in params.items())  # the parameters cell, as the notebook run gets it
     codes, reports, results_reports, missing, merges = [], {}, {}, set(), {}

@@ -137,7 +137,9 @@ def reading(exp: dict) -> list[str]:
         if gaps is None:  # a file without per-document sums: only the separate intervals to go on
             gain = r["code_ppl_drop"] - ref["code_ppl_drop"]
             cost = r["forgetting_ratio"] - ref["forgetting_ratio"]
-            seen = [k for k, key in (("gain", "code_ppl_drop"), ("forgetting", "forgetting_ratio")) if apart(r, ref, key)]
+            seen = [
+                k for k, key in (("gain", "code_ppl_drop"), ("forgetting", "forgetting_ratio")) if apart(r, ref, key)
+            ]
             lines.append(
                 f"{what}: code drop {gain * 100:+.1f} points, forgetting ratio {cost:+.3f}; "
                 + (f"intervals apart for the {' and the '.join(seen)}" if seen else "within each other's intervals")
@@ -149,7 +151,11 @@ def reading(exp: dict) -> list[str]:
         lines.append(
             f"{what}: code drop {g['estimate'] * 100:+.1f} points [{g['low'] * 100:+.1f}, {g['high'] * 100:+.1f}], "
             f"forgetting ratio {f['estimate']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}] (paired gaps); "
-            + (f"a gap the intervals can see for the {' and the '.join(seen)}" if seen else "no gap the intervals can see")
+            + (
+                f"a gap the intervals can see for the {' and the '.join(seen)}"
+                if seen
+                else "no gap the intervals can see"
+            )
         )
     return lines
 

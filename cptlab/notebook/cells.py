@@ -26,6 +26,7 @@ from cptlab.lab.speed import compare_precisions, speed_table
 from cptlab.lab.speed import speed_of_run as _speed_of_run
 from cptlab.lab.study import run_study, study_table
 from cptlab.notebook.fallback import use
+from cptlab.notebook.long_runs import skipped
 
 # A notebook shows the lab's own output: no loading bars or deprecation notices from the libraries.
 hf_logging.set_verbosity_error()
@@ -248,8 +249,10 @@ tradeoff_plot = _guarded(plots.tradeoff_plot)
 
 
 @_guarded
-def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn) -> dict:
+def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn, go_further: bool = True) -> dict | None:
     """The recipe's questions as short runs with the learner's loop, schedule and optimizer step."""
+    if skipped(go_further, run_dir, "recipe_experiments", "the recipe's five short runs"):
+        return None
     exp = _recipe_experiments(
         run_dir,
         lr_fn=use(lr_fn, "lr_at"),
@@ -261,20 +264,30 @@ def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn) -> dict:
     return exp
 
 
-experiments_plot = _guarded(plots.experiments_plot)
+@_guarded
+def experiments_plot(run_dir, go_further: bool = True):
+    """The experiments' plot, once they have run."""
+    if not go_further:
+        print("Go further: skipped: the experiments' plot follows the recipe's runs above")
+        return None
+    return plots.experiments_plot(run_dir)
 
 
 @_guarded
-def two_processes(run_dir, steps: int = 4) -> dict:
+def two_processes(run_dir, steps: int = 4, go_further: bool = True) -> dict | None:
     """The lab's loop in one process, then in two under torchrun (DDP), from the base model."""
+    if skipped(go_further, run_dir, "two_processes", "one process against two under torchrun"):
+        return None
     result = _two_processes(run_dir, steps)
     print(ddp_table(result))
     return result
 
 
 @_guarded
-def speed_of_run(run_dir, flops_fn, mfu_fn) -> dict:
+def speed_of_run(run_dir, flops_fn, mfu_fn, go_further: bool = True) -> dict | None:
     """Step 3's MFU from the learner's ``flops_per_token`` and ``mfu``, and bf16 against fp32 on this device."""
+    if skipped(go_further, run_dir, "speed_of_run", "your run's MFU and bf16 against fp32"):
+        return None
     speed = _speed_of_run(run_dir, flops_fn=use(flops_fn, "flops_per_token"), mfu_fn=use(mfu_fn, "mfu"))
     precisions = compare_precisions(run_dir)
     print(speed_table(speed, precisions))

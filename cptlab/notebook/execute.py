@@ -102,7 +102,14 @@ def execute_lab(
     run = Path(run_dir) if run_dir else new_run_dir(Path(runs), preset)
     run.mkdir(parents=True, exist_ok=True)
     run = run.resolve()
-    params = {"PRESET": preset, "RUN_DIR": str(run), "SEED": seed, "OVERRIDES": overrides or {}}
+    # the full track runs Go further's long runs too (the parameters cell's GO_FURTHER, False as handed out)
+    params = {
+        "PRESET": preset,
+        "RUN_DIR": str(run),
+        "SEED": seed,
+        "OVERRIDES": overrides or {},
+        "GO_FURTHER": track == "full",
+    }
     before = os.environ.get(TERMINAL)
     os.environ[TERMINAL] = "1"  # the kernels inherit it: their long parts print progress lines here too
     try:

@@ -91,7 +91,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): there bf16 GEMMs
-    ran 2.4x faster than fp32 (a 2-core AMD EPYC with AVX512-BF16, README's machine A); elsewhere bf16 is emulated and slower."""
+    ran 2.4x faster than fp32 (a 2-core AMD EPYC with AVX512-BF16, README's machine A);
+    elsewhere bf16 is emulated and slower."""
     try:
         flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
     except OSError:

@@ -26,6 +26,7 @@ PRESET = "auto"  # auto: gpt2 on a GPU with its cache, else tiny | tiny: CPU, of
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
+GO_FURTHER = False  # Go further's long runs are in notebook 3; this notebook's Go further checks run either way
 
 # %%
 import math

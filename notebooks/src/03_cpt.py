@@ -41,6 +41,7 @@ PRESET = "auto"  # step 1 chose the preset; this notebook reads it from the run 
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
+GO_FURTHER = False  # True runs Go further's long runs (speed table, two processes, recipe experiments)
 
 # %%
 import math
@@ -121,8 +122,9 @@ check_optimizer_step(optimizer_step)
 # - `run.cfg`: the recipe (`max_steps`, `cpt_lr`, `warmup_steps`, `grad_clip`, `curve_every`,
 #   `stop_at_floor`, `retention_floor`);
 # - `run.model`, `run.optimizer` (AdamW with **two** parameter groups: weight decay on every 2-D
-#   tensor, the matrices and both embedding tables as in nanoGPT, none on biases and LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint
-#   when an interrupted run resumes;
+#   tensor, the matrices and both embedding tables as in nanoGPT, none on biases and
+#   LayerNorms), and `run.first_step`: 1, or the step after the last checkpoint when an
+#   interrupted run resumes;
 # - `run.batch(step)`: the step's batch of windows from your blocks (pass it on as it is);
 # - `run.log`: the step's log row, from the step, its rate, and the loss and gradient norm your
 #   `optimizer_step` returned;
@@ -220,7 +222,8 @@ check_step3(RUN_DIR)
 # both, `{"fp32": ..., "bf16": ...}`: on NVIDIA's data-centre GPUs bf16's dense tensor-core peak is
 # 4 to 16 times the plain fp32 peak (datasheets: A100 312 against 19.5 TFLOP/s, 16x; H100 SXM 989
 # against 67, about 15x; L4 and L40S about 4x), about 2 times TF32's where TF32 is on, and on GeForce
-# cards (bf16 with fp32 accumulation) about 2 times fp32's. Return a fraction (0.22, not 22). The cell after the check gives your run's.
+# cards (bf16 with fp32 accumulation) about 2 times fp32's. Return a fraction (0.22, not 22). The
+# cell after the check gives your run's.
 
 
 # %% tags=["go-further"]
@@ -253,7 +256,7 @@ check_flops(flops_per_token, mfu)
 # each.
 
 # %% tags=["go-further"]
-speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
+speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu, go_further=GO_FURTHER)
 
 # %% [markdown] tags=["go-further"]
 # Read the table as an engineer would. On a GPU, a small model's matrices are too small to fill the
@@ -274,8 +277,8 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 # ## Two processes: data parallelism
 #
 # One H100 trains GPT-2 124M at about 250,000 tokens a second in this lab's loop at 64 windows of
-# 256 tokens a step (`benchmarks/gpu.sh`; the `gpt2` preset's 16 windows a step were not timed and
-# fill the GPU less); to go faster you add devices. **Distributed data parallel (DDP)** is the
+# 256 tokens a step (`benchmarks/gpu.sh`; the `gpt2` preset's 16 windows a step have not been
+# timed); to go faster you add devices. **Distributed data parallel (DDP)** is the
 # first step: every process holds a whole copy of the model and the optimizer, takes its share of
 # each step's batch, and computes the gradients of its share. During the backward pass PyTorch's
 # `DistributedDataParallel` averages the gradients across processes (an all-reduce, in buckets,
@@ -294,7 +297,7 @@ speed = cells.speed_of_run(RUN_DIR, flops_fn=flops_per_token, mfu_fn=mfu)
 # on `tiny`).
 
 # %% tags=["go-further"]
-ddp = cells.two_processes(RUN_DIR)
+ddp = cells.two_processes(RUN_DIR, go_further=GO_FURTHER)
 
 # %% [markdown] tags=["go-further"]
 # ## ✍️ Go further · Question W5 (3 points, graded by your instructor)
@@ -328,16 +331,17 @@ ddp = cells.two_processes(RUN_DIR)
 # (256-512), and the all-reduce now crosses servers over InfiniBand: an H100's NVLink 4 moves 900
 # GB/s (both directions together, 450 each way), one 400 Gb/s NDR NIC 50 GB/s each way, so with one
 # NIC per GPU each GPU's link out of the server is about 9 times slower than its NVLink (NVIDIA's
-# H100 and ConnectX-7 datasheets), and the inter-server ring sets the all-reduce's time. A larger batch changes the recipe: fewer steps for the same tokens (or 16-32x
-# the tokens in 150 steps), a learning rate retuned for the batch (square-root or linear scaling as
-# a start, with warm-up, then checked by an experiment like the ones above). In the code, each rank
-# should read its own shard of the data instead of all drawing the same global batch, evaluation
-# should be sharded across ranks (or done by rank 0 alone), and only rank 0 writes checkpoints and
-# results. At 124M parameters the weights, gradients and AdamW's states (about 16 bytes a
-# parameter, 2 GB) fit on one GPU many times over, so plain DDP suffices. FSDP or ZeRO shard that
-# memory: stages 1 and 2 (optimizer state, gradients) move the same bytes as DDP's all-reduce and
-# full sharding about 1.5 times as many (Rajbhandari et al., 2020, section 7); they fit models that
-# would not, or larger batches per GPU, rather than cut communication.
+# H100 and ConnectX-7 datasheets), and the inter-server ring sets the all-reduce's time. A larger
+# batch changes the recipe: fewer steps for the same tokens (or 16-32x the tokens in 150 steps), a
+# learning rate retuned for the batch (square-root or linear scaling as a start, with warm-up, then
+# checked by an experiment like the ones above). In the code, each rank should read its own shard of
+# the data instead of all drawing the same global batch, evaluation should be sharded across ranks
+# (or done by rank 0 alone), and only rank 0 writes checkpoints and results. At 124M parameters the
+# weights, gradients and AdamW's states (about 16 bytes a parameter, 2 GB) fit on one GPU many times
+# over, so plain DDP suffices. FSDP or ZeRO shard that memory: stages 1 and 2 (optimizer state,
+# gradients) move the same bytes as DDP's all-reduce and full sharding about 1.5 times as many
+# (Rajbhandari et al., 2020, section 7); they fit models that would not, or larger batches per GPU,
+# rather than cut communication.
 #
 # For this lab's run (150 steps of 4,096 tokens, 614k tokens: seconds of training on one H100, even
 # well below the 250k tokens/s measured at 64 windows a step) I would use one GPU: already at
@@ -356,10 +360,12 @@ ddp = cells.two_processes(RUN_DIR)
 # differences the intervals can see (about 45 seconds on `tiny`).
 
 # %% tags=["go-further"]
-experiments = cells.recipe_experiments(RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_loop)
+experiments = cells.recipe_experiments(
+    RUN_DIR, lr_fn=lr_at, step_fn=optimizer_step, loop_fn=cpt_loop, go_further=GO_FURTHER
+)
 
 # %% tags=["go-further"]
-cells.experiments_plot(RUN_DIR)
+cells.experiments_plot(RUN_DIR, go_further=GO_FURTHER)
 
 # %% [markdown] tags=["go-further"]
 # ## ✍️ Go further · Question W3 (3 points, graded by your instructor)
@@ -382,11 +388,13 @@ cells.experiments_plot(RUN_DIR)
 #
 # The experiments (50 steps each, tiny): 6e-4 gained far more code (53.9% [52.3, 55.3] against 17.9%
 # [17.1, 18.5]) but forgot much more English (ratio 1.496 [1.438, 1.551] against 1.020 [1.009,
-# 1.030]); the loss showed no spike, the price came as forgetting. Warm-up made no difference the
-# intervals can see at 5e-5 (17.0%, 1.017), but at 6e-4 leaving it out raised the ratio to 1.632
-# [1.574, 1.687], apart from 1.496: warm-up protects at high rates. A flat rate gained more than the
-# cosine on this short budget (26.0% against 17.9%) at a ratio of 1.037 [1.021, 1.052], whose
-# interval overlaps the recipe's: on 50 steps the cosine's cool-down bought no better trade-off
-# that I can see, so the run supports the low rate and warm-up, not the cosine. Caveat: one seed,
-# one short budget.
+# 1.030]); the loss showed no spike, the price came as forgetting. Warm-up, by the paired gaps under
+# the table: at 5e-5 leaving it out cost 0.8 points of code drop [0.8, 0.9] and saved 0.003 of
+# forgetting [0.001, 0.005], gaps this evaluation sees but no larger than another seed could move
+# (the intervals hold no training noise); at 6e-4 leaving it out raised the ratio by 0.136 [0.110,
+# 0.167]: warm-up protects at high rates. A flat rate gained 8.2 points more than the cosine [7.8,
+# 8.5] and forgot 0.017 more [0.011, 0.022]: on 50 steps the cosine mostly trains less (its rate
+# decays over 40 of them), so this budget moves the run along the trade-off rather than showing the
+# cool-down's benefit. The run supports the low rate and warm-up at high rates, not the cosine.
+# Caveat: one seed, one short budget.
 # ### END SOLUTION

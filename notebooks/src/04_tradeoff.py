@@ -20,6 +20,7 @@ PRESET = "auto"  # step 1 chose the preset; this notebook reads it from the run 
 RUN_DIR = "../runs/manual"  # the run folder every step reads and writes
 SEED = 1234
 OVERRIDES = {}  # any LabConfig field, e.g. {"max_steps": 150}
+GO_FURTHER = False  # Go further's long runs are in notebook 3; this notebook's Go further checks run either way
 
 # %%
 import math
