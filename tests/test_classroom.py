@@ -299,7 +299,7 @@ def test_the_solutions_get_every_point_of_both_tracks(graded):
     assert (float(ada["core_auto"]), float(ada["go_further_auto"]), float(ada["auto_total"])) == (91, 39, 130), ada
     assert (ada["core_max"], ada["go_further_max"], ada["max"]) == ("100", "51", "151")
     assert all(s == "ran to the end" for s in results["ada"].status.values()), results["ada"].status
-    assert not any("cptlab" in f or "library's reference" in f for f in results["ada"].flags), results["ada"].flags
+    assert not any("cptlab" in f or " matches " in f for f in results["ada"].flags), results["ada"].flags
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
     assert sorted(r["question"] for r in sheet if r["learner"] == "ada") == ["W1", "W2", "W3", "W4", "W5"]
 
@@ -331,7 +331,7 @@ def test_the_core_track_grades_the_core_alone(graded_core):
     # a learner who skipped every Go further part: no row of the core says "not implemented yet"
     assert all(r.get("status") != "not implemented yet" for r in results["eve"].reports)
     assert {r["question"] for r in results["eve"].reports} == core
-    assert not any("library's reference" in f or "similar" in f for f in results["eve"].flags), results["eve"].flags
+    assert not any(" matches cptlab" in f or "similar" in f for f in results["eve"].flags), results["eve"].flags
     # Go further's long cells were left out of the runs (the speed table, two processes, the experiments)
     cells = [c.source for c in nbformat.read(out / "runs" / "eve" / NB3, as_version=4).cells]
     assert any("left out of a core-track run" in c for c in cells) and not any("speed_of_run(" in c for c in cells)
@@ -377,15 +377,17 @@ def test_shuffled_renamed_cells_merge_as_written_and_are_flagged_as_a_near_copy(
 def test_each_mistake_costs_its_own_question(graded):
     results, rows, _ = graded
     cy = results["cy"].points
-    assert cy["1.1"] <= 10 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
+    assert cy["1.1"] <= 6 and "mistake: a mean of per-window perplexities" in json.dumps(_report(results["cy"], "1.1"))
     assert "NameError" in json.dumps(_report(results["cy"], "2.2"))
     lr = _report(results["cy"], "3.1")
     assert any(c["id"] == "q3.1.limits" and c["got"].startswith("lr_at:") for c in lr["checks"])
     # the recipe's numbers typed into the loop: named, and step 3 ran on the lab's loop
     assert cy["3.3"] < 3 and "not this run's cfg.grad_clip" in json.dumps(_report(results["cy"], "3.3"))
-    # alpha weighting the base: blend and endpoints lost (2.5 of 4), named; a wrong value fails as a crash
-    # does: the study ran on the lab's interpolation, so step 4's results keep every point
-    assert cy["4.3"] == 1.5 and "mistake: alpha weights the base" in json.dumps(_report(results["cy"], "4.3"))
+    # alpha weighting the base: blend (its main result) and endpoints lost, a third of 4 kept, named; a wrong
+    # value fails as a crash does: the study ran on the lab's interpolation, so step 4's results keep every point
+    assert cy["4.3"] == pytest.approx(4 / 3, abs=0.01) and "mistake: alpha weights the base" in json.dumps(
+        _report(results["cy"], "4.3")
+    )
     assert cy["4.2"] < 4  # the checker patched in the learner's process changes nothing here
     status = results["cy"].status
     assert "ran with the lab's reference for interpolate, replay_schedule (did not pass its check)" in status[NB4]
@@ -410,7 +412,7 @@ def test_a_fake_check_earns_nothing(graded):
 def test_flags_name_the_reference_call_and_the_pasted_reference(graded):
     results, _, _ = graded
     assert any("choose_variant" in f and "cptlab.lab.study" in f for f in results["cy"].flags), results["cy"].flags
-    assert "02 pack_documents: 100% of the library's reference cptlab.data.corpus.pack" in results["cy"].flags
+    assert "02 pack_documents matches cptlab.data.corpus.pack 100%" in results["cy"].flags
 
 
 def test_learner_code_cannot_read_the_solutions_or_pass_the_memory_cap(graded):

@@ -92,7 +92,7 @@ def test_solution_notebooks_score_every_automatic_point(lab_run):
     }
     assert all(v["total"] == v["max"] for v in scores["tracks"].values()), scores
     assert all(r["status"] == "passed" for r in scores["questions"].values())
-    for written in ("experiments.json", "ddp.json", "step3_experiments.png"):  # the full track sets GO_FURTHER
+    for written in ("experiments.json", "ddp.json", "plots/step3_experiments.png"):  # the full track sets GO_FURTHER
         assert (lab_run / written).is_file(), written
 
 
@@ -197,7 +197,7 @@ def test_run_all_as_handed_out_waits_only_for_the_core(student_run, tmp_path):
                 if "experiments_plot" not in cell.source:
                     assert "set GO_FURTHER = True in the parameters cell" in lines and "minute" in lines, lines
     assert len(gated) == 4  # the speed table, two processes, the recipe's runs and their plot
-    for written in ("experiments.json", "ddp.json", "ddp_two.json", "step3_experiments.png"):
+    for written in ("experiments.json", "ddp.json", "ddp_two.json", "plots/step3_experiments.png"):
         assert not (run / written).exists(), f"{written}: a Go further run ran with GO_FURTHER = False"
     assert all(
         (run / f"step{s}_{n}.json").is_file() for s, n in ((1, "baseline"), (2, "corpus"), (3, "cpt"), (4, "tradeoff"))

@@ -1,5 +1,5 @@
 """Flags for an instructor, never verdicts: answer cells that reach the grader or the library's
-references, and near-copies between learners.
+references, and near-copies between learners (copies of the library itself: ``library_copies``).
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import statistics
 
 from checkers.grading.result import LearnerResult
 from checkers.grading.submissions import normalise
@@ -63,30 +64,12 @@ def reaches_reference(source: str) -> list[str]:
     return sorted(set(found))
 
 
-# The library's reference of each function a learner writes, as the release ships it: an answer
-# that holds most of one is flagged with the reference's name.
-REFERENCE_OF = {
-    "corpus_perplexity": "cptlab.model.perplexity:learner_perplexity",
-    "pack_documents": "cptlab.data.corpus:pack",
-    "split_documents": "cptlab.data.corpus:split_streams",
-    "to_blocks": "cptlab.data.corpus:to_blocks",
-    "lr_at": "cptlab.model.schedule:lr_multiplier",
-    "optimizer_step": "cptlab.model.train:ReferenceStep",
-    "cpt_loop": "cptlab.model.loop:cpt_loop",
-    "flops_per_token": "cptlab.speed.flops:flops_per_token",
-    "mfu": "cptlab.speed.flops:model_flops_utilization",
-    "code_ppl_drop": "cptlab.lab.steps:code_ppl_drop",
-    "forgetting_ratio": "cptlab.lab.steps:forgetting_ratio",
-    "replay_schedule": "cptlab.data.corpus:replay_counts",
-    "interpolate": "cptlab.lab.study:interpolate",
-    "lora_config": "cptlab.lab.study:lora_config",
-    "choose_variant": "cptlab.lab.study:recommend",
-    "production_choices": "checkers.code.scenarios:_scenario_answers",
-}
 K_GRAM, WINDOW = 25, 1  # copydetect's noise threshold (characters of normalised tokens) and window
-# A reference of fewer fingerprints is a line or two that any right answer repeats (to_blocks, mfu,
-# the two ratios): a copy of it shows nothing
-MIN_FINGERPRINTS = 40
+# A classmate pair is flagged when its similarity is at least SIMILAR and stands out of the class's
+# own: above the median pair by OUTLIER robust deviations (1.4826 x the median absolute deviation).
+# A class whose learners all start from the same notebooks is similar everywhere; only a pair well
+# above that is a lead.
+SIMILAR, OUTLIER, MIN_PAIRS = 0.8, 3.0, 6
 
 
 def _fingerprint(code: str):
@@ -98,55 +81,6 @@ def _fingerprint(code: str):
         return None
 
 
-def reference_source(name: str) -> str:
-    """The source of the library's reference of the learner function ``name``."""
-    import importlib
-    import inspect
-
-    module, attr = REFERENCE_OF[name].split(":")
-    return inspect.getsource(getattr(importlib.import_module(module), attr))
-
-
-def _bare(source: str) -> str:
-    """Code without docstrings and type annotations: what a paste keeps when it drops them."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return source
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-                node.body = body[1:] or [ast.Pass()]
-            if not isinstance(node, ast.ClassDef):
-                node.returns = None
-                for a in node.args.args + node.args.kwonlyargs + node.args.posonlyargs:
-                    a.annotation = None
-    return ast.unparse(tree)
-
-
-def reference_copies(source: str, threshold: float = 0.9) -> list[str]:
-    """Flags for an answer cell holding most of the library's reference of a function it defines:
-    the share of the reference's fingerprints (copydetect's winnowed k-grams, docstrings and
-    annotations left out on both sides) found in the cell. The solutions hold at most 72% of theirs
-    (flops_per_token: one formula), a pasted reference all of it."""
-    import copydetect
-
-    mine = _fingerprint(_bare(source))
-    found = []
-    for fn in defined_names(source):
-        if fn not in REFERENCE_OF or mine is None:
-            continue
-        ref = _fingerprint(_bare(reference_source(fn)))
-        if ref is None or len(ref.hashes) < MIN_FINGERPRINTS:
-            continue
-        _, (_, of_ref), _ = copydetect.compare_files(mine, ref)
-        if of_ref >= threshold:
-            module, attr = REFERENCE_OF[fn].split(":")
-            found.append(f"{fn}: {100 * of_ref:.0f}% of the library's reference {module}.{attr}")
-    return found
-
-
 def defined_names(source: str) -> list[str]:
     try:
         return [n.name for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -154,21 +88,34 @@ def defined_names(source: str) -> list[str]:
         return []
 
 
-def flag_copies(results: list[LearnerResult], threshold: float = 0.8) -> None:
+def stands_out(sims: list[float], threshold: float = SIMILAR) -> float:
+    """The similarity a pair needs to be flagged in a class with these pair similarities."""
+    if len(sims) < MIN_PAIRS:
+        return threshold
+    med = statistics.median(sims)
+    mad = 1.4826 * statistics.median(abs(x - med) for x in sims)
+    return max(threshold, min(1.0, med + OUTLIER * max(mad, 0.01)))
+
+
+def flag_copies(results: list[LearnerResult], threshold: float = SIMILAR) -> None:
     """Near-copies of learner code (copydetect's winnowed fingerprints: renamed variables and
-    reordered statements still match) and identical written answers: flags, never verdicts."""
+    reordered statements still match), flagged only where a pair stands out of the class's typical
+    similarity, and identical written answers: flags, never verdicts."""
     import copydetect
 
     own = [(r, _fingerprint(r.code)) for r in results if r.code.strip()]  # r.code: the answers written, no stubs
+    pairs = []
     for i, (a, fa) in enumerate(own):
         for b, fb in own[i + 1 :]:
             if fa is None or fb is None:
                 continue
             _, (sim_a, sim_b), _ = copydetect.compare_files(fa, fb)
-            sim = min(sim_a, sim_b)
-            if sim >= threshold:
-                a.flags.append(f"code {100 * sim:.0f}% similar to {b.learner}")
-                b.flags.append(f"code {100 * sim:.0f}% similar to {a.learner}")
+            pairs.append((a, b, min(sim_a, sim_b)))
+    need = stands_out([sim for _, _, sim in pairs], threshold)
+    for a, b, sim in pairs:
+        if sim >= need:
+            a.flags.append(f"code {100 * sim:.0f}% similar to {b.learner}")
+            b.flags.append(f"code {100 * sim:.0f}% similar to {a.learner}")
     groups: dict[str, list[str]] = {}
     for r in results:
         text = normalise(" ".join(r.answers[k] for k in sorted(r.answers)))

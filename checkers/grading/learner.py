@@ -14,8 +14,9 @@ import nbformat
 
 from checkers.core.questions import GRADED_TRACKS, QUESTIONS, RESULTS_QUESTION
 from checkers.core.report import Check, Report
-from checkers.grading.flags import reaches_reference, reference_copies
+from checkers.grading.flags import reaches_reference
 from checkers.grading.judge import Limits, judge_question, judge_questions, setup_imports
+from checkers.grading.library_copies import library_copies
 from checkers.grading.result import LearnerResult
 from checkers.grading.sandbox import Sandbox, execute, learner_env
 from checkers.grading.submissions import (
@@ -157,7 +158,7 @@ def grade_learner(
             if cell.cell_type == "code" and submitted is not None:
                 if (run_track == "full" or GO_FURTHER not in tags) and cell.source != stubs.get(cell.id):
                     codes.append(cell.source)  # what the near-copy flag compares: the graded answers written
-                    res.flags += [f"{name[:2]} {what}" for what in reference_copies(cell.source)]
+                    res.flags += [f"{name[:2]} {what}" for what in library_copies(cell.source)]
                 for what in reaches_reference(cell.source):
                     fns = ", ".join(defined_functions(cell.source)) or "an answer cell"
                     res.flags.append(f"{name[:2]} {fns}: {what}")
