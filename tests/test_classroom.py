@@ -261,6 +261,11 @@ def graded_core(tmp_path_factory):
 
     sub = tmp_path_factory.mktemp("core-class") / "submissions"
     _submit(sub / "eve", {n: _core_only(n) for n in STEP_NOTEBOOKS.values()})
+    # max handed in notebook 1 alone, with an answer cell that allocates past any notebook cap
+    nb1 = _core_only(NB1)
+    cell = next(c for c in nb1.cells if c.cell_type == "code" and "def corpus_perplexity(" in c.source)
+    cell.source += "\n\nimport numpy as np\n\n_scratch = np.ones(34 << 30, dtype=np.uint8)  # 34 GiB, touched\n"
+    _submit(sub / "max", {NB1: nb1})
     out = tmp_path_factory.mktemp("core-grades")
     CLASS["core"] = sub
     busy = [
@@ -336,9 +341,26 @@ def test_the_core_track_grades_the_core_alone(graded_core):
     cells = [c.source for c in nbformat.read(out / "runs" / "eve" / NB3, as_version=4).cells]
     assert any("left out of a core-track run" in c for c in cells) and not any("speed_of_run(" in c for c in cells)
     sheet = list(csv.DictReader(open(out / "rubric.csv")))
-    assert [(r["learner"], r["question"]) for r in sheet] == [("eve", "W4")]
+    assert [(r["learner"], r["question"]) for r in sheet if r["learner"] == "eve"] == [("eve", "W4")]
     eve = _fill_rubric(out, "eve", 3)["eve"]
     assert (eve["core_written"], eve["core_total"], eve["total"]) == (9, 100, 100)
+
+
+def test_a_learner_over_the_memory_cap_says_so_and_the_others_are_unaffected(graded_core):
+    """max's answer cell allocates 34 GiB: the notebook's cap (at most 16 GiB, less where --jobs 2 would
+    not fit the machine) stops it; the row says "over its memory limit", the next steps run on the
+    reference, and eve beside it keeps every point (test_the_core_track_grades_the_core_alone)."""
+    from checkers.grading.machine_limits import memory_caps
+
+    results, rows, out = graded_core
+    caps = memory_caps(GRADING["jobs"])
+    status = results["max"].status
+    assert "over its memory limit" in status[NB1] and f"{caps.notebook / GiB:.1f} GiB" in status[NB1], status
+    assert "re-run on the lab's reference" in status[NB1]
+    assert "over its memory limit" in rows["max"]["execution"]
+    assert all("over its memory limit" not in s for s in results["eve"].status.values())
+    page = (out / "feedback" / "max.html").read_text()
+    assert "over its memory limit" in page and f"{caps.notebook / GiB:.1f} GiB of address space per notebook" in page
 
 
 def _answers(books: dict) -> str:

@@ -25,6 +25,7 @@ from checkers.grading.flags import flag_copies
 from checkers.grading.gradebook import merge_rubric, merge_shards, write_gradebook
 from checkers.grading.judge import Limits
 from checkers.grading.learner import grade_learner, learner_seed
+from checkers.grading.machine_limits import memory_caps
 from checkers.grading.result import LearnerResult, load_result, save_result, submission_digest
 from checkers.grading.sandbox import Sandbox
 from checkers.grading.submissions import merge_answers
@@ -62,10 +63,11 @@ def grade_class(
     out: Path,
     jobs: int = 1,
     timeout: float = 900.0,
-    limits: Limits = Limits(),
-    notebook_memory: int = 16 << 30,
+    limits: Limits | None = None,
+    notebook_memory: int | None = None,
     shard: tuple[int, int] = (1, 1),
     track: str = "core",
+    force_memory: bool = False,
 ) -> list[LearnerResult]:
     """Grade every learner folder of ``submissions`` (or, with ``shard=(k, n)``, the k-th of n
     deterministic slices of them, for a scheduler's array job; ``merge-shards`` joins the gradebooks),
@@ -74,7 +76,10 @@ def grade_class(
 
     Each learner's result is written to ``out/learners/ID.json`` as soon as it is graded; run again
     on the same ``out`` (after a stop), only the learners without one, or whose submission or
-    grading settings changed since, are graded, and the gradebook is written from them all."""
+    grading settings changed since, are graded, and the gradebook is written from them all.
+
+    The memory caps (a notebook's, a function check's) default to what the machine can give ``jobs``
+    learners at once (``machine_limits``); one asked for above that is refused unless ``force_memory``."""
     submissions, out = Path(submissions), Path(out)
     folders = sorted(
         p for p in submissions.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
@@ -85,6 +90,9 @@ def grade_class(
     if not 1 <= k <= n:
         raise ValueError(f"--shard {k}/{n}: K must be between 1 and N")
     folders = folders[k - 1 :: n]
+    caps = memory_caps(jobs, notebook_memory, limits.memory_bytes if limits else None, force_memory)
+    limits = Limits(limits.seconds if limits else Limits().seconds, caps.check)
+    print(f"[grade-class] {caps.describe()}", file=sys.stderr, flush=True)
     cfg = get_config(preset)
     resolve_base_model(cfg, progress=False)  # built once here, shared read-only with every learner
     if cfg.base_model is None:
@@ -101,7 +109,7 @@ def grade_class(
     log = _Progress(len(folders), len(kept), len(todo))
 
     def one(folder: Path) -> LearnerResult:
-        r = grade_learner(folder, preset, out, timeout, threads, sandbox, cache, limits, hide, notebook_memory, track)
+        r = grade_learner(folder, preset, out, timeout, threads, sandbox, cache, limits, hide, caps.notebook, track)
         save_result(graded / f"{folder.name}.json", r, keys[folder.name])
         log.done(folder.name)
         return r
@@ -110,7 +118,7 @@ def grade_class(
         fresh = {r.learner: r for r in pool.map(one, todo)}
     results = [kept.get(f.name) or fresh[f.name] for f in folders]
     flag_copies(results)
-    write_gradebook(out, preset, sandbox.name, results)
+    write_gradebook(out, preset, f"{sandbox.name}; {caps.describe()}", results)
     return results
 
 

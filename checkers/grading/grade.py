@@ -144,9 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         default=120,
         help="seconds each learner function's check may run, its process's start included (default 120)",
     )
-    c.add_argument("--memory", type=float, default=4, help="GiB of address space for each function's check (default 4)")
     c.add_argument(
-        "--notebook-memory", type=float, default=16, help="GiB of address space for each notebook run (default 16)"
+        "--memory",
+        type=float,
+        help="GiB of address space for each function's check (default 4, less where --jobs learners at once "
+        "would not fit the machine)",
+    )
+    c.add_argument(
+        "--notebook-memory",
+        type=float,
+        help="GiB of address space for each notebook run (default: 16, or the machine's memory less the grader's "
+        "share divided by --jobs where that is less)",
+    )
+    c.add_argument(
+        "--force-memory",
+        action="store_true",
+        help="accept --memory / --notebook-memory above what --jobs learners at once can have on this machine",
     )
     c.add_argument(
         "--shard",
@@ -182,17 +195,25 @@ def main(argv: list[str] | None = None) -> int:
             k, n = (int(x) for x in args.shard.split("/"))
         except ValueError:
             p.error(f"--shard {args.shard!r}: write K/N, e.g. --shard 3/10")
-        results = grade_class(
-            Path(args.submissions),
-            args.preset,
-            Path(args.out),
-            args.jobs,
-            args.timeout,
-            Limits(args.question_timeout, int(args.memory * GiB)),
-            int(args.notebook_memory * GiB),
-            (k, n),
-            args.track,
-        )
+        from checkers.grading.machine_limits import MemoryCapError, memory_caps
+
+        try:
+            check = int(args.memory * GiB) if args.memory else memory_caps(args.jobs).check  # asked, or the default
+            results = grade_class(
+                Path(args.submissions),
+                args.preset,
+                Path(args.out),
+                args.jobs,
+                args.timeout,
+                Limits(args.question_timeout, check),
+                int(args.notebook_memory * GiB) if args.notebook_memory else None,
+                (k, n),
+                args.track,
+                args.force_memory,
+            )
+        except MemoryCapError as exc:
+            print(f"grade-class: {exc}", file=sys.stderr)
+            return 2
         for r in results:
             further = (
                 f"  go further {r.auto('go-further'):>5g}/{track_points('go-further', 'auto')}"

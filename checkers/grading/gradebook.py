@@ -131,9 +131,9 @@ def _cause(r: LearnerResult, q) -> str:
     return cause
 
 
-def feedback_page(r: LearnerResult) -> str:
+def feedback_page(r: LearnerResult, setting: str = "") -> str:
     """One page per learner, readable in any browser: points per question, the core's and Go
-    further's apart, every check with its hint."""
+    further's apart, every check with its hint; ``setting``: where and under which limits it ran."""
     tables = ""
     for t in TRACKS:
         name = "Core" if t == "core" else "Go further"
@@ -165,6 +165,7 @@ section{{margin:1em 0}}</style></head><body>
 <h1>Feedback for {html.escape(r.learner)}</h1>
 <p>Preset <b>{html.escape(r.preset)}</b>, your seed <b>{r.seed}</b>, graded on the
 <b>{"core" if r.track == "core" else "core and Go further"}</b>.</p>
+{f"<p>Ran in: {html.escape(setting)}.</p>" if setting else ""}
 <h2>Notebooks</h2><ul>{status}</ul>
 <h2>Points</h2>{tables}
 <h2>Every check</h2>{reports}</body></html>
@@ -180,7 +181,7 @@ def write_gradebook(out: Path, preset: str, sandbox: str, results: list[LearnerR
     )
     (out / "feedback").mkdir(parents=True, exist_ok=True)
     for r in results:
-        (out / "feedback" / f"{r.learner}.html").write_text(feedback_page(r), encoding="utf-8")
+        (out / "feedback" / f"{r.learner}.html").write_text(feedback_page(r, sandbox), encoding="utf-8")
     return rows
 
 

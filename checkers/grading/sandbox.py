@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from checkers.grading.judge import cap_process
+from checkers.grading.machine_limits import over_memory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,7 +145,7 @@ def execute(
     if proc.returncode == 0:
         return None
     lines = [ln for ln in (out + "\n" + err).splitlines() if ln.startswith("error: ")]
-    if lines:
-        return lines[-1]
     last = [ln.strip() for ln in err.splitlines() if ln.strip()]
-    return f"error: exit status {proc.returncode}" + (f" ({last[-1][:160]})" if last else "")
+    why = lines[-1] if lines else f"error: exit status {proc.returncode}" + (f" ({last[-1][:160]})" if last else "")
+    over = over_memory(why[len("error: ") :] if lines else err[-2000:], memory_bytes)
+    return f"error: {over}" if over else why
