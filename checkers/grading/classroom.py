@@ -57,6 +57,17 @@ class _Progress:
             )
 
 
+def usable_cores() -> int:
+    """The cores this grader may use: a Slurm task's allocation, else the ones this process may run on."""
+    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if allotted.isdigit() and int(allotted) > 0:
+        return int(allotted)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def grade_class(
     submissions: Path,
     preset: str,
@@ -97,7 +108,7 @@ def grade_class(
     resolve_base_model(cfg, progress=False)  # built once here, shared read-only with every learner
     if cfg.base_model is None:
         data_dir()
-    sandbox, threads, cache = Sandbox(), max(1, (os.cpu_count() or 1) // max(1, jobs)), cache_root().resolve()
+    sandbox, threads, cache = Sandbox(), max(1, usable_cores() // max(1, jobs)), cache_root().resolve()
     graded = out / "learners"  # one file per graded learner: a stopped class resumes from them
     hide = (out.resolve(), submissions.resolve())
     if track not in GRADED_TRACKS:

@@ -167,6 +167,27 @@ def main(argv: list[str] | None = None) -> int:
         help="K/N: grade only the K-th of N deterministic slices of the class "
         "(one task of a scheduler's array job); join the slices with merge-shards",
     )
+    gs = sub.add_parser(
+        "gradescope", help="build a Gradescope autograder zip (setup.sh, run_autograder, the lab without solutions)"
+    )
+    gs.add_argument("--preset", default="tiny", help="the preset the autograder grades with (default tiny)")
+    gs.add_argument("--track", choices=("core", "full"), default="core", help="what it grades (default core)")
+    gs.add_argument("--out", default="autograder.zip", help="the zip to write (default autograder.zip)")
+    sl = sub.add_parser(
+        "slurm", help="write a Slurm job array that grades a class in shards, and the merge that runs after it"
+    )
+    sl.add_argument("submissions", help="the class's folder: one folder per learner")
+    sl.add_argument("--out", required=True, help="the gradebook's folder (scripts in OUT/slurm, shards in OUT/shards)")
+    sl.add_argument("--preset", default="tiny")
+    sl.add_argument("--track", choices=("core", "full"), default="core")
+    sl.add_argument("--shards", type=int, default=2, help="array tasks: the class cut into this many slices")
+    sl.add_argument("--jobs", type=int, default=1, help="learners each task grades at once")
+    sl.add_argument("--cores-per-learner", type=int, default=1)
+    sl.add_argument("--notebook-memory", type=float, default=8.0, help="GiB per notebook (each task asks for --jobs x)")
+    sl.add_argument("--memory", type=float, default=4.0, help="GiB per function check")
+    sl.add_argument("--timeout", type=float, default=900, help="seconds each notebook may run")
+    sl.add_argument("--partition")
+    sl.add_argument("--time", help="each task's sbatch --time, e.g. 04:00:00")
     ms = sub.add_parser("merge-shards", help="join the gradebooks of grade-class --shard runs into one")
     ms.add_argument("shard_dirs", nargs="+", help="the --out folders of the shards")
     ms.add_argument(
@@ -228,6 +249,33 @@ def main(argv: list[str] | None = None) -> int:
             f"\ngradebook {Path(args.out) / 'grades.csv'}; rubric sheet {Path(args.out) / 'rubric.csv'}; "
             f"feedback pages {Path(args.out) / 'feedback'}"
         )
+        return 0
+    if args.command == "slurm":
+        from checkers.grading.slurm import SlurmJob, write_slurm
+
+        paths = write_slurm(
+            SlurmJob(
+                Path(args.submissions),
+                Path(args.out),
+                args.preset,
+                args.shards,
+                args.jobs,
+                args.track,
+                args.cores_per_learner,
+                args.notebook_memory,
+                args.memory,
+                args.timeout,
+                args.partition,
+                args.time,
+            )
+        )
+        print(f"wrote {paths['grade']}, {paths['merge']} and {paths['submit']}; submit with: bash {paths['submit']}")
+        return 0
+    if args.command == "gradescope":
+        from checkers.grading.gradescope import build
+
+        out = build(Path(args.out), args.preset, args.track)
+        print(f"{out}: upload it as the assignment's autograder (Gradescope: Configure Autograder, zip file)")
         return 0
     if args.command == "release":
         from checkers.grading.release import release

@@ -39,10 +39,14 @@ def _cgroup_limit() -> int | None:
 
 
 def machine_memory() -> int:
-    """Bytes of memory this machine (or its container) has."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    limit = _cgroup_limit()
-    return min(total, limit) if limit else total
+    """Bytes of memory this machine has for the grader: the least of its RAM, its container's limit
+    and, inside a Slurm job, the job's allocation (``--mem``: SLURM_MEM_PER_NODE, in MiB)."""
+    sizes = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    if (limit := _cgroup_limit()) is not None:
+        sizes.append(limit)
+    if os.environ.get("SLURM_MEM_PER_NODE", "").isdigit():
+        sizes.append(int(os.environ["SLURM_MEM_PER_NODE"]) << 20)
+    return min(sizes)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class Caps:
 
 def reserve(machine: int) -> int:
     return max(RESERVE_MIN, int(RESERVE_SHARE * machine))
+
+
+def memory_for(jobs: int, cap: int) -> int:
+    """The memory to ask a scheduler for so that ``jobs`` processes of ``cap`` each fit beside the
+    grader's share: the smallest M with (M - reserve(M)) / jobs >= cap."""
+    need = max(1, jobs) * cap
+    return max(need + RESERVE_MIN, -(-need * 10 // 9))
 
 
 def memory_caps(
