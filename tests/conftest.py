@@ -100,7 +100,15 @@ SLOW_FIXTURES = {"lab_run", "student_run"}
 # The groups that take longest (minutes of one worker in CI, `--durations`), handed out first so the
 # short ones fill in around them (`--no-loadscope-reorder` keeps this order; xdist's own puts the
 # groups with the most tests first, which left the core-track class of one test to run alone at the end).
-LONGEST_FIRST = ("the-executed-lab", "test_classroom.py", "the-core-track-class", "test_exercises.py")
+LONGEST_FIRST = (
+    "the-executed-lab",
+    "test_classroom.py",
+    "test_gradescope.py",
+    "test_slurm.py",
+    "the-core-track-class",
+    "test_notebooks.py",
+    "test_exercises.py",
+)
 
 
 _GROUP = pytest.StashKey[str]()

@@ -113,6 +113,7 @@ def test_the_matcher_finds_each_step_at_any_depth_under_any_name(tmp_path):
     assert notes == ["notes.ipynb: not recognised as one of the lab's notebooks, or a second copy of a step"]
 
 
+@pytest.mark.slow
 def test_run_autograder_grades_the_solutions_one_mistake_and_an_empty_submission(autograder, tmp_path):
     sols = _solutions()
     nested = {f"lab/step {i}/{name.replace('_', ' ')}": nb for i, (name, nb) in enumerate(sols.items(), start=1)}

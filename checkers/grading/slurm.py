@@ -53,7 +53,7 @@ class SlurmJob:
         return -(-memory_for(self.jobs, cap) // (1 << 20))
 
 
-def _header(job: SlurmJob, name: str, logs: Path, extra: list[str]) -> str:
+def _header(job: SlurmJob, name: str, extra: list[str]) -> str:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", *[f"#SBATCH {x}" for x in extra]]
     if job.partition:
         lines.append(f"#SBATCH --partition={job.partition}")
@@ -81,7 +81,6 @@ def write_slurm(job: SlurmJob) -> dict[str, Path]:
     array = _header(
         job,
         "cptlab-grade",
-        logs,
         [
             f"--array=1-{job.shards}",
             "--ntasks=1",
@@ -99,7 +98,7 @@ def write_slurm(job: SlurmJob) -> dict[str, Path]:
     )
     shard_dirs = " ".join(q(str(out / "shards" / str(k))) for k in range(1, job.shards + 1))
     merge = _header(
-        job, "cptlab-merge", logs, ["--ntasks=1", "--cpus-per-task=1", "--mem=2G", f"--output={logs}/merge-%j.log"]
+        job, "cptlab-merge", ["--ntasks=1", "--cpus-per-task=1", "--mem=2G", f"--output={logs}/merge-%j.log"]
     )
     merge += f"set -euo pipefail\nexec {q(job.python)} -m checkers merge-shards {shard_dirs} --out {q(str(out))}\n"
     submit = (
