@@ -151,7 +151,7 @@ MAIN_RESULT: dict[str, set[str]] = {
     "2.3": {"values"},
     "3.1": {"warmup", "cosine"},
     "3.2": {"update"},
-    "3.3": {"steps", "rate"},
+    "3.3": {"steps"},
     "3.4": {"small_model", "long_block"},
     "4.2": {"total"},
     "4.3": {"blend"},
