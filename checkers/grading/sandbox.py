@@ -5,13 +5,14 @@ wall-clock limit and a memory cap.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkers.grading.judge import cap_process
@@ -23,12 +24,32 @@ REPO = Path(__file__).resolve().parents[2]
 HIDDEN = (REPO / "notebooks" / "solutions", REPO / "notebooks" / "src", REPO / "checkers")
 
 
+@functools.lru_cache(maxsize=1)
+def usable_bwrap() -> str | None:
+    """``bwrap`` if it is installed and can make its namespaces here: in a container without the
+    privilege to (Docker's default, a course platform's grader) it exits at once, and every notebook
+    would fail with it; the limits still hold without it."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return None
+    probe = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid", "true"]
+    try:
+        ok = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        print(
+            "[grade-class] bubblewrap is installed but cannot create its namespaces here: no sandbox", file=sys.stderr
+        )
+    return exe if ok else None
+
+
 @dataclass
 class Sandbox:
-    """How learner code runs: ``bwrap`` when installed (else a plain subprocess), always under the
-    memory cap and with its own process group."""
+    """How learner code runs: ``bwrap`` when installed and usable (else a plain subprocess), always
+    under the memory cap and with its own process group."""
 
-    bwrap: str | None = shutil.which("bwrap")
+    bwrap: str | None = field(default_factory=usable_bwrap)
 
     def wrap(self, cmd: list[str], run_dir: Path, shared: Path, hide: tuple[Path, ...] = ()) -> list[str]:
         """``run_dir`` writable, everything else read-only (``shared``, the cache with the base model
@@ -72,7 +93,7 @@ class Sandbox:
         return (
             "bwrap (read-only but the run folder, no network, solutions and grader hidden)"
             if self.bwrap
-            else "none (bubblewrap not installed)"
+            else "none (bubblewrap not installed, or not usable here)"
         )
 
 
