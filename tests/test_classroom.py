@@ -23,6 +23,7 @@ import shutil
 
 import nbformat
 import pytest
+from learner_sources import MEAN_OF_PPL
 
 from checkers.core.questions import QUESTIONS
 from checkers.grading.classroom import grade_class, learner_seed, merge_answers, merge_rubric
@@ -43,17 +44,6 @@ pytestmark = [
 SOL = NOTEBOOK_DIR / "solutions"
 NB1, NB2, NB3, NB4 = (STEP_NOTEBOOKS[s] for s in (1, 2, 3, 4))
 
-MEAN_OF_PPL = """def corpus_perplexity(model, ids, block_size):
-    with torch.no_grad():
-        per = []
-        for b in range(0, len(ids), block_size):
-            x = ids[b : b + block_size]
-            if len(x) < 2:
-                break
-            nll = F.cross_entropy(model(x[None]).logits[0, :-1].float(), x[1:], reduction="sum").item()
-            per.append((nll, len(x) - 1))
-    return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
-"""
 LR_HANGS = """def lr_at(step, peak_lr, warmup_steps, max_steps):
     while True:
         pass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from learner_sources import MEAN_OF_PPL
 
 from checkers.core.questions import GRADED_TRACKS, QUESTIONS, track_points
 from checkers.grading.find_notebooks import find_notebooks
@@ -20,17 +21,6 @@ from cptlab.core.results import STEP_NOTEBOOKS
 from cptlab.notebook.execute import SOLUTION_DIR
 
 TRACK = "core"
-MEAN_OF_PPL = """def corpus_perplexity(model, ids, block_size):
-    with torch.no_grad():
-        per = []
-        for b in range(0, len(ids), block_size):
-            x = ids[b : b + block_size]
-            if len(x) < 2:
-                break
-            nll = F.cross_entropy(model(x[None]).logits[0, :-1].float(), x[1:], reduction="sum").item()
-            per.append((nll, len(x) - 1))
-    return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
-"""
 # The fields of results.json and of each test, per Gradescope's autograder specification.
 TOP_FIELDS = {"score", "execution_time", "output", "visibility", "stdout_visibility", "tests"}
 TEST_FIELDS = {"name", "score", "max_score", "output", "visibility"}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from learner_sources import MEAN_OF_PPL
 
 from checkers.grading.classroom import grade_class
 from checkers.grading.slurm import SlurmJob, write_slurm
@@ -31,17 +32,6 @@ pytestmark = [
         else "Slurm's test cluster runs its daemons as root",
     ),
 ]
-MEAN_OF_PPL = """def corpus_perplexity(model, ids, block_size):
-    with torch.no_grad():
-        per = []
-        for b in range(0, len(ids), block_size):
-            x = ids[b : b + block_size]
-            if len(x) < 2:
-                break
-            nll = F.cross_entropy(model(x[None]).logits[0, :-1].float(), x[1:], reduction="sum").item()
-            per.append((nll, len(x) - 1))
-    return sum(math.exp(s / n) for s, n in per) / len(per), sum(s for s, _ in per), sum(n for _, n in per)
-"""
 
 
 def _exe(name: str) -> str:
