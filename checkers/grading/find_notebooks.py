@@ -52,7 +52,8 @@ def step_scores(path: Path) -> dict[int, float]:
 
 def find_notebooks(root: Path) -> tuple[dict[int, Path], list[str]]:
     """Each step's notebook under ``root`` (at any depth), and notes on what was left aside."""
-    scored = [(s, step, path) for path in _candidates(Path(root)) for step, s in step_scores(path).items()]
+    candidates = _candidates(Path(root))
+    scored = [(s, step, path) for path in candidates for step, s in step_scores(path).items()]
     chosen: dict[int, Path] = {}
     used: set[Path] = set()
     for _, step, path in sorted(scored, key=lambda t: (-t[0], t[1], str(t[2]))):
@@ -61,7 +62,7 @@ def find_notebooks(root: Path) -> tuple[dict[int, Path], list[str]]:
             used.add(path)
     notes = [
         f"{p.relative_to(root)}: not recognised as one of the lab's notebooks, or a second copy of a step"
-        for p in _candidates(Path(root))
+        for p in candidates
         if p not in used
     ]
     return dict(sorted(chosen.items())), notes

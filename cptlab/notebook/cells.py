@@ -26,7 +26,7 @@ from cptlab.lab.speed import compare_precisions, speed_table
 from cptlab.lab.speed import speed_of_run as _speed_of_run
 from cptlab.lab.study import run_study, study_table
 from cptlab.notebook.fallback import use
-from cptlab.notebook.long_runs import skipped
+from cptlab.notebook.long_runs import SKIPPED, skipped
 
 # A notebook shows the lab's own output: no loading bars or deprecation notices from the libraries.
 hf_logging.set_verbosity_error()
@@ -268,7 +268,7 @@ def recipe_experiments(run_dir, lr_fn, step_fn, loop_fn, go_further: bool = True
 def experiments_plot(run_dir, go_further: bool = True):
     """The experiments' plot, once they have run."""
     if not go_further:
-        print("Go further: skipped: the experiments' plot follows the recipe's runs above")
+        print(f"{SKIPPED}: the experiments' plot follows the recipe's runs above")
         return None
     return plots.experiments_plot(run_dir)
 
